@@ -1,0 +1,754 @@
+"""KubernetesExecutor: ``concurrent.futures`` whose calls run as Kubernetes Indexed Jobs.
+
+Data flow::
+
+    submit(fn, *args) / map(fn, *its, chunksize)        caller's thread
+       │ cloudpickle the arguments (fails the future at once if they cannot be pickled)
+       ▼
+    queue ──▶ dispatcher thread: coalesce submits for `Batching.window`, or take a map's
+       │      calls at once ──▶ Batch of tasks packed into N indexes (≤ max_workers)
+       │ store <run>/<batch>/fn and <run>/<batch>/in/<i>          (before launch)
+       ▼
+    Backend.launch(batch)   kubernetes: one Indexed Job | local: N subprocesses
+       ▼
+    worker (python -m k8s_executor.worker): fn + in/<i> → call → out/<i>
+       ▼
+    Listener.index_started  → Future.set_running_or_notify_cancel (skip if all cancelled)
+    Listener.index_finished → read out/<i> → Future.set_result / set_exception
+                              no outcome → WorkerLostError (exit code, signal, log tail)
+
+One task is one future: a ``submit`` call, or one chunk of a ``map``. An index runs a
+contiguous run of tasks in one worker, so that many small calls do not become many
+workers; one failing task fails only its own future, one lost worker only its tasks.
+"""
+
+from __future__ import annotations
+
+import atexit
+import enum
+import itertools
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from . import _payload as wire
+from ._options import Batching, StorageRetry, check_positive_int
+from ._store import RunStore, new_run_id
+from .backends._base import Backend, IndexExit, LaunchSpec
+from .errors import (
+    ConfigError,
+    ExecutorBrokenError,
+    FunctionPicklingError,
+    PicklingError,
+    StorageError,
+    WorkerLostError,
+)
+
+__all__ = ["KubernetesExecutor"]
+
+T = TypeVar("T")
+
+_BACKENDS = {
+    "local": "k8s_executor.backends.local:LocalBackend",
+    "kubernetes": "k8s_executor.backends.kubernetes:KubernetesBackend",
+}
+
+
+class _State(enum.Enum):
+    CREATED = "created"  # no submit yet: no thread, no storage, no backend started
+    RUNNING = "running"
+    SHUTTING_DOWN = "shutting down"
+    SHUT_DOWN = "shut down"
+    BROKEN = "broken"
+
+
+@dataclass(eq=False)
+class _Task:
+    future: Future[Any]
+    fn: Callable[..., Any]
+    calls: bytes
+    n_calls: int
+    single: bool  # a submit (result unwrapped) rather than a map chunk (a list)
+    task_id: int = -1
+    fn_index: int = -1
+    running: bool = False
+    settled: bool = False
+
+
+@dataclass(eq=False)
+class _Index:
+    tasks: list[_Task]
+    started: bool = False
+    finished: bool = False
+
+
+@dataclass(eq=False)
+class _Batch:
+    batch_id: str
+    indexes: list[_Index]
+    fn_names: list[str]
+    unfinished: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.unfinished = len(self.indexes)
+
+
+def _cluster_configured() -> bool:
+    return bool(
+        os.environ.get("KUBECONFIG")
+        or os.environ.get("KUBERNETES_SERVICE_HOST")
+        or os.path.exists(os.path.expanduser("~/.kube/config"))
+    )
+
+
+def _make_backend(backend: str | Backend | None) -> Backend:
+    if backend is not None and not isinstance(backend, str):
+        return backend
+    name = backend or os.environ.get("K8S_EXECUTOR_BACKEND")
+    if name is None:
+        if not _cluster_configured():
+            raise ConfigError(
+                "no backend chosen and no Kubernetes cluster configured: pass "
+                "backend='local' to run on this machine, or backend='kubernetes' with a "
+                "kubeconfig (KUBECONFIG or ~/.kube/config); or set the environment "
+                "variable K8S_EXECUTOR_BACKEND=local|kubernetes"
+            )
+        name = "kubernetes"
+    target = _BACKENDS.get(name)
+    if target is None:
+        raise ConfigError(
+            f"backend={name!r} is not allowed: expected one of {sorted(_BACKENDS)} "
+            "(or a Backend instance)"
+        )
+    module_name, _, attr = target.partition(":")
+    import importlib
+
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        raise ConfigError(
+            f"backend={name!r} is not available in k8s_executor yet; use backend='local'"
+        ) from exc
+    made: Backend = getattr(module, attr)()
+    return made
+
+
+def _pack(tasks: Sequence[_Task], slots: int) -> list[list[_Task]]:
+    """Split tasks into at most ``slots`` contiguous groups of about equal call counts."""
+    n = min(len(tasks), slots)
+    total = sum(t.n_calls for t in tasks)
+    groups: list[list[_Task]] = []
+    current: list[_Task] = []
+    done_calls = 0
+    for task in tasks:
+        current.append(task)
+        done_calls += task.n_calls
+        if len(groups) < n - 1 and done_calls * n >= total * (len(groups) + 1):
+            groups.append(current)
+            current = []
+    if current:
+        groups.append(current)
+    return groups
+
+
+class KubernetesExecutor(Executor):
+    """An Executor whose calls run in workers on Kubernetes (or locally).
+
+    A drop-in replacement for :class:`concurrent.futures.ProcessPoolExecutor`::
+
+        with KubernetesExecutor(max_workers=64, storage="s3://bucket/k8sx") as ex:
+            results = list(ex.map(work, items))
+
+    Args:
+        max_workers: the most workers (pods or processes) running at once. Default: the
+            backend's choice (the number of CPUs for the local backend).
+        initializer: called in every worker before its tasks, with ``initargs``.
+        initargs: arguments of ``initializer``.
+        backend: ``"local"`` (subprocesses on this machine) or ``"kubernetes"``. Default:
+            the ``K8S_EXECUTOR_BACKEND`` environment variable; without it, ``kubernetes``
+            when a cluster is configured, else an error that says how to choose.
+        storage: an fsspec URL (``s3://bucket/prefix``, ``gs://…``, ``file:///shared``)
+            through which arguments and results travel; every run gets its own prefix
+            under it, deleted on shutdown. Default: ``K8S_EXECUTOR_STORAGE``; for the local
+            backend, a private temporary directory.
+        storage_options: options of the fsspec filesystem (credentials, endpoint).
+        batching: how calls are coalesced into batches and packed into workers.
+        storage_retry: how transient storage errors are retried.
+    """
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] = (),
+        *,
+        backend: str | Backend | None = None,
+        storage: str | None = None,
+        storage_options: dict[str, Any] | None = None,
+        batching: Batching | None = None,
+        storage_retry: StorageRetry | None = None,
+    ) -> None:
+        if max_workers is not None:
+            if isinstance(max_workers, int) and not isinstance(max_workers, bool):
+                if max_workers <= 0:
+                    # The very message ProcessPoolExecutor gives.
+                    raise ConfigError("max_workers must be greater than 0")
+            else:
+                check_positive_int("max_workers", max_workers)
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        if not isinstance(initargs, tuple):
+            raise ConfigError(f"initargs={initargs!r} is not allowed: expected a tuple")
+        for name, value, cls in (
+            ("batching", batching, Batching),
+            ("storage_retry", storage_retry, StorageRetry),
+        ):
+            if value is not None and not isinstance(value, cls):
+                raise ConfigError(
+                    f"{name}={value!r} is not allowed: expected a {cls.__name__} instance"
+                )
+        if storage_options is not None and not isinstance(storage_options, dict):
+            raise ConfigError(
+                f"storage_options={storage_options!r} is not allowed: expected a dict"
+            )
+
+        self._backend = _make_backend(backend)
+        self._max_workers = max_workers or self._backend.default_max_workers()
+        self._batching = batching or Batching()
+        self._retry = storage_retry or StorageRetry()
+        self._storage_options = dict(storage_options or {})
+        self._storage = storage or os.environ.get("K8S_EXECUTOR_STORAGE")
+        if self._storage is None and self._backend.name != "local":
+            raise ConfigError(
+                "storage= is required with the kubernetes backend: an fsspec URL that both "
+                "this machine and the pods can reach, e.g. storage='s3://bucket/k8sx' "
+                "(or set K8S_EXECUTOR_STORAGE)"
+            )
+        self._initializer = (
+            None
+            if initializer is None
+            else (
+                wire.dump_function(initializer, what="initializer"),
+                _dump_initargs(initargs),
+            )
+        )
+
+        self._run_id = new_run_id()
+        self._key = wire.new_key()
+        self._state = _State.CREATED
+        self._broken: BaseException | None = None
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
+        self._queue: list[_Task] = []
+        self._flush = False
+        self._batches: dict[str, _Batch] = {}
+        self._batch_ids = itertools.count()
+        self._task_ids = itertools.count()
+        self._store: RunStore | None = None
+        self._temp_dir: str | None = None
+        self._dispatcher: threading.Thread | None = None
+        self._writer: ThreadPoolExecutor | None = None
+        self._finalizer: threading.Thread | None = None
+        self._kill = False
+
+    # -- public API ----------------------------------------------------------------
+
+    @property
+    def run_id(self) -> str:
+        """The id of this executor's run: its storage prefix and its Jobs' label."""
+        return self._run_id
+
+    @property
+    def max_workers(self) -> int:
+        """The most workers that run at once."""
+        return self._max_workers
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        """Schedule ``fn(*args, **kwargs)``; return a Future for its result."""
+        future: Future[T] = Future()
+        task = self._make_task(future, fn, [(args, kwargs)], single=True)
+        self._enqueue([task], flush=False)
+        return future
+
+    def map(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[T]:
+        """Like :func:`map`, but calls run concurrently in workers.
+
+        All calls are sent at once as one batch; ``chunksize`` groups calls into tasks as
+        ProcessPoolExecutor does (an exception in a chunk is raised when iteration reaches
+        it). Results come in order. With ``timeout``, ``__next__`` raises TimeoutError
+        when a result is not available ``timeout`` seconds after the call to ``map``, and
+        the calls not yet started are cancelled.
+        """
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        end_time = None if timeout is None else timeout + time.monotonic()
+        tasks: list[_Task] = []
+        calls: Iterator[tuple[tuple[Any, ...], dict[str, Any]]] = (
+            (args, {}) for args in zip(*iterables, strict=False)
+        )
+        while chunk := list(itertools.islice(calls, chunksize)):
+            tasks.append(self._make_task(Future(), fn, chunk, single=False))
+        self._enqueue(tasks, flush=True)
+        futures = [t.future for t in tasks]
+        return _result_iterator(futures, end_time)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting work and release everything the run holds.
+
+        Args:
+            wait: return only when every pending call has finished and the run's storage,
+                workers (and on Kubernetes its Jobs and Secret) are gone. With False,
+                this happens in the background.
+            cancel_futures: cancel every call that has not started yet.
+        """
+        with self._lock:
+            if cancel_futures:
+                self._cancel_not_started()
+            if self._finalizer is None:
+                if self._state is _State.CREATED:
+                    self._state = _State.SHUT_DOWN  # nothing was ever started
+                    return
+                if self._state is _State.RUNNING:
+                    self._state = _State.SHUTTING_DOWN
+                self._flush = True
+                self._cond.notify_all()
+                self._finalizer = threading.Thread(target=self._finish, name="k8sx-shutdown")
+                self._finalizer.start()
+            finalizer = self._finalizer
+        if wait and finalizer is not threading.current_thread():
+            finalizer.join()
+
+    def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> None:
+        if exc_type is not None and not issubclass(exc_type, Exception):
+            # KeyboardInterrupt (or SystemExit) in the with block: the user wants out now.
+            # Leave nothing running: cancel what has not started, kill what has.
+            self._terminate()
+        else:
+            self.shutdown(wait=True)
+
+    # -- submission ----------------------------------------------------------------
+
+    def _make_task(
+        self,
+        future: Future[Any],
+        fn: Callable[..., Any],
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+        *,
+        single: bool,
+    ) -> _Task:
+        self._check_accepting()
+        try:
+            blob = wire.dump_calls(fn, calls)
+        except PicklingError as exc:
+            future.set_running_or_notify_cancel()
+            future.set_exception(exc)
+            blob = b""
+        task = _Task(future, fn, blob, len(calls), single)
+        if future.done():
+            task.settled = True
+        return task
+
+    def _check_accepting(self) -> None:
+        state = self._state
+        if state is _State.BROKEN:
+            raise ExecutorBrokenError(
+                f"the executor is broken and cannot run new calls: {self._broken}"
+            ) from self._broken
+        if state in (_State.SHUTTING_DOWN, _State.SHUT_DOWN):
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if sys.is_finalizing():
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+    def _enqueue(self, tasks: list[_Task], *, flush: bool) -> None:
+        with self._cond:
+            self._check_accepting()
+            self._ensure_started()
+            self._queue.extend(t for t in tasks if not t.settled)
+            self._flush = self._flush or flush
+            self._cond.notify_all()
+
+    def _ensure_started(self) -> None:
+        if self._state is not _State.CREATED:
+            return
+        if self._storage is None:
+            self._temp_dir = tempfile.mkdtemp(prefix="k8sx-")
+            root = self._temp_dir
+        else:
+            root = self._storage.rstrip("/")
+        self._store = RunStore(f"{root}/{self._run_id}", self._storage_options, self._retry)
+        self._backend.start(self, self._max_workers)
+        self._dispatcher = threading.Thread(
+            target=self._dispatch, name="k8sx-dispatch", daemon=True
+        )
+        self._dispatcher.start()
+        self._state = _State.RUNNING
+        _live_executors.add(self)
+
+    # -- dispatcher thread ---------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        window = self._batching.window
+        limit = self._batching.max_calls
+        while True:
+            with self._cond:
+                while not self._queue:
+                    if self._state is not _State.RUNNING:
+                        return
+                    self._cond.wait()
+                deadline = time.monotonic() + window
+                while not self._flush and len(self._queue) < limit:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or self._state is not _State.RUNNING:
+                        break
+                    self._cond.wait(remaining)
+                tasks, self._queue = self._queue[:limit], self._queue[limit:]
+                if not self._queue:
+                    self._flush = False
+            self._launch(tasks)
+
+    def _launch(self, tasks: list[_Task]) -> None:
+        assert self._store is not None
+        # Tasks cancelled while queued never start; notify their waiters now.
+        live = [t for t in tasks if not t.future.cancelled()]
+        for t in tasks:
+            if t.future.cancelled():
+                t.future.set_running_or_notify_cancel()
+        if not live:
+            return
+        functions: dict[int, int] = {}
+        blobs: list[bytes] = []
+        names: list[str] = []
+        failed: dict[int, FunctionPicklingError] = {}
+        for t in live:
+            key = id(t.fn)
+            if key not in functions:
+                functions[key] = len(blobs)
+                names.append(wire.callable_name(t.fn))
+                try:
+                    blobs.append(wire.dump_function(t.fn))
+                except FunctionPicklingError as exc:
+                    blobs.append(b"")
+                    failed[functions[key]] = exc
+            t.fn_index = functions[key]
+            t.task_id = next(self._task_ids)
+        for t in live:
+            if t.fn_index in failed:
+                self._settle(t, error=failed[t.fn_index])
+        live = [t for t in live if not t.settled]
+        if not live:
+            return
+        slots = self._batching.max_indexes or self._max_workers
+        groups = _pack(live, slots)
+        batch = _Batch(f"b{next(self._batch_ids):05d}", [_Index(g) for g in groups], names)
+        init_blob, initargs_blob = self._initializer or (None, None)
+        table = wire.FunctionTable(tuple(blobs), tuple(names), init_blob, initargs_blob)
+        writes = [(f"{batch.batch_id}/fn", table.seal(self._key))]
+        writes += [
+            (
+                f"{batch.batch_id}/in/{i}",
+                wire.seal_inputs(
+                    self._key, [wire.TaskInput(t.task_id, t.fn_index, t.calls) for t in g]
+                ),
+            )
+            for i, g in enumerate(groups)
+        ]
+        try:
+            self._write_all(writes)
+        except StorageError as exc:
+            for t in live:
+                self._settle(t, error=exc)
+            return
+        with self._lock:
+            self._batches[batch.batch_id] = batch
+        spec = LaunchSpec(
+            run_id=self._run_id,
+            batch_id=batch.batch_id,
+            batch_url=f"{self._store.url}/{batch.batch_id}",
+            indexes=len(groups),
+            key=self._key,
+            storage_options=self._storage_options,
+        )
+        try:
+            self._backend.launch(spec)
+        except Exception as exc:
+            self.backend_broken(exc)
+
+    def _write_all(self, writes: list[tuple[str, bytes]]) -> None:
+        assert self._store is not None
+        if len(writes) <= 2 or self._store.is_local:
+            for key, data in writes:
+                self._store.put(key, data)
+            return
+        if self._writer is None:
+            # Object stores answer each PUT in tens of ms: write the indexes side by side.
+            self._writer = ThreadPoolExecutor(16, thread_name_prefix="k8sx-write")
+        store = self._store
+        list(self._writer.map(lambda kv: store.put(*kv), writes))
+
+    # -- listener (called by the backend, from its threads) ------------------------
+
+    def index_started(self, batch_id: str, index: int) -> bool:
+        """Mark the futures of an index running; False if all were cancelled."""
+        with self._lock:
+            batch = self._batches.get(batch_id)
+            if batch is None:
+                return False
+            entry = batch.indexes[index]
+            entry.started = True
+            for t in entry.tasks:
+                if not t.settled and t.future.set_running_or_notify_cancel():
+                    t.running = True
+                elif not t.settled:
+                    t.settled = True  # cancelled before it started
+            if any(t.running for t in entry.tasks):
+                return True
+            self._index_done(batch, entry)
+            return False
+
+    def index_finished(self, batch_id: str, index: int, exit: IndexExit) -> None:
+        """Resolve the futures of a finished index from its outcome in storage."""
+        with self._lock:
+            batch = self._batches.get(batch_id)
+            if batch is None or batch.indexes[index].finished:
+                return
+            entry = batch.indexes[index]
+            tasks = [t for t in entry.tasks if not t.settled]
+        try:
+            self._resolve(batch, index, tasks, exit)
+        finally:
+            with self._lock:
+                self._index_done(batch, entry)
+
+    def backend_broken(self, error: BaseException) -> None:
+        """Fail every unfinished future: nothing can run any more."""
+        with self._lock:
+            if self._state is _State.BROKEN:
+                return
+            self._broken = error
+            if self._state is _State.RUNNING:
+                self._state = _State.BROKEN
+            tasks = [t for t in self._queue if not t.settled]
+            self._queue.clear()
+            for batch in self._batches.values():
+                for entry in batch.indexes:
+                    tasks.extend(t for t in entry.tasks if not t.settled)
+            self._cond.notify_all()
+        broken = ExecutorBrokenError(f"the {self._backend.name} backend cannot run work: {error}")
+        broken.__cause__ = error
+        for t in tasks:
+            self._settle(t, error=broken)
+
+    # -- resolution ----------------------------------------------------------------
+
+    def _resolve(self, batch: _Batch, index: int, tasks: list[_Task], exit: IndexExit) -> None:
+        assert self._store is not None
+        try:
+            data = self._store.get_or_none(f"{batch.batch_id}/out/{index}")
+            outcomes = None if data is None else wire.open_outcomes(self._key, data)
+        except Exception as exc:  # StorageError, PayloadError: every task of the index
+            for t in tasks:
+                self._settle(t, error=exc)
+            return
+        if outcomes is None:
+            lost = _worker_lost(batch.batch_id, index, len(batch.indexes[index].tasks), exit)
+            for t in tasks:
+                self._settle(t, error=lost)
+            return
+        if isinstance(outcomes, wire.IndexFailure):
+            for t in tasks:
+                self._settle(t, error=outcomes.to_exception())
+            return
+        by_id = {o.task_id: o for o in outcomes}
+        for t in tasks:
+            outcome = by_id.get(t.task_id)
+            name = batch.fn_names[t.fn_index]
+            if outcome is None:
+                self._settle(t, error=WorkerLostError(f"the worker did not report task {name}"))
+            elif outcome.error is not None:
+                self._settle(t, error=wire.rebuild_exception(outcome.error, name))
+            else:
+                assert outcome.results is not None
+                try:
+                    results = wire.load_results(outcome.results, name)
+                except Exception as exc:
+                    self._settle(t, error=exc)
+                else:
+                    self._settle(t, result=results[0] if t.single else results)
+
+    def _settle(
+        self, task: _Task, *, result: Any = None, error: BaseException | None = None
+    ) -> None:
+        with self._lock:
+            if task.settled:
+                return
+            task.settled = True
+            running = task.running
+        if not running and not task.future.set_running_or_notify_cancel():
+            return  # cancelled
+        if error is not None:
+            task.future.set_exception(error)
+        else:
+            task.future.set_result(result)
+
+    def _index_done(self, batch: _Batch, entry: _Index) -> None:
+        # Called with the lock held.
+        if entry.finished:
+            return
+        entry.finished = True
+        batch.unfinished -= 1
+        if batch.unfinished == 0:
+            del self._batches[batch.batch_id]
+            self._cond.notify_all()
+
+    # -- shutdown ------------------------------------------------------------------
+
+    def _cancel_not_started(self) -> None:
+        # Called with the lock held.
+        for t in self._queue:
+            t.future.cancel()
+        not_started: dict[str, list[int]] = {}
+        for batch in self._batches.values():
+            for i, entry in enumerate(batch.indexes):
+                if entry.started:
+                    continue
+                for t in entry.tasks:
+                    t.future.cancel()
+                not_started.setdefault(batch.batch_id, []).append(i)
+        for batch_id, indexes in not_started.items():
+            self._backend.cancel(batch_id, indexes)
+
+    def _finish(self) -> None:
+        """Wait for the work (or kill it), then release the backend and storage."""
+        if self._dispatcher is not None:
+            self._dispatcher.join()
+        with self._cond:
+            while self._batches and self._state is not _State.BROKEN and not self._kill:
+                self._cond.wait()
+            kill = self._kill or self._state is _State.BROKEN
+        self._backend.close(kill=kill)
+        # No worker is left to report: settle whatever the backend never reported (indexes
+        # dropped by a kill), so no future waits forever.
+        with self._lock:
+            leftover = [t for b in self._batches.values() for e in b.indexes for t in e.tasks]
+            self._batches.clear()
+        for t in leftover:
+            self._settle(t, error=WorkerLostError(_SHUT_DOWN_MESSAGE, reason="Shutdown"))
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+        try:
+            if self._store is not None:
+                self._store.delete_all()
+        finally:
+            if self._temp_dir is not None:
+                shutil.rmtree(self._temp_dir, ignore_errors=True)
+            with self._lock:
+                if self._state is not _State.BROKEN:
+                    self._state = _State.SHUT_DOWN
+            _live_executors.discard(self)
+
+    def _terminate(self) -> None:
+        """Cancel what has not started, kill what has, release everything; wait for it."""
+        with self._lock:
+            self._kill = True
+            self._cancel_not_started()
+            self._cond.notify_all()
+        self.shutdown(wait=True)
+
+
+_SHUT_DOWN_MESSAGE = "the executor was shut down (killing its workers) before this call finished"
+
+
+def _dump_initargs(initargs: tuple[Any, ...]) -> bytes:
+    import pickle
+
+    import cloudpickle
+
+    try:
+        blob: bytes = cloudpickle.dumps(initargs, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise FunctionPicklingError(
+            f"cannot pickle initargs: {type(exc).__name__}: {exc}", what="initializer"
+        ) from exc
+    return blob
+
+
+def _worker_lost(batch_id: str, index: int, n_tasks: int, exit: IndexExit) -> WorkerLostError:
+    if exit.signal is not None:
+        import signal as signals
+
+        try:
+            how = f"was killed by {signals.Signals(exit.signal).name}"
+        except ValueError:
+            how = f"was killed by signal {exit.signal}"
+    elif exit.exit_code is not None:
+        how = f"exited with code {exit.exit_code}"
+    else:
+        how = "ended"
+    detail = f" ({exit.reason}: {exit.message})" if exit.reason and exit.message else ""
+    if exit.reason and not exit.message:
+        detail = f" ({exit.reason})"
+    hint = ""
+    if exit.reason == "OOMKilled" or exit.signal == 9:
+        hint = "; it may have run out of memory (give it more) or been killed from outside"
+    message = (
+        f"the worker of batch {batch_id} index {index} ({n_tasks} task(s)) {how}{detail} "
+        f"before reporting its results{hint}"
+    )
+    if exit.log_tail.strip():
+        message += "; the last lines of its stderr:\n" + exit.log_tail.rstrip()
+    return WorkerLostError(
+        message,
+        exit_code=exit.exit_code,
+        signal=exit.signal,
+        reason=exit.reason,
+        log_tail=exit.log_tail,
+    )
+
+
+def _result_iterator(futures: list[Future[Any]], end_time: float | None) -> Iterator[Any]:
+    # A generator, so that the calls are sent when map() is called, not on first next().
+    def chained() -> Iterator[Any]:
+        try:
+            futures.reverse()
+            while futures:
+                future = futures.pop()
+                try:
+                    if end_time is None:
+                        chunk = future.result()
+                    else:
+                        chunk = future.result(end_time - time.monotonic())
+                finally:
+                    future.cancel()
+                yield from chunk
+        finally:
+            for future in futures:
+                future.cancel()
+
+    return chained()
+
+
+# Executors still running when the interpreter exits are shut down (waiting for their
+# calls, as ProcessPoolExecutor does), so that no worker and no storage is left behind.
+_live_executors: weakref.WeakSet[KubernetesExecutor] = weakref.WeakSet()
+
+
+@atexit.register
+def _shutdown_all() -> None:
+    for executor in list(_live_executors):
+        executor.shutdown(wait=True)

@@ -1,0 +1,394 @@
+"""Wire format: signed envelopes around pickled functions, arguments and outcomes.
+
+An envelope is ``MAGIC | format | header length | header (JSON) | HMAC | body``. The HMAC
+(SHA-256, per-run key) covers everything but itself and is checked before the header is
+trusted or the body unpickled, on both sides: a writer to the bucket who does not hold
+the run's key cannot make the client or a worker unpickle foreign bytes.
+
+Bodies are pickled with the stdlib ``pickle`` and hold only bytes, strings and numbers;
+user objects inside them are separate cloudpickle blobs, one per function and per task, so
+one object that fails to (un)pickle fails only its own task.
+
+Nothing here imports more than the standard library and cloudpickle: the worker runs it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import pickle
+import struct
+import sys
+import traceback
+from collections.abc import Sequence
+from concurrent.futures.process import _RemoteTraceback
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+import cloudpickle
+
+from ._version import __version__
+from .errors import (
+    ArgumentsPicklingError,
+    FunctionPicklingError,
+    InitializerError,
+    PayloadError,
+    RemoteError,
+    ResultPicklingError,
+    StorageError,
+    UnpicklingError,
+    VersionMismatchError,
+)
+
+MAGIC: Final = b"K8SX"
+FORMAT: Final = 1
+_PREFIX = struct.Struct(">4sBI")  # magic, format, header length
+_MAC_SIZE: Final = hashlib.sha256().digest_size
+PYTHON: Final = f"{sys.version_info.major}.{sys.version_info.minor}"
+
+Kind = Literal["fn", "in", "out"]
+Codec = Literal["pickle", "json"]
+
+# Why a task's outcome is an error (see ``TaskError.kind``).
+RAISED: Final = "raised"  # the call raised; the exception travels pickled
+RESULT_PICKLING: Final = "result_pickling"  # the return value could not be pickled
+FUNCTION_UNPICKLING: Final = "function_unpickling"  # the worker could not load the callable
+ARGUMENTS_UNPICKLING: Final = "arguments_unpickling"  # the worker could not load the args
+INITIALIZER: Final = "initializer"  # the executor's initializer raised
+
+
+def new_key() -> bytes:
+    """Return a fresh random signing key for one run."""
+    import secrets
+
+    return secrets.token_bytes(32)
+
+
+def seal(key: bytes, kind: Kind, body: bytes, *, codec: Codec = "pickle") -> bytes:
+    """Wrap ``body`` in a signed envelope."""
+    header = json.dumps(
+        {"kind": kind, "codec": codec, "python": PYTHON, "version": __version__},
+        separators=(",", ":"),
+    ).encode()
+    head = _PREFIX.pack(MAGIC, FORMAT, len(header)) + header
+    mac = hmac.new(key, head + body, hashlib.sha256).digest()
+    return head + mac + body
+
+
+def open_envelope(key: bytes, data: bytes, kind: Kind) -> tuple[Codec, bytes]:
+    """Check an envelope's signature, kind and versions; return its codec and body.
+
+    Raises:
+        PayloadError: the bytes are not an envelope, the signature does not match, or the
+            kind is not the expected one.
+        VersionMismatchError: the writer runs another Python major.minor or package version.
+    """
+    if len(data) < _PREFIX.size or data[:4] != MAGIC:
+        raise PayloadError("not a k8s_executor payload (bad magic bytes)")
+    _, fmt, header_len = _PREFIX.unpack_from(data)
+    if fmt != FORMAT:
+        raise PayloadError(
+            f"payload format {fmt} is not supported by k8s_executor {__version__} "
+            f"(format {FORMAT}); client and worker must run the same k8s_executor version"
+        )
+    header_end = _PREFIX.size + header_len
+    mac_end = header_end + _MAC_SIZE
+    if len(data) < mac_end:
+        raise PayloadError("truncated k8s_executor payload")
+    mac = data[header_end:mac_end]
+    body = data[mac_end:]
+    expected = hmac.new(key, data[:header_end] + body, hashlib.sha256).digest()
+    if not hmac.compare_digest(mac, expected):
+        raise PayloadError(
+            "payload signature does not match: it was not written by this run, or the "
+            "worker was given another key (K8S_EXECUTOR_KEY); refusing to unpickle it"
+        )
+    header = json.loads(data[_PREFIX.size : header_end])
+    if header.get("kind") != kind:
+        raise PayloadError(f"expected a {kind!r} payload, got {header.get('kind')!r}")
+    if header.get("python") != PYTHON or header.get("version") != __version__:
+        raise VersionMismatchError(
+            f"payload written by Python {header.get('python')} with k8s_executor "
+            f"{header.get('version')}, read by Python {PYTHON} with k8s_executor "
+            f"{__version__}: client and worker must run the same Python major.minor and "
+            "k8s_executor version (rebuild the image, or pin the same versions in it)"
+        )
+    return header["codec"], body
+
+
+# -- function payload ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FunctionTable:
+    """The callables of one batch, each pickled on its own, plus the initializer."""
+
+    functions: tuple[bytes, ...]
+    names: tuple[str, ...]
+    initializer: bytes | None
+    initargs: bytes | None
+
+    def seal(self, key: bytes) -> bytes:
+        """Return the signed ``fn`` payload."""
+        body = pickle.dumps(
+            (self.functions, self.names, self.initializer, self.initargs),
+            protocol=pickle.HIGHEST_PROTOCOL,
+        )
+        return seal(key, "fn", body)
+
+    @classmethod
+    def open(cls, key: bytes, data: bytes) -> FunctionTable:
+        """Verify and parse a ``fn`` payload."""
+        _, body = open_envelope(key, data, "fn")
+        functions, names, initializer, initargs = pickle.loads(body)
+        return cls(functions, names, initializer, initargs)
+
+
+def callable_name(fn: object) -> str:
+    """A readable name for a callable, for error messages."""
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    if name is None:
+        return repr(fn)
+    module = getattr(fn, "__module__", None)
+    return f"{module}.{name}" if module and module != "builtins" else str(name)
+
+
+def dump_function(fn: object, *, what: str = "function") -> bytes:
+    """Pickle a callable by value where needed (lambdas, closures, ``__main__``)."""
+    try:
+        blob: bytes = cloudpickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise FunctionPicklingError(
+            f"cannot pickle the {what} {callable_name(fn)}: {type(exc).__name__}: {exc}; "
+            "it must be picklable by cloudpickle (a module-level function, lambda or "
+            "closure over picklable values)",
+            what=what,
+        ) from exc
+    return blob
+
+
+def dump_calls(fn: object, calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]]) -> bytes:
+    """Pickle the arguments of the calls of one task."""
+    try:
+        blob: bytes = cloudpickle.dumps(list(calls), protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise ArgumentsPicklingError(
+            f"cannot pickle the arguments of a call to {callable_name(fn)}: "
+            f"{type(exc).__name__}: {exc}",
+            what="arguments",
+        ) from exc
+    return blob
+
+
+# -- input payload ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskInput:
+    """One task (one future): which function, and its pickled calls."""
+
+    task_id: int
+    fn_index: int
+    calls: bytes
+
+
+def seal_inputs(key: bytes, tasks: Sequence[TaskInput]) -> bytes:
+    """Return the signed ``in/<index>`` payload for the tasks of one index."""
+    body = pickle.dumps(
+        [(t.task_id, t.fn_index, t.calls) for t in tasks], protocol=pickle.HIGHEST_PROTOCOL
+    )
+    return seal(key, "in", body)
+
+
+def open_inputs(key: bytes, data: bytes) -> list[TaskInput]:
+    """Verify and parse an ``in/<index>`` payload."""
+    _, body = open_envelope(key, data, "in")
+    return [TaskInput(*t) for t in pickle.loads(body)]
+
+
+# -- outcome payload -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskError:
+    """Why a task failed in the worker, in a form that survives a missing class."""
+
+    kind: str
+    type_name: str
+    message: str
+    traceback: str
+    exception: bytes | None  # the pickled exception, when it could be pickled
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """What one task produced: pickled results (one per call) or an error."""
+
+    task_id: int
+    results: bytes | None
+    error: TaskError | None
+
+
+@dataclass(frozen=True)
+class IndexFailure:
+    """A failure of a whole index before any task could run (sent as JSON)."""
+
+    error: str  # "payload", "version" or "storage"
+    message: str
+
+    def to_exception(self) -> Exception:
+        """The exception every future of the index receives."""
+        cls: type[Exception] = {
+            "version": VersionMismatchError,
+            "storage": StorageError,
+        }.get(self.error, PayloadError)
+        return cls(f"the worker could not run its tasks: {self.message}")
+
+
+def seal_outcomes(key: bytes, outcomes: Sequence[TaskOutcome]) -> bytes:
+    """Return the signed ``out/<index>`` payload."""
+    rows = [
+        (o.task_id, o.results, None if o.error is None else tuple(vars(o.error).values()))
+        for o in outcomes
+    ]
+    return seal(key, "out", pickle.dumps(rows, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def seal_index_failure(key: bytes, failure: IndexFailure) -> bytes:
+    """Return a signed ``out/<index>`` payload that fails the whole index.
+
+    JSON, not pickle, so that a client with another Python or package version can still
+    read why its worker gave up.
+    """
+    body = json.dumps({"error": failure.error, "message": failure.message}).encode()
+    return seal(key, "out", body, codec="json")
+
+
+def open_outcomes(key: bytes, data: bytes) -> list[TaskOutcome] | IndexFailure:
+    """Verify and parse an ``out/<index>`` payload.
+
+    An index failure written by a worker of another version still opens: the version
+    check is relaxed for JSON outcomes, whose only content is the message.
+    """
+    try:
+        codec, body = open_envelope(key, data, "out")
+    except VersionMismatchError as exc:
+        return IndexFailure("version", str(exc))
+    if codec == "json":
+        doc = json.loads(body)
+        return IndexFailure(str(doc["error"]), str(doc["message"]))
+    return [
+        TaskOutcome(task_id, results, None if err is None else TaskError(*err))
+        for task_id, results, err in pickle.loads(body)
+    ]
+
+
+# -- worker side: capturing errors -----------------------------------------------------
+
+
+def format_remote_traceback(exc: BaseException) -> str:
+    """The traceback text ProcessPoolExecutor attaches, taken in the worker."""
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def capture_error(kind: str, exc: BaseException) -> TaskError:
+    """Describe ``exc`` so the client can rebuild it, or explain it if it cannot."""
+    tb = format_remote_traceback(exc)
+    try:
+        # An exception pickles as (class, args, __dict__): no traceback, no __cause__ chain,
+        # so frames and their locals never need to be picklable.
+        pickled: bytes = cloudpickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.loads(pickled)  # an exception whose __reduce__ is broken fails here, not later
+        blob: bytes | None = pickled
+    except Exception:
+        blob = None
+    cls = type(exc)
+    return TaskError(
+        kind=kind,
+        type_name=cls.__qualname__
+        if cls.__module__ == "builtins"
+        else f"{cls.__module__}.{cls.__qualname__}",
+        message=str(exc),
+        traceback=tb,
+        exception=blob,
+    )
+
+
+# -- client side: rebuilding errors ----------------------------------------------------
+
+
+def _remote_cause(tb: str) -> BaseException:
+    # The very type ProcessPoolExecutor uses, so code that inspects __cause__ keeps working.
+    # typeshed types the argument as a traceback; CPython passes (and formats) a string.
+    cause: BaseException = _RemoteTraceback(f'\n"""\n{tb}"""')  # type: ignore[arg-type]
+    return cause
+
+
+def rebuild_exception(error: TaskError, fn_name: str) -> BaseException:
+    """Turn a :class:`TaskError` back into the exception the future should raise."""
+    remote = _remote_cause(error.traceback)
+    if error.kind == RAISED:
+        exc = _load_exception(error)
+        if exc is None:
+            exc = RemoteError(error.type_name, error.message, error.traceback)
+        exc.__cause__ = remote
+        return exc
+    if error.kind == INITIALIZER:
+        init_exc = _load_exception(error) or RemoteError(
+            error.type_name, error.message, error.traceback
+        )
+        init_exc.__cause__ = remote
+        wrapped = InitializerError(
+            f"the executor's initializer raised {error.type_name}: {error.message}; "
+            "the tasks of this worker did not run"
+        )
+        wrapped.__cause__ = init_exc
+        return wrapped
+    built: BaseException
+    if error.kind == RESULT_PICKLING:
+        built = ResultPicklingError(
+            f"cannot pickle the result of {fn_name} in the worker: "
+            f"{error.type_name}: {error.message}",
+            what="result",
+        )
+    elif error.kind == FUNCTION_UNPICKLING:
+        built = UnpicklingError(
+            f"the worker could not load the function {fn_name}: {error.type_name}: "
+            f"{error.message}; is the module that defines it (or one it uses) installed "
+            "in the worker's environment?",
+            what="function",
+        )
+    elif error.kind == ARGUMENTS_UNPICKLING:
+        built = UnpicklingError(
+            f"the worker could not load the arguments of a call to {fn_name}: "
+            f"{error.type_name}: {error.message}",
+            what="arguments",
+        )
+    else:
+        built = PayloadError(f"unknown task error kind {error.kind!r}: {error.message}")
+    built.__cause__ = remote
+    return built
+
+
+def _load_exception(error: TaskError) -> BaseException | None:
+    if error.exception is None:
+        return None
+    try:
+        exc = pickle.loads(error.exception)
+    except Exception:
+        return None
+    return exc if isinstance(exc, BaseException) else None
+
+
+def load_results(blob: bytes, fn_name: str) -> list[Any]:
+    """Unpickle the results of one task on the client."""
+    try:
+        results: list[Any] = pickle.loads(blob)
+    except Exception as exc:
+        raise UnpicklingError(
+            f"cannot load the result of {fn_name} here: {type(exc).__name__}: {exc}; "
+            "does it reference a module that is installed in the worker but not locally?",
+            what="result",
+        ) from exc
+    return results

@@ -1,0 +1,78 @@
+"""The contract between the executor and the places where workers run.
+
+A backend starts the indexes of a batch as workers (``python -m k8s_executor.worker``) and
+reports, through a :class:`Listener`, when each index starts and how it ended. It never
+reads outcomes or touches futures: the executor does that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+__all__ = ["Backend", "IndexExit", "LaunchSpec", "Listener"]
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """One batch to run: ``indexes`` workers, each given its ``JOB_COMPLETION_INDEX``."""
+
+    run_id: str
+    batch_id: str
+    batch_url: str
+    """Storage URL of the batch (``<storage>/<run-id>/<batch>``), the worker's argument."""
+    indexes: int
+    key: bytes
+    """The run's signing key; the backend delivers it to workers without exposing it."""
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class IndexExit:
+    """How the worker of one index ended, as the backend saw it."""
+
+    exit_code: int | None
+    """The worker's exit code, or None when it was killed by a signal or never ran."""
+    signal: int | None = None
+    """The number of the signal that killed it, if any."""
+    reason: str | None = None
+    """A short cause from the backend, e.g. ``"OOMKilled"``, ``"Evicted"``, ``"Killed"``."""
+    message: str = ""
+    """Details from the backend, e.g. a Kubernetes status message."""
+    log_tail: str = ""
+    """The last lines the worker wrote to stderr."""
+
+
+class Listener(Protocol):
+    """What the executor exposes to its backend. Calls may come from any thread."""
+
+    def index_started(self, batch_id: str, index: int) -> bool:
+        """An index is about to start; return False if it should be skipped (cancelled)."""
+
+    def index_finished(self, batch_id: str, index: int, exit: IndexExit) -> None:
+        """The worker of an index ended (its outcome, if any, is in storage)."""
+
+    def backend_broken(self, error: BaseException) -> None:
+        """Nothing can run any more; every unfinished future should fail with ``error``."""
+
+
+class Backend(Protocol):
+    """Where workers run: local subprocesses, or pods of Kubernetes Indexed Jobs."""
+
+    name: str
+
+    def default_max_workers(self) -> int:
+        """How many workers run at once when the user gives no ``max_workers``."""
+
+    def start(self, listener: Listener, max_workers: int) -> None:
+        """Begin serving; ``listener`` receives every event from now on."""
+
+    def launch(self, spec: LaunchSpec) -> None:
+        """Start the indexes of a batch (as slots allow); must not block on them."""
+
+    def cancel(self, batch_id: str, indexes: Collection[int]) -> None:
+        """Do not start these indexes if they have not started yet (a hint)."""
+
+    def close(self, *, kill: bool) -> None:
+        """Stop; with ``kill``, end running workers. Returns when no worker is left."""

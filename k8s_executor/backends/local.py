@@ -1,0 +1,213 @@
+"""The local backend: each index runs as a subprocess of this machine.
+
+The subprocess is the very command a pod runs (``python -m k8s_executor.worker URL``) with
+the same environment contract, so everything above the backend behaves as on a cluster.
+At most ``max_workers`` subprocesses run at once; indexes wait in launch order.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Collection
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+from ._base import IndexExit, LaunchSpec, Listener
+
+__all__ = ["LocalBackend"]
+
+_LOG_TAIL_LINES = 20
+_KILLED = "the executor was shut down, ending this worker"
+
+
+@dataclass
+class _Pending:
+    spec: LaunchSpec
+    index: int
+
+
+def _python_path() -> str:
+    # What spawn-based ProcessPoolExecutor workers get: the parent's sys.path, so that
+    # functions pickled by reference (from modules on that path) import in the worker.
+    entries = [p or os.getcwd() for p in sys.path]
+    return os.pathsep.join(dict.fromkeys(entries))
+
+
+class LocalBackend:
+    """Runs workers as local subprocesses (development, tests, the demo).
+
+    Args:
+        python: the interpreter to run workers with (default: this one).
+        forward_stderr: copy each worker's stderr to this process's stderr as it comes.
+    """
+
+    name = "local"
+
+    def __init__(self, *, python: str | None = None, forward_stderr: bool = True) -> None:
+        self._python = python or sys.executable
+        self._forward_stderr = forward_stderr
+        self._cond = threading.Condition()
+        self._queue: collections.deque[_Pending] = collections.deque()
+        self._cancelled: set[tuple[str, int]] = set()
+        self._running: dict[int, subprocess.Popen[bytes]] = {}
+        self._threads: set[threading.Thread] = set()
+        self._closing = False
+        self._killed = False
+        self._listener: Listener | None = None
+        self._max_workers = 1
+        self._dispatcher: threading.Thread | None = None
+
+    def default_max_workers(self) -> int:
+        """One worker per CPU, as ProcessPoolExecutor does."""
+        return os.cpu_count() or 1
+
+    def start(self, listener: Listener, max_workers: int) -> None:
+        """Begin serving launches."""
+        self._listener = listener
+        self._max_workers = max_workers
+        self._dispatcher = threading.Thread(
+            target=self._dispatch, name="k8sx-local-dispatch", daemon=True
+        )
+        self._dispatcher.start()
+
+    def launch(self, spec: LaunchSpec) -> None:
+        """Queue every index of the batch."""
+        try:
+            json.dumps(dict(spec.storage_options))
+        except TypeError as exc:
+            raise ConfigError(
+                f"storage_options must be JSON-serialisable to reach local workers: {exc}"
+            ) from exc
+        with self._cond:
+            self._queue.extend(_Pending(spec, i) for i in range(spec.indexes))
+            self._cond.notify_all()
+
+    def cancel(self, batch_id: str, indexes: Collection[int]) -> None:
+        """Drop indexes that are still queued."""
+        with self._cond:
+            self._cancelled.update((batch_id, i) for i in indexes)
+
+    def close(self, *, kill: bool) -> None:
+        """Stop dispatching; with ``kill`` end running workers; wait for all of them."""
+        with self._cond:
+            self._closing = True
+            self._killed = self._killed or kill
+            if kill:
+                self._queue.clear()
+                for proc in self._running.values():
+                    _kill_group(proc)
+            self._cond.notify_all()
+        if self._dispatcher is not None:
+            self._dispatcher.join()
+        with self._cond:
+            threads = list(self._threads)
+        for t in threads:
+            t.join()
+
+    # -- internals -----------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        assert self._listener is not None
+        while True:
+            with self._cond:
+                while not self._queue or len(self._running) >= self._max_workers:
+                    if self._closing and not self._queue:
+                        return
+                    self._cond.wait()
+                item = self._queue.popleft()
+                skipped = (item.spec.batch_id, item.index) in self._cancelled
+            if skipped or not self._listener.index_started(item.spec.batch_id, item.index):
+                continue
+            try:
+                self._spawn(item)
+            except OSError as exc:
+                self._listener.backend_broken(exc)
+                return
+
+    def _spawn(self, item: _Pending) -> None:
+        spec = item.spec
+        env = dict(os.environ)
+        env.update(
+            JOB_COMPLETION_INDEX=str(item.index),
+            K8S_EXECUTOR_KEY=spec.key.hex(),
+            K8S_EXECUTOR_STORAGE_OPTIONS=json.dumps(dict(spec.storage_options)),
+            K8S_EXECUTOR_PARENT_PID=str(os.getpid()),
+            PYTHONPATH=_python_path(),
+        )
+        with self._cond:
+            killed = self._killed
+            if not killed:
+                proc = subprocess.Popen(
+                    [self._python, "-m", "k8s_executor.worker", spec.batch_url],
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    # Its own process group: a Ctrl-C in the terminal reaches only the
+                    # client, which then ends the workers itself (and their children).
+                    process_group=0,
+                )
+                self._running[proc.pid] = proc
+                waiter = threading.Thread(
+                    target=self._wait,
+                    args=(proc, item),
+                    name=f"k8sx-local-{proc.pid}",
+                    daemon=True,
+                )
+                self._threads.add(waiter)
+                waiter.start()
+        if killed:
+            # close(kill=True) came between index_started and here: report, don't run.
+            self._listener_finished(item, IndexExit(None, reason="Killed", message=_KILLED))
+
+    def _listener_finished(self, item: _Pending, exit: IndexExit) -> None:
+        assert self._listener is not None
+        self._listener.index_finished(item.spec.batch_id, item.index, exit)
+
+    def _wait(self, proc: subprocess.Popen[bytes], item: _Pending) -> None:
+        assert self._listener is not None
+        assert proc.stderr is not None
+        tail: collections.deque[str] = collections.deque(maxlen=_LOG_TAIL_LINES)
+        for raw in proc.stderr:
+            line = raw.decode(errors="replace")
+            tail.append(line)
+            if self._forward_stderr:
+                sys.stderr.write(line)
+        proc.stderr.close()
+        code = proc.wait()
+        exit = _describe_exit(code, "".join(tail))
+        if self._killed and exit.signal == signal.SIGKILL:
+            exit = IndexExit(None, signal.SIGKILL, "Killed", _KILLED, exit.log_tail)
+        try:
+            self._listener_finished(item, exit)
+        finally:
+            with self._cond:
+                self._running.pop(proc.pid, None)
+                self._threads.discard(threading.current_thread())
+                self._cond.notify_all()
+
+
+def _describe_exit(code: int, log_tail: str) -> IndexExit:
+    if code >= 0:
+        return IndexExit(exit_code=code, reason=None if code == 0 else "Error", log_tail=log_tail)
+    sig = -code
+    name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+    # The kernel's OOM killer sends SIGKILL; locally nothing tells it apart from kill -9.
+    return IndexExit(
+        exit_code=None,
+        signal=sig,
+        reason="Killed" if sig == signal.SIGKILL else "Signaled",
+        message=f"killed by {name}",
+        log_tail=log_tail,
+    )
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)

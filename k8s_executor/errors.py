@@ -1,0 +1,196 @@
+"""The exceptions k8s_executor raises.
+
+Every error the library raises itself derives from :class:`K8sExecutorError`. Errors
+that existing ``concurrent.futures`` code already catches keep their stdlib bases, so
+``except BrokenProcessPool:`` or ``except pickle.PicklingError:`` go on working::
+
+    Exception
+     ├── K8sExecutorError
+     │    ├── ConfigError (ValueError)            a bad option value, or no backend chosen
+     │    ├── StorageError (OSError)              storage failed after retries
+     │    ├── PayloadError                        signature, format or version mismatch
+     │    │    └── VersionMismatchError           worker runs another Python / package version
+     │    ├── SerializationError                  a payload could not cross the wire
+     │    │    ├── PicklingError (pickle.PicklingError)
+     │    │    │    ├── FunctionPicklingError     the callable (or initializer) on the client
+     │    │    │    ├── ArgumentsPicklingError    the arguments on the client
+     │    │    │    └── ResultPicklingError       the return value in the worker
+     │    │    └── UnpicklingError (pickle.UnpicklingError)
+     │    │                                       loading the function/arguments in the worker,
+     │    │                                       or a result on the client, failed
+     │    ├── RemoteError                         a task raised an exception that cannot be
+     │    │                                       rebuilt here (its class is missing locally)
+     │    └── PodStartError                       a pod never started (image pull, scheduling)
+     └── RuntimeError
+          └── concurrent.futures.BrokenExecutor
+               ├── ExecutorBrokenError (K8sExecutorError)   nothing can run at all
+               └── concurrent.futures.process.BrokenProcessPool
+                    ├── WorkerLostError (K8sExecutorError)  a worker died before reporting
+                    └── InitializerError (K8sExecutorError) the initializer raised
+"""
+
+from __future__ import annotations
+
+import pickle
+from concurrent.futures import BrokenExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+__all__ = [
+    "ArgumentsPicklingError",
+    "ConfigError",
+    "ExecutorBrokenError",
+    "FunctionPicklingError",
+    "InitializerError",
+    "K8sExecutorError",
+    "PayloadError",
+    "PicklingError",
+    "PodStartError",
+    "RemoteError",
+    "ResultPicklingError",
+    "SerializationError",
+    "StorageError",
+    "UnpicklingError",
+    "VersionMismatchError",
+    "WorkerLostError",
+]
+
+
+class K8sExecutorError(Exception):
+    """Base class of every error raised by k8s_executor itself."""
+
+
+class ConfigError(K8sExecutorError, ValueError):
+    """An option has a value that is not allowed, or the setup is incomplete."""
+
+
+class StorageError(K8sExecutorError, OSError):
+    """Reading or writing the run's storage failed, after retrying transient errors."""
+
+
+class PayloadError(K8sExecutorError):
+    """A payload is corrupt, unsigned, signed with another key, or of an unknown format."""
+
+
+class VersionMismatchError(PayloadError):
+    """Client and worker run different Python major.minor or k8s_executor versions."""
+
+
+class SerializationError(K8sExecutorError):
+    """A payload could not be pickled or unpickled.
+
+    Attributes:
+        what: which part failed: ``"function"``, ``"initializer"``, ``"arguments"`` or
+            ``"result"``.
+    """
+
+    what: str
+
+    def __init__(self, message: str, *, what: str) -> None:
+        super().__init__(message)
+        self.what = what
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_serialization_error, (type(self), str(self), self.what))
+
+
+def _rebuild_serialization_error(
+    cls: type[SerializationError], message: str, what: str
+) -> SerializationError:
+    return cls(message, what=what)
+
+
+class PicklingError(SerializationError, pickle.PicklingError):
+    """A function, its arguments or its result could not be pickled."""
+
+
+class FunctionPicklingError(PicklingError):
+    """The submitted callable (or the executor's initializer) could not be pickled."""
+
+
+class ArgumentsPicklingError(PicklingError):
+    """The arguments of a call could not be pickled."""
+
+
+class ResultPicklingError(PicklingError):
+    """The value a task returned could not be pickled in the worker."""
+
+
+class UnpicklingError(SerializationError, pickle.UnpicklingError):
+    """A payload was pickled but could not be loaded on the other side.
+
+    In the worker this usually means a module available locally is missing from the
+    worker's environment; on the client, that a result references a module missing here.
+    """
+
+
+class RemoteError(K8sExecutorError):
+    """A task raised an exception whose class cannot be rebuilt in this process.
+
+    Attributes:
+        type_name: the qualified name of the remote exception's class.
+        message: ``str()`` of the remote exception.
+        remote_traceback: the formatted remote traceback.
+    """
+
+    def __init__(self, type_name: str, message: str, remote_traceback: str) -> None:
+        super().__init__(f"{type_name}: {message}")
+        self.type_name = type_name
+        self.message = message
+        self.remote_traceback = remote_traceback
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.type_name, self.message, self.remote_traceback))
+
+
+class PodStartError(K8sExecutorError):
+    """A pod could not start within ``startup_timeout`` (image pull, scheduling, config).
+
+    Attributes:
+        reason: the Kubernetes reason, e.g. ``ImagePullBackOff`` or ``Unschedulable``.
+    """
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class ExecutorBrokenError(K8sExecutorError, BrokenExecutor):
+    """Nothing can run at all: the backend is unreachable or refuses every launch."""
+
+
+class WorkerLostError(K8sExecutorError, BrokenProcessPool):
+    """A worker (process or pod) ended without reporting the outcome of its tasks.
+
+    Only the futures of that worker fail; the executor stays usable. Subclasses
+    :class:`concurrent.futures.process.BrokenProcessPool` so code written for
+    ``ProcessPoolExecutor`` keeps catching it.
+
+    Attributes:
+        exit_code: the worker's exit code, or ``None`` if it was killed by a signal or
+            never reported one.
+        signal: the number of the signal that killed it, if any.
+        reason: a short cause, e.g. ``"OOMKilled"``, ``"Evicted"`` or ``"Killed"``.
+        log_tail: the last lines the worker wrote to stderr.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        exit_code: int | None = None,
+        signal: int | None = None,
+        reason: str | None = None,
+        log_tail: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.signal = signal
+        self.reason = reason
+        self.log_tail = log_tail
+
+
+class InitializerError(K8sExecutorError, BrokenProcessPool):
+    """The executor's ``initializer`` raised in a worker, so its tasks did not run.
+
+    The initializer's exception is attached as ``__cause__``.
+    """

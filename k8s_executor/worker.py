@@ -1,0 +1,183 @@
+"""The worker: ``python -m k8s_executor.worker BATCH_URL``, run once per index.
+
+It is the container command of every pod (and of every local subprocess)::
+
+    env JOB_COMPLETION_INDEX=3 K8S_EXECUTOR_KEY=<hex> python -m k8s_executor.worker URL
+
+reads ``URL/fn`` and ``URL/in/3``, runs the tasks of index 3 in order, writes
+``URL/out/3`` and exits. The environment contract:
+
+``JOB_COMPLETION_INDEX``
+    the index to run (set by the Kubernetes Job controller, or by the local backend).
+``K8S_EXECUTOR_KEY``
+    the run's signing key in hex (a Secret on Kubernetes). ``K8S_EXECUTOR_KEY_FILE``
+    names a file holding it instead.
+``K8S_EXECUTOR_STORAGE_OPTIONS``
+    optional JSON object of fsspec storage options.
+``K8S_EXECUTOR_PARENT_PID``
+    optional; the worker exits when this process is no longer its parent (local backend:
+    no worker outlives a killed client).
+
+Exit codes: 0 every task succeeded; 3 the outcome is written and some task raised (not
+worth a retry); 4 the index could not run at all (bad payload, version mismatch) and a
+JSON failure was written; 5 bad invocation; 6 the parent went away. Anything else (a
+signal, an out-of-memory kill, an interpreter crash) means no outcome was written.
+
+This module must start fast and without the client-side dependencies: it imports only
+the standard library, cloudpickle, fsspec and the wire-format modules.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import sys
+import threading
+from typing import Any, Final, NoReturn
+
+import cloudpickle
+
+from . import _payload as wire
+from ._store import RunStore
+from .errors import PayloadError, StorageError, VersionMismatchError
+
+EXIT_OK: Final = 0
+EXIT_TASK_FAILED: Final = 3
+EXIT_INDEX_FAILED: Final = 4
+EXIT_USAGE: Final = 5
+EXIT_ORPHANED: Final = 6
+
+
+def _usage(message: str) -> NoReturn:
+    print(f"k8s_executor.worker: {message}", file=sys.stderr)
+    sys.stderr.flush()
+    os._exit(EXIT_USAGE)
+
+
+def _read_key() -> bytes:
+    key_hex = os.environ.get("K8S_EXECUTOR_KEY")
+    key_file = os.environ.get("K8S_EXECUTOR_KEY_FILE")
+    if key_hex is None and key_file:
+        with open(key_file) as f:
+            key_hex = f.read().strip()
+    if not key_hex:
+        _usage("K8S_EXECUTOR_KEY (or K8S_EXECUTOR_KEY_FILE) is not set")
+    try:
+        return bytes.fromhex(key_hex)
+    except ValueError:
+        _usage("K8S_EXECUTOR_KEY is not a hex string")
+
+
+def _watch_parent(parent: int) -> None:
+    def poll() -> None:
+        # Polling getppid is portable (PR_SET_PDEATHSIG is Linux-only and would need
+        # preexec_fn, which is unsafe in a threaded client).
+        while True:
+            if os.getppid() != parent:
+                os._exit(EXIT_ORPHANED)
+            threading.Event().wait(0.5)
+
+    threading.Thread(target=poll, name="k8sx-parent-watch", daemon=True).start()
+
+
+class _Runner:
+    """Runs the tasks of one index against a loaded function table."""
+
+    def __init__(self, table: wire.FunctionTable) -> None:
+        self.table = table
+        self._functions: dict[int, Any] = {}
+        self.init_error: wire.TaskError | None = None
+
+    def initialize(self) -> None:
+        if self.table.initializer is None:
+            return
+        try:
+            initializer = pickle.loads(self.table.initializer)
+            initargs = pickle.loads(self.table.initargs or pickle.dumps(()))
+            initializer(*initargs)
+        except BaseException as exc:
+            self.init_error = wire.capture_error(wire.INITIALIZER, exc)
+
+    def function(self, index: int) -> Any:
+        if index not in self._functions:
+            self._functions[index] = pickle.loads(self.table.functions[index])
+        return self._functions[index]
+
+    def run(self, task: wire.TaskInput) -> wire.TaskOutcome:
+        def failed(kind: str, exc: BaseException) -> wire.TaskOutcome:
+            return wire.TaskOutcome(task.task_id, None, wire.capture_error(kind, exc))
+
+        if self.init_error is not None:
+            return wire.TaskOutcome(task.task_id, None, self.init_error)
+        try:
+            fn = self.function(task.fn_index)
+        except BaseException as exc:
+            return failed(wire.FUNCTION_UNPICKLING, exc)
+        try:
+            calls = pickle.loads(task.calls)
+        except BaseException as exc:
+            return failed(wire.ARGUMENTS_UNPICKLING, exc)
+        results = []
+        for args, kwargs in calls:
+            try:
+                results.append(fn(*args, **kwargs))
+            except BaseException as exc:  # SystemExit in a task reaches the caller too
+                return failed(wire.RAISED, exc)
+        try:
+            blob = cloudpickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL)
+        except BaseException as exc:
+            return failed(wire.RESULT_PICKLING, exc)
+        return wire.TaskOutcome(task.task_id, blob, None)
+
+
+def run_index(store: RunStore, key: bytes, index: int) -> int:
+    """Run one index of a batch; return the process exit code."""
+    out_key = f"out/{index}"
+    try:
+        table = wire.FunctionTable.open(key, store.get("fn"))
+        tasks = wire.open_inputs(key, store.get(f"in/{index}"))
+    except (PayloadError, StorageError, FileNotFoundError) as exc:
+        kind = (
+            "version"
+            if isinstance(exc, VersionMismatchError)
+            else "payload"
+            if isinstance(exc, PayloadError)
+            else "storage"
+        )
+        print(f"k8s_executor.worker: {exc}", file=sys.stderr)
+        try:
+            store.put(out_key, wire.seal_index_failure(key, wire.IndexFailure(kind, str(exc))))
+        except StorageError as put_exc:
+            print(f"k8s_executor.worker: {put_exc}", file=sys.stderr)
+        return EXIT_INDEX_FAILED
+    runner = _Runner(table)
+    runner.initialize()
+    outcomes = [runner.run(task) for task in tasks]
+    store.put(out_key, wire.seal_outcomes(key, outcomes))
+    return EXIT_OK if all(o.error is None for o in outcomes) else EXIT_TASK_FAILED
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    """Entry point of ``python -m k8s_executor.worker BATCH_URL``."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        _usage("usage: python -m k8s_executor.worker BATCH_URL")
+    index_text = os.environ.get("JOB_COMPLETION_INDEX")
+    if index_text is None or not index_text.isdigit():
+        _usage(f"JOB_COMPLETION_INDEX must be a non-negative integer, got {index_text!r}")
+    parent = os.environ.get("K8S_EXECUTOR_PARENT_PID")
+    if parent:
+        _watch_parent(int(parent))
+    options = json.loads(os.environ.get("K8S_EXECUTOR_STORAGE_OPTIONS") or "{}")
+    key = _read_key()
+    code = run_index(RunStore(args[0], options), key, int(index_text))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The outcome is written: nothing a task left behind (a non-daemon thread, a hung
+    # atexit hook) may keep the worker, and so its pod and slot, alive.
+    os._exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Developer sessions. They run in the environment nox itself runs in (the project's
+.venv, prepared by ./run), so a session starts in a second instead of building a venv."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "none"
+nox.options.sessions = ["lint", "tests"]
+
+PACKAGE_DIRS = ["k8s_executor", "tests", "examples", "benchmarks", "noxfile.py"]
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff, ruff format --check and mypy (strict for the package)."""
+    session.run("ruff", "check", *PACKAGE_DIRS)
+    session.run("ruff", "format", "--check", *PACKAGE_DIRS)
+    session.run("mypy")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The whole test suite (kubesim and podman tests included)."""
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The quickstart example, on the local backend unless K8S_EXECUTOR_BACKEND says else."""
+    session.run("python", "examples/quickstart.py")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks; results are written into benchmarks/README.md with --write."""
+    session.run("python", "benchmarks/dispatch.py", *session.posargs)
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation site (warnings are errors)."""
+    session.run("mkdocs", "build", "--strict")

@@ -1,0 +1,184 @@
+"""Every way a call can fail, in one table: what the future raises, and that the executor
+stays usable afterwards (one failure never breaks the pool, unlike ProcessPoolExecutor)."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import signal
+import threading
+from collections.abc import Callable
+from concurrent.futures.process import BrokenProcessPool, _RemoteTraceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from k8s_executor import (
+    ArgumentsPicklingError,
+    FunctionPicklingError,
+    KubernetesExecutor,
+    RemoteError,
+    ResultPicklingError,
+    UnpicklingError,
+    WorkerLostError,
+)
+from tests import helpers
+from tests.behaviour.conftest import ExecutorFactory
+
+
+@dataclass(frozen=True)
+class Case:
+    submit: Callable[[KubernetesExecutor, Path], cf.Future[Any]]
+    raises: type[BaseException]
+    match: str | None
+    check: Callable[[BaseException], None] = lambda exc: None
+
+
+def _lock_closure() -> Callable[[], None]:
+    lock = threading.Lock()
+    return lambda: print(lock)
+
+
+def _remote_traceback_mentions(text: str) -> Callable[[BaseException], None]:
+    def check(exc: BaseException) -> None:
+        assert isinstance(exc.__cause__, _RemoteTraceback)
+        assert text in str(exc.__cause__)
+
+    return check
+
+
+def _killed(exc: BaseException) -> None:
+    assert isinstance(exc, WorkerLostError)
+    assert isinstance(exc, BrokenProcessPool)  # existing except-clauses keep working
+    assert exc.signal == signal.SIGKILL
+    assert "about to die" in exc.log_tail
+
+
+def _exited(exc: BaseException) -> None:
+    assert isinstance(exc, WorkerLostError)
+    assert exc.exit_code == 7
+    assert "exiting with 7" in exc.log_tail
+
+
+def _what(expected: str) -> Callable[[BaseException], None]:
+    def check(exc: BaseException) -> None:
+        assert getattr(exc, "what", None) == expected
+
+    return check
+
+
+def _remote_error(exc: BaseException) -> None:
+    assert isinstance(exc, RemoteError)
+    assert exc.type_name == "worker_only_errors.WorkerOnlyError"
+    assert "only the worker knows this class" in exc.remote_traceback
+
+
+CASES = {
+    "unpicklable function": Case(
+        lambda ex, _: ex.submit(_lock_closure()),
+        FunctionPicklingError,
+        "cannot pickle the function .*lock",
+        _what("function"),
+    ),
+    "unpicklable argument": Case(
+        lambda ex, _: ex.submit(print, threading.Lock()),
+        ArgumentsPicklingError,
+        "cannot pickle the arguments of a call to print",
+        _what("arguments"),
+    ),
+    "unpicklable result": Case(
+        lambda ex, _: ex.submit(helpers.return_lock),
+        ResultPicklingError,
+        "cannot pickle the result of tests.helpers.return_lock in the worker",
+        _what("result"),
+    ),
+    "argument fails to unpickle in worker": Case(
+        lambda ex, _: ex.submit(print, helpers.BadUnpickle()),
+        UnpicklingError,
+        "could not load the arguments of a call to print: RuntimeError: cannot rebuild",
+        _what("arguments"),
+    ),
+    "user exception": Case(
+        lambda ex, _: ex.submit(helpers.fail_with_value_error, "nope"),
+        ValueError,
+        "^nope$",
+        _remote_traceback_mentions("fail_with_value_error"),
+    ),
+    "exception that cannot be pickled": Case(
+        lambda ex, _: ex.submit(helpers.raise_unpicklable_error),
+        RemoteError,
+        "tests.helpers.UnpicklableError: this one stays in the worker",
+        _remote_traceback_mentions("raise_unpicklable_error"),
+    ),
+    "exception type missing locally": Case(
+        lambda ex, tmp: ex.submit(helpers.raise_exception_missing_locally, str(tmp)),
+        RemoteError,
+        "WorkerOnlyError: only the worker knows this class",
+        _remote_error,
+    ),
+    "worker killed by SIGKILL": Case(
+        lambda ex, _: ex.submit(helpers.kill_self),
+        WorkerLostError,
+        "was killed by SIGKILL .*before reporting its results; it may have run out of memory",
+        _killed,
+    ),
+    "worker calls os._exit": Case(
+        lambda ex, _: ex.submit(helpers.exit_hard, 7),
+        WorkerLostError,
+        "exited with code 7",
+        _exited,
+    ),
+    "memory exhausted inside the task": Case(
+        lambda ex, _: ex.submit(bytearray, 1 << 62),
+        MemoryError,
+        None,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", CASES.values(), ids=list(CASES))
+def test_failure_table(case: Case, tmp_path: Path, make_executor: ExecutorFactory) -> None:
+    ex = make_executor(max_workers=2)
+    future = case.submit(ex, tmp_path)
+    with pytest.raises(case.raises, match=case.match) as info:
+        future.result(timeout=60)
+    case.check(info.value)
+    # The executor is not broken: the next call runs.
+    assert ex.submit(helpers.square, 9).result(timeout=60) == 81
+
+
+def test_lost_worker_fails_only_its_own_tasks(make_executor: ExecutorFactory) -> None:
+    from k8s_executor import Batching
+
+    ex = make_executor(max_workers=2, batching=Batching(window=0.5, max_indexes=2))
+    # One batch, two indexes: index 0 runs the killer, index 1 the healthy call.
+    doomed = ex.submit(helpers.kill_self)
+    healthy = ex.submit(helpers.square, 4)
+    with pytest.raises(WorkerLostError):
+        doomed.result(timeout=60)
+    assert healthy.result(timeout=60) == 16
+
+
+def test_function_unpicklable_in_worker(make_executor: ExecutorFactory, tmp_path: Path) -> None:
+    # A function from a module the worker cannot import (it is only on our sys.path).
+    import importlib
+    import sys
+
+    module_dir = tmp_path / "client_only"
+    module_dir.mkdir()
+    (module_dir / "client_only_mod.py").write_text("def f():\n    return 1\n")
+    sys.path.insert(0, str(module_dir))
+    try:
+        module = importlib.import_module("client_only_mod")
+        ex = make_executor()
+        # The local backend hands our sys.path to workers; remove the module afterwards
+        # so the worker, importing fresh, cannot find it.
+        sys.path.remove(str(module_dir))
+        (module_dir / "client_only_mod.py").unlink()
+        with pytest.raises(UnpicklingError, match="could not load the function client_only_mod.f"):
+            ex.submit(module.f).result(timeout=60)
+    finally:
+        sys.modules.pop("client_only_mod", None)
+        if str(module_dir) in sys.path:
+            sys.path.remove(str(module_dir))

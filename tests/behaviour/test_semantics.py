@@ -1,0 +1,323 @@
+"""The concurrent.futures contract, with ProcessPoolExecutor as the reference.
+
+Every test runs on every backend (see conftest.BACKENDS)."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import threading
+from concurrent.futures.process import _RemoteTraceback
+from pathlib import Path
+
+import pytest
+
+from k8s_executor import Batching, ConfigError, KubernetesExecutor
+from tests import helpers
+from tests.behaviour.conftest import ExecutorFactory
+
+
+def test_submit_returns_plain_future_with_result(make_executor: ExecutorFactory) -> None:
+    ex = make_executor(max_workers=2)
+    future = ex.submit(helpers.square, 12)
+    assert type(future) is cf.Future
+    assert future.result(timeout=60) == 144
+
+
+def test_submit_keyword_arguments_named_fn_and_self(make_executor: ExecutorFactory) -> None:
+    # submit(fn, /, *args, **kwargs) is positional-only, as in the stdlib.
+    ex = make_executor()
+    args, kwargs = ex.submit(helpers.echo_kwargs, 1, fn=2, self=3).result(timeout=60)
+    assert args == (1,)
+    assert kwargs == {"fn": 2, "self": 3}
+
+
+def test_map_preserves_order_across_chunks(make_executor: ExecutorFactory) -> None:
+    ex = make_executor(max_workers=3)
+    for chunksize in (1, 4, 1000):
+        assert list(ex.map(helpers.square, range(50), chunksize=chunksize)) == [
+            x * x for x in range(50)
+        ]
+
+
+def test_map_several_iterables_stops_at_shortest(make_executor: ExecutorFactory) -> None:
+    ex = make_executor()
+    assert list(ex.map(helpers.add, [1, 2, 3], [10, 20])) == [11, 22]
+
+
+def test_map_empty(make_executor: ExecutorFactory) -> None:
+    ex = make_executor()
+    assert list(ex.map(helpers.square, [])) == []
+
+
+def test_lambda_closure_nested_and_main_functions(make_executor: ExecutorFactory) -> None:
+    offset = 100
+
+    def nested(x: int) -> int:
+        return x + offset
+
+    ex = make_executor()
+    assert ex.submit(lambda: offset * 2).result(timeout=60) == 200
+    assert list(ex.map(nested, [1, 2])) == [101, 102]
+
+
+def test_functions_defined_in_main_script_work(tmp_path: Path, backend_name: str) -> None:
+    script = tmp_path / "script.py"
+    script.write_text(
+        "from k8s_executor import KubernetesExecutor\n"
+        "def triple(x):\n    return 3 * x\n"
+        "class Box:\n    def __init__(self, v):\n        self.v = v\n"
+        "def unbox(b):\n    return Box(b.v + 1)\n"
+        "if __name__ == '__main__':\n"
+        f"    with KubernetesExecutor(backend={backend_name!r}) as ex:\n"
+        "        print(list(ex.map(triple, [1, 2])), ex.submit(unbox, Box(4)).result().v)\n"
+    )
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "[3, 6] 5"
+
+
+def test_user_exception_is_itself_with_remote_traceback(make_executor: ExecutorFactory) -> None:
+    ex = make_executor()
+    future = ex.submit(helpers.fail_with_value_error, "bad input")
+    with pytest.raises(ValueError, match="bad input") as info:
+        future.result(timeout=60)
+    cause = info.value.__cause__
+    assert isinstance(cause, _RemoteTraceback)
+    assert "fail_with_value_error" in str(cause)
+    assert "raise ValueError(message)" in str(cause)
+
+
+def test_system_exit_reaches_caller(make_executor: ExecutorFactory) -> None:
+    ex = make_executor()
+    with pytest.raises(SystemExit) as info:
+        ex.submit(helpers.raise_system_exit, 3).result(timeout=60)
+    assert info.value.code == 3
+
+
+def test_exception_in_map_raised_at_its_position(make_executor: ExecutorFactory) -> None:
+    def maybe_fail(x: int) -> int:
+        if x == 5:
+            raise KeyError(x)
+        return x
+
+    ex = make_executor()
+    it = ex.map(maybe_fail, range(10))
+    assert [next(it) for _ in range(5)] == [0, 1, 2, 3, 4]
+    with pytest.raises(KeyError):
+        next(it)
+
+
+def test_wait_and_as_completed(make_executor: ExecutorFactory) -> None:
+    ex = make_executor(max_workers=2)
+    futures = [ex.submit(helpers.square, i) for i in range(8)]
+    done, not_done = cf.wait(futures, timeout=60)
+    assert not not_done
+    assert {f.result() for f in done} == {i * i for i in range(8)}
+    assert sorted(f.result() for f in cf.as_completed(futures, timeout=60)) == sorted(
+        i * i for i in range(8)
+    )
+
+
+def test_wait_first_exception(make_executor: ExecutorFactory) -> None:
+    ex = make_executor(max_workers=2)
+    bad = ex.submit(helpers.fail_with_value_error, "x")
+    done, _ = cf.wait([bad], timeout=60, return_when=cf.FIRST_EXCEPTION)
+    assert bad in done
+
+
+def test_done_callbacks_run(make_executor: ExecutorFactory) -> None:
+    ex = make_executor()
+    seen: list[int] = []
+    called = threading.Event()
+
+    def callback(f: cf.Future[int]) -> None:
+        seen.append(f.result())
+        called.set()
+
+    ex.submit(helpers.square, 3).add_done_callback(callback)
+    assert called.wait(60)
+    assert seen == [9]
+
+
+def test_cancel_pending_future_before_start(tmp_path: Path, make_executor: ExecutorFactory) -> None:
+    # One worker slot, held by a blocking task: the second batch cannot start.
+    ex = make_executor(max_workers=1)
+    started, release = tmp_path / "started", tmp_path / "release"
+    blocker = ex.submit(helpers.touch_then_wait, str(started), str(release))
+    helpers.wait_for(started.exists, 60, "the blocking task to start")
+    queued = ex.submit(helpers.square, 2)
+    assert queued.cancel()
+    assert queued.cancelled()
+    release.touch()
+    blocker.result(timeout=60)
+    done, _ = cf.wait([queued], timeout=60)
+    assert queued in done
+    with pytest.raises(cf.CancelledError):
+        queued.result()
+
+
+def test_running_future_cannot_be_cancelled(tmp_path: Path, make_executor: ExecutorFactory) -> None:
+    ex = make_executor(max_workers=1)
+    started, release = tmp_path / "started", tmp_path / "release"
+    future = ex.submit(helpers.touch_then_wait, str(started), str(release))
+    helpers.wait_for(started.exists, 60, "the task to start")
+    helpers.wait_for(future.running, 60, "the future to be running")
+    assert not future.cancel()
+    release.touch()
+    assert isinstance(future.result(timeout=60), int)
+
+
+def test_map_timeout_raises_and_cancels_not_started(
+    tmp_path: Path, make_executor: ExecutorFactory
+) -> None:
+    ex = make_executor(max_workers=1, batching=Batching(max_indexes=10))
+    calls, release = tmp_path / "calls", tmp_path / "release"
+    calls.mkdir()
+    it = ex.map(helpers.record_then_wait, [str(calls)] * 3, [str(release)] * 3, timeout=0.5)
+    with pytest.raises(TimeoutError):
+        next(it)
+    release.touch()
+    ex.shutdown(wait=True)
+    # Only the first call (one worker slot) had started; the other two were cancelled.
+    assert len(list(calls.iterdir())) == 1
+
+
+def test_initializer_runs_in_every_worker(tmp_path: Path, make_executor: ExecutorFactory) -> None:
+    ex = make_executor(max_workers=2, initializer=helpers.set_global, initargs=("ready",))
+    assert list(ex.map(lambda _: helpers.read_global(), range(4))) == ["ready"] * 4
+
+
+def test_initializer_failure_fails_tasks_not_executor(make_executor: ExecutorFactory) -> None:
+    from k8s_executor import InitializerError
+
+    ex = make_executor(initializer=helpers.failing_initializer)
+    future = ex.submit(helpers.square, 2)
+    with pytest.raises(InitializerError, match="initializer broke") as info:
+        future.result(timeout=60)
+    assert isinstance(info.value, cf.process.BrokenProcessPool)
+    assert isinstance(info.value.__cause__, RuntimeError)
+
+
+def test_submit_after_shutdown_exact_message(make_executor: ExecutorFactory) -> None:
+    ex = make_executor()
+    ex.submit(helpers.square, 1).result(timeout=60)
+    ex.shutdown()
+    with pytest.raises(RuntimeError, match="^cannot schedule new futures after shutdown$"):
+        ex.submit(helpers.square, 1)
+    with pytest.raises(RuntimeError, match="^cannot schedule new futures after shutdown$"):
+        ex.map(helpers.square, [1])
+
+
+def test_shutdown_twice_and_unused_is_harmless(make_executor: ExecutorFactory) -> None:
+    unused = make_executor()
+    unused.shutdown()
+    unused.shutdown()
+    used = make_executor()
+    used.submit(helpers.square, 1).result(timeout=60)
+    used.shutdown()
+    used.shutdown(wait=False)
+    used.shutdown(cancel_futures=True)
+
+
+def test_shutdown_waits_for_pending_work(make_executor: ExecutorFactory) -> None:
+    ex = make_executor(max_workers=1)
+    futures = [ex.submit(helpers.square, i) for i in range(5)]
+    ex.shutdown(wait=True)
+    assert [f.result(timeout=0) for f in futures] == [0, 1, 4, 9, 16]
+
+
+def test_shutdown_no_wait_finishes_in_background(make_executor: ExecutorFactory) -> None:
+    ex = make_executor(max_workers=1)
+    futures = [ex.submit(helpers.square, i) for i in range(3)]
+    ex.shutdown(wait=False)
+    assert [f.result(timeout=60) for f in futures] == [0, 1, 4]
+
+
+def test_shutdown_cancel_futures_cancels_not_started(
+    tmp_path: Path, make_executor: ExecutorFactory
+) -> None:
+    ex = make_executor(max_workers=1)
+    started, release = tmp_path / "started", tmp_path / "release"
+    running = ex.submit(helpers.touch_then_wait, str(started), str(release))
+    helpers.wait_for(started.exists, 60, "the first task to start")
+    queued = [ex.submit(helpers.square, i) for i in range(5)]
+    ex.shutdown(wait=False, cancel_futures=True)
+    release.touch()
+    ex.shutdown(wait=True)
+    assert isinstance(running.result(timeout=0), int)
+    assert all(f.cancelled() for f in queued)
+
+
+def test_shutdown_deletes_run_storage(tmp_path: Path, make_executor: ExecutorFactory) -> None:
+    storage = tmp_path / "storage"
+    ex = make_executor(storage=str(storage))
+    ex.submit(helpers.square, 2).result(timeout=60)
+    run_dir = storage / ex.run_id
+    assert run_dir.is_dir()
+    ex.shutdown()
+    assert not run_dir.exists()
+
+
+def test_default_temporary_storage_removed(make_executor: ExecutorFactory) -> None:
+    ex = make_executor()
+    ex.submit(helpers.square, 2).result(timeout=60)
+    temp_dir = ex._temp_dir
+    assert temp_dir is not None and os.path.isdir(temp_dir)
+    ex.shutdown()
+    assert not os.path.exists(temp_dir)
+
+
+def test_context_manager_returns_executor_and_shuts_down(backend_name: str) -> None:
+    with KubernetesExecutor(backend=backend_name) as ex:
+        future = ex.submit(helpers.square, 5)
+    assert future.done()
+    assert future.result() == 25
+    with pytest.raises(RuntimeError):
+        ex.submit(helpers.square, 1)
+
+
+def test_max_workers_bounds_concurrency(make_executor: ExecutorFactory) -> None:
+    ex = make_executor(max_workers=2, batching=Batching(max_indexes=6))
+    spans = list(ex.map(helpers.timed_work, [0.2] * 6))
+    # Six indexes, each its own worker process...
+    assert len({pid for pid, _, _ in spans}) == 6
+    # ...never more than two at once (CLOCK_MONOTONIC is shared by all processes).
+    events = sorted([(start, 1) for _, start, _ in spans] + [(end, -1) for _, _, end in spans])
+    running = peak = 0
+    for _, delta in events:
+        running += delta
+        peak = max(peak, running)
+    assert peak == 2
+
+
+def test_many_submits_are_coalesced_into_few_workers(make_executor: ExecutorFactory) -> None:
+    ex = make_executor(max_workers=2, batching=Batching(window=0.5))
+    futures = [ex.submit(helpers.pid) for _ in range(50)]
+    pids = {f.result(timeout=60) for f in futures}
+    assert 1 <= len(pids) <= 2
+
+
+@pytest.mark.parametrize("bad", [0, -1])
+def test_max_workers_must_be_positive(bad: int, backend_name: str) -> None:
+    with pytest.raises(ValueError, match="^max_workers must be greater than 0$"):
+        KubernetesExecutor(max_workers=bad, backend=backend_name)
+
+
+def test_map_chunksize_must_be_positive(make_executor: ExecutorFactory) -> None:
+    ex = make_executor()
+    with pytest.raises(ValueError, match=r"chunksize must be >= 1\."):
+        ex.map(helpers.square, [1], chunksize=0)
+
+
+def test_config_error_names_option_value_and_allowed(backend_name: str) -> None:
+    with pytest.raises(ConfigError, match=r"max_workers='8' is not allowed: expected an integer"):
+        KubernetesExecutor(max_workers="8", backend=backend_name)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"Batching.window=-1 is not allowed"):
+        Batching(window=-1)
+    with pytest.raises(ConfigError, match=r"backend='nope' is not allowed: expected one of"):
+        KubernetesExecutor(backend="nope")

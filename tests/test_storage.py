@@ -1,0 +1,123 @@
+"""Storage through fsspec: local files and a real S3 API server (moto), including
+transient errors injected between client and server that the retry must absorb."""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from k8s_executor import KubernetesExecutor, StorageError, StorageRetry
+from k8s_executor._store import RunStore, is_transient
+from tests import helpers
+from tests.s3server import S3Server, s3_server
+
+FAST_RETRY = StorageRetry(attempts=8, initial_delay=0.01, max_delay=0.1)
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[S3Server]:
+    with s3_server() as server:
+        import boto3
+
+        boto3.client(
+            "s3",
+            endpoint_url=server.endpoint,
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            region_name="us-east-1",
+        ).create_bucket(Bucket="bucket")
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def _reset_faults(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    if "s3" in request.fixturenames:
+        server: S3Server = request.getfixturevalue("s3")
+        server.faults.count = 0
+
+
+def test_local_put_is_atomic_and_leaves_no_temp(tmp_path: Path) -> None:
+    store = RunStore(str(tmp_path / "run"))
+    store.put("b0/out/0", b"payload")
+    assert store.get("b0/out/0") == b"payload"
+    assert [p.name for p in (tmp_path / "run/b0/out").iterdir()] == ["0"]
+    assert store.get_or_none("b0/out/1") is None
+    store.delete_all()
+    assert not (tmp_path / "run").exists()
+    store.delete_all()  # deleting twice is fine
+
+
+def test_missing_fsspec_implementation_says_what_to_install() -> None:
+    with pytest.raises(StorageError, match="nosuchproto.*use an fsspec URL such as s3:"):
+        RunStore("nosuchproto://bucket/x")
+
+
+@pytest.mark.parametrize(
+    ("exc", "transient"),
+    [
+        (ConnectionResetError(), True),
+        (TimeoutError(), True),
+        (OSError(errno.EBUSY, "SlowDown"), True),
+        (OSError(121, "Internal Server Error"), True),
+        (FileNotFoundError(), False),
+        (PermissionError(), False),
+        (ValueError(), False),
+    ],
+)
+def test_transient_classification(exc: BaseException, transient: bool) -> None:
+    assert is_transient(exc) is transient
+
+
+def test_s3_roundtrip(s3: S3Server) -> None:
+    store = RunStore("s3://bucket/k8sx/run1", s3.storage_options(), FAST_RETRY)
+    store.put("b0/fn", b"x" * 1000)
+    assert store.get("b0/fn") == b"x" * 1000
+    assert store.get_or_none("b0/out/0") is None
+    store.delete_all()
+    assert store.get_or_none("b0/fn") is None
+
+
+def test_s3_transient_errors_absorbed_by_retry(s3: S3Server) -> None:
+    store = RunStore("s3://bucket/k8sx/run2", s3.storage_options(), FAST_RETRY)
+    s3.faults.seen = 0
+    s3.faults.status, s3.faults.code, s3.faults.count = 500, "InternalError", 3
+    store.put("b0/in/0", b"data")
+    assert s3.faults.seen == 3  # the errors really happened...
+    assert store.get("b0/in/0") == b"data"  # ...and the write still landed once
+
+
+def test_s3_persistent_errors_become_storage_error(s3: S3Server) -> None:
+    retry = StorageRetry(attempts=2, initial_delay=0.01, max_delay=0.01)
+    store = RunStore("s3://bucket/k8sx/run3", s3.storage_options(), retry)
+    s3.faults.status, s3.faults.code, s3.faults.count = 500, "InternalError", 1000
+    with pytest.raises(
+        StorageError, match="cannot write b0/fn at s3://bucket/k8sx/run3 after 2 tries"
+    ):
+        store.put("b0/fn", b"x")
+
+
+def test_executor_over_s3_with_transient_errors(s3: S3Server) -> None:
+    s3.faults.seen = 0
+    s3.faults.status, s3.faults.code, s3.faults.count = 503, "SlowDown", 4
+    s3.faults.method = "PUT"
+    try:
+        with KubernetesExecutor(
+            backend="local",
+            storage="s3://bucket/k8sx",
+            storage_options=s3.storage_options(),
+            storage_retry=FAST_RETRY,
+        ) as ex:
+            assert list(ex.map(helpers.square, range(20))) == [x * x for x in range(20)]
+            assert ex.submit(helpers.add, 2, b=3).result(timeout=60) == 5
+            run_id = ex.run_id
+    finally:
+        s3.faults.method = None
+    assert s3.faults.seen == 4
+    import s3fs
+
+    fs = s3fs.S3FileSystem(**s3.storage_options())
+    assert not fs.exists(f"bucket/k8sx/{run_id}")  # shutdown deleted the run's prefix

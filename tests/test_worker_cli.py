@@ -1,0 +1,149 @@
+"""The worker run exactly as a pod runs it: `python -m k8s_executor.worker URL` + env."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from k8s_executor import _payload as wire
+from k8s_executor._store import RunStore
+from k8s_executor.worker import EXIT_INDEX_FAILED, EXIT_OK, EXIT_TASK_FAILED, EXIT_USAGE
+from tests import helpers
+from tests.test_payload import _forge_header
+
+KEY = b"s" * 32
+
+
+def _batch(tmp_path: Path, calls: list[tuple[tuple[object, ...], dict[str, object]]]) -> str:
+    url = str(tmp_path / "run" / "b00000")
+    store = RunStore(url)
+    table = wire.FunctionTable((wire.dump_function(helpers.square),), ("square",), None, None)
+    store.put("fn", table.seal(KEY))
+    store.put("in/0", wire.seal_inputs(KEY, [wire.TaskInput(7, 0, wire.dump_calls(None, calls))]))
+    return url
+
+
+def _run(url: str | None, **env: str) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, **env, "PYTHONPATH": os.pathsep.join(sys.path)}
+    argv = [sys.executable, "-m", "k8s_executor.worker"] + ([url] if url else [])
+    return subprocess.run(argv, env=full_env, capture_output=True, text=True, timeout=60)
+
+
+def test_runs_index_from_env_and_writes_outcome(tmp_path: Path) -> None:
+    url = _batch(tmp_path, [((3,), {}), ((4,), {})])
+    done = _run(url, JOB_COMPLETION_INDEX="0", K8S_EXECUTOR_KEY=KEY.hex())
+    assert done.returncode == EXIT_OK, done.stderr
+    outcomes = wire.open_outcomes(KEY, RunStore(url).get("out/0"))
+    assert isinstance(outcomes, list)
+    assert outcomes[0].task_id == 7
+    assert outcomes[0].results is not None
+    assert wire.load_results(outcomes[0].results, "square") == [9, 16]
+
+
+def test_key_from_file(tmp_path: Path) -> None:
+    url = _batch(tmp_path, [((2,), {})])
+    key_file = tmp_path / "key"
+    key_file.write_text(KEY.hex() + "\n")
+    done = _run(url, JOB_COMPLETION_INDEX="0", K8S_EXECUTOR_KEY_FILE=str(key_file))
+    assert done.returncode == EXIT_OK, done.stderr
+
+
+def test_task_error_exit_code(tmp_path: Path) -> None:
+    url = _batch(tmp_path, [(("not a number",), {})])
+    done = _run(url, JOB_COMPLETION_INDEX="0", K8S_EXECUTOR_KEY=KEY.hex())
+    assert done.returncode == EXIT_TASK_FAILED
+    outcomes = wire.open_outcomes(KEY, RunStore(url).get("out/0"))
+    assert isinstance(outcomes, list) and outcomes[0].error is not None
+    assert outcomes[0].error.type_name == "TypeError"
+
+
+def test_wrong_key_refuses_to_unpickle(tmp_path: Path) -> None:
+    url = _batch(tmp_path, [((2,), {})])
+    done = _run(url, JOB_COMPLETION_INDEX="0", K8S_EXECUTOR_KEY=(b"w" * 32).hex())
+    assert done.returncode == EXIT_INDEX_FAILED
+    assert "signature does not match" in done.stderr
+
+
+def test_version_mismatch_reported_to_client(tmp_path: Path) -> None:
+    url = _batch(tmp_path, [((2,), {})])
+    RunStore(url).put("in/0", _forge_header("3.99", "0.1.0", KEY))
+    done = _run(url, JOB_COMPLETION_INDEX="0", K8S_EXECUTOR_KEY=KEY.hex())
+    assert done.returncode == EXIT_INDEX_FAILED
+    failure = wire.open_outcomes(KEY, RunStore(url).get("out/0"))
+    assert isinstance(failure, wire.IndexFailure)
+    assert failure.error == "version"
+    assert "Python 3.99" in failure.message
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (None, {"JOB_COMPLETION_INDEX": "0"}, "usage: python -m k8s_executor.worker BATCH_URL"),
+        ("x", {"JOB_COMPLETION_INDEX": "zero"}, "JOB_COMPLETION_INDEX must be a non-negative"),
+        (
+            "x",
+            {"JOB_COMPLETION_INDEX": "0"},
+            "K8S_EXECUTOR_KEY (or K8S_EXECUTOR_KEY_FILE) is not set",
+        ),
+    ],
+)
+def test_bad_invocation(args: str | None, env: dict[str, str], message: str) -> None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("K8S_EXECUTOR", "JOB_"))}
+    full_env = {**clean, **env, "PYTHONPATH": os.pathsep.join(sys.path)}
+    argv = [sys.executable, "-m", "k8s_executor.worker"] + ([args] if args else [])
+    done = subprocess.run(argv, env=full_env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == EXIT_USAGE
+    assert message in done.stderr
+
+
+def test_worker_exits_when_parent_dies(tmp_path: Path) -> None:
+    # A middle process starts a worker blocked in a task, then is killed: the worker,
+    # watching its parent, must exit on its own (no orphan outlives a killed client).
+    url = str(tmp_path / "run" / "b00000")
+    store = RunStore(url)
+    table = wire.FunctionTable((wire.dump_function(helpers.touch_then_block),), ("t",), None, None)
+    store.put("fn", table.seal(KEY))
+    started = tmp_path / "started"
+    store.put(
+        "in/0",
+        wire.seal_inputs(
+            KEY, [wire.TaskInput(1, 0, wire.dump_calls(None, [((str(started),), {})]))]
+        ),
+    )
+    middle = (
+        "import os, subprocess, sys\n"
+        "p = subprocess.Popen([sys.executable, '-m', 'k8s_executor.worker', sys.argv[1]],"
+        " env={**os.environ, 'K8S_EXECUTOR_PARENT_PID': str(os.getpid())})\n"
+        "print(p.pid, flush=True)\n"
+        "import threading; threading.Event().wait()\n"
+    )
+    env = {
+        **os.environ,
+        "JOB_COMPLETION_INDEX": "0",
+        "K8S_EXECUTOR_KEY": KEY.hex(),
+        "PYTHONPATH": os.pathsep.join(sys.path),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-c", middle, url], env=env, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    worker_pid = int(proc.stdout.readline())
+    helpers.wait_for(started.exists, 60, "the task to start")
+    proc.kill()
+    proc.wait()
+    proc.stdout.close()
+
+    def gone() -> bool:
+        try:
+            os.kill(worker_pid, 0)
+        except ProcessLookupError:
+            return True
+        # A zombie (re-parented, not yet reaped) counts as gone.
+        with open(f"/proc/{worker_pid}/stat") as f:
+            return f.read().split()[2] == "Z"
+
+    helpers.wait_for(gone, 30, "the orphaned worker to exit")
