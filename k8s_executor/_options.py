@@ -8,11 +8,22 @@ the value and what is allowed.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["Batching", "StorageRetry", "check_positive_int", "check_seconds"]
+__all__ = [
+    "Batching",
+    "PodOptions",
+    "Resources",
+    "Scheduling",
+    "StorageRetry",
+    "Timeouts",
+    "VolumeMount",
+]
 
 
 def _fail(option: str, value: object, allowed: str) -> ConfigError:
@@ -97,3 +108,298 @@ class StorageRetry(_Options):
         check_positive_int("StorageRetry.attempts", self.attempts)
         check_seconds("StorageRetry.initial_delay", self.initial_delay)
         check_seconds("StorageRetry.max_delay", self.max_delay)
+
+
+# -- Kubernetes options ----------------------------------------------------------------
+
+# A Kubernetes resource quantity: a number with an optional binary (Ki..Ei), decimal
+# (n, u, m, k, M..E) or exponent suffix, as in "500m", "2Gi", "1.5", "1e3".
+_QUANTITY = re.compile(r"^[+]?(\d+(\.\d*)?|\.\d+)([KMGTPE]i|[numkMGTPE]|[eE][+-]?\d+)?$")
+# DNS-1123 subdomain (names of Secrets, PVCs, service accounts, priority classes).
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+# Label keys: optional DNS prefix + "/" + name of ≤63 alphanumerics, '-', '_', '.'.
+_LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9]$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$")
+_ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+
+
+def quantity(option: str, value: object, *, allow_none: bool = True) -> str | None:
+    """Normalise a resource quantity to the string Kubernetes expects, or fail."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise _fail(option, value, 'expected a Kubernetes quantity such as "500m", "2", "4Gi"')
+    text = str(value)
+    if not _QUANTITY.match(text) or (isinstance(value, float) and not math.isfinite(value)):
+        raise _fail(option, value, 'expected a Kubernetes quantity such as "500m", "2", "4Gi"')
+    return text
+
+
+def check_dns_name(option: str, value: object) -> None:
+    """Raise unless ``value`` is a DNS-1123 subdomain (how Kubernetes names objects)."""
+    if not isinstance(value, str) or len(value) > 253 or not _DNS_SUBDOMAIN.match(value):
+        raise _fail(
+            option,
+            value,
+            "expected a Kubernetes object name: lower-case letters, digits, '-' and '.', "
+            "starting and ending with a letter or digit",
+        )
+
+
+def check_labels(option: str, value: object, *, values_are_labels: bool = True) -> None:
+    """Raise unless ``value`` maps valid label keys to valid label (or annotation) values."""
+    if not isinstance(value, Mapping):
+        raise _fail(option, value, "expected a dict of str to str")
+    for key, item in value.items():
+        prefix, _, name = key.rpartition("/") if isinstance(key, str) else ("", "", "")
+        if (
+            not isinstance(key, str)
+            or not _LABEL_NAME.match(name)
+            or (prefix and not _DNS_SUBDOMAIN.match(prefix))
+        ):
+            raise _fail(f"{option}[{key!r}]", key, "expected a label key ([prefix/]name)")
+        if not isinstance(item, str) or (values_are_labels and not _LABEL_VALUE.match(item)):
+            allowed = "a label value (≤63 letters, digits, '-', '_', '.')"
+            raise _fail(f"{option}[{key!r}]", item, allowed if values_are_labels else "a str")
+
+
+@dataclass(frozen=True, repr=False)
+class Resources(_Options):
+    """What each worker pod requests from the cluster.
+
+    Example: ``Resources(cpu=8, memory="32Gi", gpu=1)``.
+    """
+
+    cpu: str | int | float | None = "1"
+    """CPU request per worker, a quantity: ``2``, ``"500m"``. ``None`` requests none."""
+
+    memory: str | None = "2Gi"
+    """Memory request per worker, e.g. ``"16Gi"``. Also the memory limit unless
+    ``memory_limit`` says otherwise, so a worker that outgrows it is OOMKilled (and
+    reported as such) instead of starving its neighbours."""
+
+    memory_limit: str | None = None
+    """Memory limit per worker; default: ``memory``."""
+
+    gpu: int = 0
+    """GPUs per worker (the ``<gpu_vendor>.com/gpu`` extended resource)."""
+
+    gpu_vendor: str = "nvidia"
+    """The GPU device plugin's vendor: ``"nvidia"`` or ``"amd"`` (resource
+    ``nvidia.com/gpu`` or ``amd.com/gpu``)."""
+
+    disk: str | None = None
+    """Ephemeral storage request and limit per worker, e.g. ``"50Gi"``."""
+
+    qos: str = "Burstable"
+    """``"Guaranteed"`` sets limits equal to requests for CPU and memory (both must be
+    set), so the pod is the last to be evicted under node pressure; ``"Burstable"``
+    limits only memory."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cpu", quantity("Resources.cpu", self.cpu))
+        quantity("Resources.memory", self.memory)
+        quantity("Resources.memory_limit", self.memory_limit)
+        quantity("Resources.disk", self.disk)
+        if isinstance(self.gpu, bool) or not isinstance(self.gpu, int) or self.gpu < 0:
+            raise _fail("Resources.gpu", self.gpu, "expected an integer >= 0")
+        if self.gpu_vendor not in ("nvidia", "amd"):
+            raise _fail("Resources.gpu_vendor", self.gpu_vendor, "expected 'nvidia' or 'amd'")
+        if self.qos not in ("Burstable", "Guaranteed"):
+            raise _fail("Resources.qos", self.qos, "expected 'Burstable' or 'Guaranteed'")
+        if self.qos == "Guaranteed" and (self.cpu is None or self.memory is None):
+            raise _fail(
+                "Resources.qos",
+                self.qos,
+                "'Guaranteed' needs both cpu and memory set (limits equal requests)",
+            )
+        if self.qos == "Guaranteed" and self.memory_limit not in (None, self.memory):
+            raise _fail(
+                "Resources.memory_limit",
+                self.memory_limit,
+                "with qos='Guaranteed' the limit is the request; leave memory_limit unset",
+            )
+
+
+@dataclass(frozen=True, repr=False)
+class Scheduling(_Options):
+    """Where worker pods may run."""
+
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    """Node labels a worker's node must carry, e.g. ``{"pool": "gpu"}``."""
+
+    tolerations: tuple[Mapping[str, Any], ...] = ()
+    """Kubernetes tolerations, as dicts: ``({"key": "gpu", "operator": "Exists"},)``."""
+
+    affinity: Mapping[str, Any] | None = None
+    """A Kubernetes ``affinity`` object (node/pod affinity and anti-affinity)."""
+
+    priority_class: str | None = None
+    """The PriorityClass name of worker pods."""
+
+    def __post_init__(self) -> None:
+        check_labels("Scheduling.node_selector", self.node_selector)
+        object.__setattr__(self, "tolerations", tuple(self.tolerations))
+        for t in self.tolerations:
+            if not isinstance(t, Mapping):
+                raise _fail("Scheduling.tolerations", t, "expected dicts (Kubernetes tolerations)")
+        if self.affinity is not None and not isinstance(self.affinity, Mapping):
+            raise _fail("Scheduling.affinity", self.affinity, "expected a dict or None")
+        if self.priority_class is not None:
+            check_dns_name("Scheduling.priority_class", self.priority_class)
+
+
+@dataclass(frozen=True, repr=False)
+class VolumeMount(_Options):
+    """A PersistentVolumeClaim mounted into every worker."""
+
+    claim: str
+    """The name of an existing PersistentVolumeClaim in the namespace."""
+
+    path: str
+    """Where it is mounted in the worker, an absolute path."""
+
+    read_only: bool = False
+    """Mount it read-only."""
+
+    sub_path: str | None = None
+    """Mount only this sub-directory of the volume."""
+
+    def __post_init__(self) -> None:
+        check_dns_name("VolumeMount.claim", self.claim)
+        if not isinstance(self.path, str) or not self.path.startswith("/"):
+            raise _fail("VolumeMount.path", self.path, "expected an absolute path")
+
+
+@dataclass(frozen=True, repr=False)
+class PodOptions(_Options):
+    """Everything else about worker pods: identity, environment, volumes, image pulls."""
+
+    labels: Mapping[str, str] = field(default_factory=dict)
+    """Extra labels on Jobs and pods (e.g. for cost attribution)."""
+
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    """Extra annotations on Jobs and pods."""
+
+    env: Mapping[str, str] = field(default_factory=dict)
+    """Environment variables of the worker, as plain values. Do not put credentials
+    here: they would be readable in the pod spec; use ``secrets``."""
+
+    secrets: tuple[str, ...] = ()
+    """Names of Secrets whose keys become environment variables of the worker
+    (``envFrom``), e.g. cloud credentials for the storage."""
+
+    service_account: str | None = None
+    """The service account of worker pods (e.g. one bound to a cloud identity, for
+    storage access without keys)."""
+
+    image_pull_policy: str | None = None
+    """``"Always"``, ``"IfNotPresent"`` or ``"Never"``; default: Kubernetes' own (images
+    referenced by digest are pulled once per node)."""
+
+    image_pull_secrets: tuple[str, ...] = ()
+    """Names of Secrets with registry credentials for pulling the image."""
+
+    volumes: tuple[VolumeMount, ...] = ()
+    """PersistentVolumeClaims mounted into every worker."""
+
+    shared_memory: str | None = None
+    """Size of a memory-backed ``/dev/shm`` (PyTorch DataLoader workers need more than
+    the 64 MiB default), e.g. ``"8Gi"``. Counts against the memory limit."""
+
+    tmpfs: str | None = None
+    """Size of a memory-backed ``tmpfs_path``, e.g. ``"2Gi"``; counts against memory."""
+
+    tmpfs_path: str = "/tmp"  # noqa: S108 - a mount point in the pod, not a temp file here
+    """Where the tmpfs is mounted."""
+
+    run_as_root: bool = False
+    """Run workers as root. By default they run as an unprivileged user with no added
+    capabilities and no privilege escalation."""
+
+    pod_template: Mapping[str, Any] | None = None
+    """A partial Kubernetes pod spec merged over the generated one, for anything the
+    options above do not cover. Dicts merge key by key; lists of named items
+    (``containers``, ``env``, ``volumes``, ``volumeMounts``...) merge by ``name`` (the
+    worker container is named ``worker``); other lists replace ours."""
+
+    def __post_init__(self) -> None:
+        check_labels("PodOptions.labels", self.labels)
+        check_labels("PodOptions.annotations", self.annotations, values_are_labels=False)
+        if not isinstance(self.env, Mapping):
+            raise _fail("PodOptions.env", self.env, "expected a dict of str to str")
+        for key, value in self.env.items():
+            if not isinstance(key, str) or not _ENV_NAME.match(key):
+                raise _fail("PodOptions.env", key, "expected environment variable names")
+            if not isinstance(value, str):
+                raise _fail(f"PodOptions.env[{key!r}]", value, "expected a str")
+        for name in ("secrets", "image_pull_secrets", "volumes"):
+            value = getattr(self, name)
+            if isinstance(value, str | Mapping) or not isinstance(value, Sequence):
+                raise _fail(f"PodOptions.{name}", value, "expected a tuple or list")
+            object.__setattr__(self, name, tuple(value))
+        for secret in (*self.secrets, *self.image_pull_secrets):
+            check_dns_name("PodOptions.secrets", secret)
+        for volume in self.volumes:
+            if not isinstance(volume, VolumeMount):
+                raise _fail("PodOptions.volumes", volume, "expected VolumeMount instances")
+        if self.service_account is not None:
+            check_dns_name("PodOptions.service_account", self.service_account)
+        if self.image_pull_policy not in (None, "Always", "IfNotPresent", "Never"):
+            raise _fail(
+                "PodOptions.image_pull_policy",
+                self.image_pull_policy,
+                "expected 'Always', 'IfNotPresent', 'Never' or None",
+            )
+        quantity("PodOptions.shared_memory", self.shared_memory)
+        quantity("PodOptions.tmpfs", self.tmpfs)
+        if not self.tmpfs_path.startswith("/"):
+            raise _fail("PodOptions.tmpfs_path", self.tmpfs_path, "expected an absolute path")
+        if self.pod_template is not None and not isinstance(self.pod_template, Mapping):
+            raise _fail("PodOptions.pod_template", self.pod_template, "expected a dict")
+
+
+@dataclass(frozen=True, repr=False)
+class Timeouts(_Options):
+    """Time limits that keep a stuck or abandoned run from holding the cluster."""
+
+    startup: float = 300.0
+    """Seconds a worker pod may stay unable to start (image pull errors, unschedulable,
+    missing Secret) before its calls fail with ``PodStartError`` and its Job is deleted."""
+
+    job_deadline: float | None = 24 * 3600.0
+    """``activeDeadlineSeconds`` of every Job: the longest a batch may run. ``None``
+    for no limit."""
+
+    ttl_after_finished: int = 300
+    """Seconds a finished Job (and its pods) stays for inspection before Kubernetes
+    deletes it, if the client did not delete it first."""
+
+    heartbeat: float = 30.0
+    """How often the client refreshes its heartbeat in storage. Workers whose client
+    stopped refreshing for ``heartbeat_grace`` give up, so a killed client leaves nothing
+    running for long."""
+
+    heartbeat_grace: float = 300.0
+    """Seconds without a heartbeat after which workers of a run exit."""
+
+    def __post_init__(self) -> None:
+        check_seconds("Timeouts.startup", self.startup, allow_zero=False)
+        if self.job_deadline is not None:
+            check_seconds("Timeouts.job_deadline", self.job_deadline, allow_zero=False)
+        if (
+            isinstance(self.ttl_after_finished, bool)
+            or not isinstance(self.ttl_after_finished, int)
+            or self.ttl_after_finished < 0
+        ):
+            raise _fail(
+                "Timeouts.ttl_after_finished", self.ttl_after_finished, "expected an int >= 0"
+            )
+        check_seconds("Timeouts.heartbeat", self.heartbeat, allow_zero=False)
+        check_seconds("Timeouts.heartbeat_grace", self.heartbeat_grace, allow_zero=False)
+        if self.heartbeat_grace < 2 * self.heartbeat:
+            raise _fail(
+                "Timeouts.heartbeat_grace",
+                self.heartbeat_grace,
+                f"expected at least twice Timeouts.heartbeat ({self.heartbeat})",
+            )
