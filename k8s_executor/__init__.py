@@ -14,6 +14,7 @@ from ._options import Batching, StorageRetry
 from ._version import __version__
 from .errors import (
     ArgumentsPicklingError,
+    ClusterError,
     ConfigError,
     ExecutorBrokenError,
     FunctionPicklingError,
@@ -34,6 +35,7 @@ from .errors import (
 __all__ = [
     "ArgumentsPicklingError",
     "Batching",
+    "ClusterError",
     "ConfigError",
     "ExecutorBrokenError",
     "FunctionPicklingError",

@@ -25,7 +25,9 @@ workers; one failing task fails only its own future, one lost worker only its ta
 from __future__ import annotations
 
 import atexit
+import contextlib
 import enum
+import functools
 import itertools
 import os
 import shutil
@@ -40,14 +42,25 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from . import _payload as wire
-from ._options import Batching, StorageRetry, check_positive_int
+from ._options import (
+    Batching,
+    PodOptions,
+    Resources,
+    Scheduling,
+    StorageRetry,
+    Timeouts,
+    check_positive_int,
+)
 from ._store import RunStore, new_run_id
-from .backends._base import Backend, IndexExit, LaunchSpec
+from .backends._base import Backend, IndexExit, LaunchSpec, RunContext
+from .backends.kubernetes import KubernetesBackend, KubernetesSettings
+from .backends.local import LocalBackend
 from .errors import (
     ConfigError,
     ExecutorBrokenError,
     FunctionPicklingError,
     PicklingError,
+    PodStartError,
     StorageError,
     WorkerLostError,
 )
@@ -55,11 +68,6 @@ from .errors import (
 __all__ = ["KubernetesExecutor"]
 
 T = TypeVar("T")
-
-_BACKENDS = {
-    "local": "k8s_executor.backends.local:LocalBackend",
-    "kubernetes": "k8s_executor.backends.kubernetes:KubernetesBackend",
-}
 
 
 class _State(enum.Enum):
@@ -79,6 +87,8 @@ class _Task:
     single: bool  # a submit (result unwrapped) rather than a map chunk (a list)
     task_id: int = -1
     fn_index: int = -1
+    batch_id: str = ""
+    index: int = -1
     running: bool = False
     settled: bool = False
 
@@ -88,6 +98,7 @@ class _Index:
     tasks: list[_Task]
     started: bool = False
     finished: bool = False
+    skipped: bool = False
 
 
 @dataclass(eq=False)
@@ -109,9 +120,7 @@ def _cluster_configured() -> bool:
     )
 
 
-def _make_backend(backend: str | Backend | None) -> Backend:
-    if backend is not None and not isinstance(backend, str):
-        return backend
+def _backend_name(backend: str | None) -> str:
     name = backend or os.environ.get("K8S_EXECUTOR_BACKEND")
     if name is None:
         if not _cluster_configured():
@@ -122,25 +131,12 @@ def _make_backend(backend: str | Backend | None) -> Backend:
                 "variable K8S_EXECUTOR_BACKEND=local|kubernetes"
             )
         name = "kubernetes"
-    target = _BACKENDS.get(name)
-    if target is None:
+    if name not in ("local", "kubernetes"):
         raise ConfigError(
-            f"backend={name!r} is not allowed: expected one of {sorted(_BACKENDS)} "
+            f"backend={name!r} is not allowed: expected one of ['kubernetes', 'local'] "
             "(or a Backend instance)"
         )
-    module_name, _, attr = target.partition(":")
-    import importlib
-
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name:
-            raise
-        raise ConfigError(
-            f"backend={name!r} is not available in k8s_executor yet; use backend='local'"
-        ) from exc
-    made: Backend = getattr(module, attr)()
-    return made
+    return name
 
 
 def _pack(tasks: Sequence[_Task], slots: int) -> list[list[_Task]]:
@@ -197,6 +193,18 @@ class KubernetesExecutor(Executor):
         storage_options: dict[str, Any] | None = None,
         batching: Batching | None = None,
         storage_retry: StorageRetry | None = None,
+        image: str | None = None,
+        namespace: str | None = None,
+        kubeconfig: str | None = None,
+        context: str | None = None,
+        resources: Resources | None = None,
+        scheduling: Scheduling | None = None,
+        pod: PodOptions | None = None,
+        timeouts: Timeouts | None = None,
+        retries: int = 0,
+        python: str | None = None,
+        share_storage_options: bool = False,
+        stream_logs: bool = False,
     ) -> None:
         if max_workers is not None:
             if isinstance(max_workers, int) and not isinstance(max_workers, bool):
@@ -212,6 +220,10 @@ class KubernetesExecutor(Executor):
         for name, value, cls in (
             ("batching", batching, Batching),
             ("storage_retry", storage_retry, StorageRetry),
+            ("resources", resources, Resources),
+            ("scheduling", scheduling, Scheduling),
+            ("pod", pod, PodOptions),
+            ("timeouts", timeouts, Timeouts),
         ):
             if value is not None and not isinstance(value, cls):
                 raise ConfigError(
@@ -222,7 +234,38 @@ class KubernetesExecutor(Executor):
                 f"storage_options={storage_options!r} is not allowed: expected a dict"
             )
 
-        self._backend = _make_backend(backend)
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ConfigError(f"retries={retries!r} is not allowed: expected an integer >= 0")
+        if backend is None or isinstance(backend, str):
+            name = _backend_name(backend)
+            if name == "local":
+                self._backend: Backend = LocalBackend()
+            else:
+                image = image or os.environ.get("K8S_EXECUTOR_IMAGE")
+                if not image:
+                    raise ConfigError(
+                        "image= is required with the kubernetes backend: an image whose "
+                        "Python (same major.minor as here) has k8s_executor and your "
+                        "task's dependencies installed (or set K8S_EXECUTOR_IMAGE)"
+                    )
+                self._backend = KubernetesBackend(
+                    KubernetesSettings(
+                        image=image,
+                        kubeconfig=kubeconfig,
+                        context=context,
+                        namespace=namespace,
+                        python=python or "python",
+                        retries=retries,
+                        resources=resources or Resources(),
+                        scheduling=scheduling or Scheduling(),
+                        pod=pod or PodOptions(),
+                        timeouts=timeouts or Timeouts(),
+                        share_storage_options=share_storage_options,
+                        stream_logs=stream_logs,
+                    )
+                )
+        else:
+            self._backend = backend
         self._max_workers = max_workers or self._backend.default_max_workers()
         self._batching = batching or Batching()
         self._retry = storage_retry or StorageRetry()
@@ -260,6 +303,8 @@ class KubernetesExecutor(Executor):
         self._writer: ThreadPoolExecutor | None = None
         self._finalizer: threading.Thread | None = None
         self._kill = False
+        self._heartbeat: threading.Thread | None = None
+        self._stopped = threading.Event()
 
     # -- public API ----------------------------------------------------------------
 
@@ -362,6 +407,8 @@ class KubernetesExecutor(Executor):
         task = _Task(future, fn, blob, len(calls), single)
         if future.done():
             task.settled = True
+        else:
+            future.add_done_callback(functools.partial(self._task_done, task))
         return task
 
     def _check_accepting(self) -> None:
@@ -391,8 +438,28 @@ class KubernetesExecutor(Executor):
             root = self._temp_dir
         else:
             root = self._storage.rstrip("/")
-        self._store = RunStore(f"{root}/{self._run_id}", self._storage_options, self._retry)
-        self._backend.start(self, self._max_workers)
+        store = RunStore(f"{root}/{self._run_id}", self._storage_options, self._retry)
+        run = RunContext(self._run_id, store.url, self._key, self._storage_options)
+        try:
+            self._backend.start(self, self._max_workers, run)
+        except BaseException:
+            # Cluster unreachable, forbidden, misconfigured: the caller of submit sees it,
+            # and nothing is left behind.
+            with contextlib.suppress(Exception):
+                self._backend.close(kill=True)
+            if self._temp_dir is not None:
+                shutil.rmtree(self._temp_dir, ignore_errors=True)
+                self._temp_dir = None
+            raise
+        self._store = store
+        if self._backend.heartbeat_interval is not None:
+            self._heartbeat = threading.Thread(
+                target=self._beat,
+                args=(self._backend.heartbeat_interval,),
+                name="k8sx-heartbeat",
+                daemon=True,
+            )
+            self._heartbeat.start()
         self._dispatcher = threading.Thread(
             target=self._dispatch, name="k8sx-dispatch", daemon=True
         )
@@ -456,6 +523,9 @@ class KubernetesExecutor(Executor):
         slots = self._batching.max_indexes or self._max_workers
         groups = _pack(live, slots)
         batch = _Batch(f"b{next(self._batch_ids):05d}", [_Index(g) for g in groups], names)
+        for i, group in enumerate(groups):
+            for t in group:
+                t.batch_id, t.index = batch.batch_id, i
         init_blob, initargs_blob = self._initializer or (None, None)
         table = wire.FunctionTable(tuple(blobs), tuple(names), init_blob, initargs_blob)
         writes = [(f"{batch.batch_id}/fn", table.seal(self._key))]
@@ -500,6 +570,38 @@ class KubernetesExecutor(Executor):
             self._writer = ThreadPoolExecutor(16, thread_name_prefix="k8sx-write")
         store = self._store
         list(self._writer.map(lambda kv: store.put(*kv), writes))
+
+    def _task_done(self, task: _Task, _future: Future[Any]) -> None:
+        """A future is done; if cancelled, and its whole index is, keep the index from
+        starting: a skip marker the worker checks first, and a hint to the backend."""
+        if not task.future.cancelled():
+            return
+        with self._lock:
+            batch = self._batches.get(task.batch_id)
+            if batch is None:
+                return
+            entry = batch.indexes[task.index]
+            if entry.started or entry.skipped:
+                return
+            if not all(t.future.cancelled() for t in entry.tasks):
+                return
+            entry.skipped = True
+            store = self._store
+        if store is not None:
+            with contextlib.suppress(StorageError):
+                store.put(f"{task.batch_id}/skip/{task.index}", b"")
+        self._backend.cancel(task.batch_id, [task.index])
+
+    def _beat(self, interval: float) -> None:
+        """Refresh the run's heartbeat: workers of a vanished client give up."""
+        assert self._store is not None
+        beat = 0
+        while True:
+            beat += 1
+            with contextlib.suppress(StorageError):
+                self._store.put("heartbeat", str(beat).encode())
+            if self._stopped.wait(interval):
+                return
 
     # -- listener (called by the backend, from its threads) ------------------------
 
@@ -558,6 +660,11 @@ class KubernetesExecutor(Executor):
 
     def _resolve(self, batch: _Batch, index: int, tasks: list[_Task], exit: IndexExit) -> None:
         assert self._store is not None
+        if exit.never_started:
+            error = PodStartError(exit.message, reason=exit.reason or "Unknown")
+            for t in tasks:
+                self._settle(t, error=error)
+            return
         try:
             data = self._store.get_or_none(f"{batch.batch_id}/out/{index}")
             outcomes = None if data is None else wire.open_outcomes(self._key, data)
@@ -642,6 +749,9 @@ class KubernetesExecutor(Executor):
                 self._cond.wait()
             kill = self._kill or self._state is _State.BROKEN
         self._backend.close(kill=kill)
+        self._stopped.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join()
         # No worker is left to report: settle whatever the backend never reported (indexes
         # dropped by a kill), so no future waits forever.
         with self._lock:
@@ -703,8 +813,16 @@ def _worker_lost(batch_id: str, index: int, n_tasks: int, exit: IndexExit) -> Wo
     detail = f" ({exit.reason}: {exit.message})" if exit.reason and exit.message else ""
     if exit.reason and not exit.message:
         detail = f" ({exit.reason})"
-    hint = ""
-    if exit.reason == "OOMKilled" or exit.signal == 9:
+    hint = {
+        "OOMKilled": "; it ran out of memory: give it more (Resources.memory)",
+        "DeadlineExceeded": "; its Job ran longer than Timeouts.job_deadline",
+        "EvictionByEvictionAPI": "; it was evicted (node drain or pressure) and not retried"
+        " (retries=)",
+        "PreemptionByScheduler": "; a higher-priority pod preempted it (retries=)",
+        "DeletionByTaintManager": "; its node became unavailable (retries=)",
+        "DeletionByPodGC": "; its node was lost (retries=)",
+    }.get(exit.reason or "", "")
+    if not hint and exit.signal == 9:
         hint = "; it may have run out of memory (give it more) or been killed from outside"
     message = (
         f"the worker of batch {batch_id} index {index} ({n_tasks} task(s)) {how}{detail} "

@@ -20,6 +20,7 @@ that existing ``concurrent.futures`` code already catches keep their stdlib base
      │    │                                       or a result on the client, failed
      │    ├── RemoteError                         a task raised an exception that cannot be
      │    │                                       rebuilt here (its class is missing locally)
+     │    ├── ClusterError                        the Kubernetes API refused or is unreachable
      │    └── PodStartError                       a pod never started (image pull, scheduling)
      └── RuntimeError
           └── concurrent.futures.BrokenExecutor
@@ -37,6 +38,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 __all__ = [
     "ArgumentsPicklingError",
+    "ClusterError",
     "ConfigError",
     "ExecutorBrokenError",
     "FunctionPicklingError",
@@ -140,6 +142,18 @@ class RemoteError(K8sExecutorError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.type_name, self.message, self.remote_traceback))
+
+
+class ClusterError(K8sExecutorError):
+    """The Kubernetes API refused a request or could not be reached.
+
+    Attributes:
+        status: the HTTP status of the refusal, or None if the API was unreachable.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class PodStartError(K8sExecutorError):

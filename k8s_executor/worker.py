@@ -20,7 +20,8 @@ reads ``URL/fn`` and ``URL/in/3``, runs the tasks of index 3 in order, writes
 
 Exit codes: 0 every task succeeded; 3 the outcome is written and some task raised (not
 worth a retry); 4 the index could not run at all (bad payload, version mismatch) and a
-JSON failure was written; 5 bad invocation; 6 the parent went away. Anything else (a
+JSON failure was written; 5 bad invocation; 6 the parent went away; 7 the client's
+heartbeat stopped (``K8S_EXECUTOR_HEARTBEAT_GRACE``). Anything else (a
 signal, an out-of-memory kill, an interpreter crash) means no outcome was written.
 
 This module must start fast and without the client-side dependencies: it imports only
@@ -34,6 +35,7 @@ import os
 import pickle
 import sys
 import threading
+import time
 from typing import Any, Final, NoReturn
 
 import cloudpickle
@@ -47,6 +49,7 @@ EXIT_TASK_FAILED: Final = 3
 EXIT_INDEX_FAILED: Final = 4
 EXIT_USAGE: Final = 5
 EXIT_ORPHANED: Final = 6
+EXIT_ABANDONED: Final = 7
 
 
 def _usage(message: str) -> NoReturn:
@@ -79,6 +82,33 @@ def _watch_parent(parent: int) -> None:
             threading.Event().wait(0.5)
 
     threading.Thread(target=poll, name="k8sx-parent-watch", daemon=True).start()
+
+
+def _watch_heartbeat(run: RunStore, grace: float) -> None:
+    def poll() -> None:
+        # Compare the client's counter with itself over our own monotonic clock: no
+        # reliance on the client's, the storage's or this node's wall clock.
+        last: bytes | None = None
+        changed = time.monotonic()
+        while True:
+            try:
+                beat = run.get_or_none("heartbeat")
+            except Exception:
+                beat = last  # storage trouble is not proof the client is gone
+            now = time.monotonic()
+            if beat != last:
+                last, changed = beat, now
+            elif now - changed > grace:
+                print(
+                    f"k8s_executor.worker: no heartbeat from the client for {grace:g}s; "
+                    "it is gone, giving up",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                os._exit(EXIT_ABANDONED)
+            threading.Event().wait(min(grace / 10, 30.0))
+
+    threading.Thread(target=poll, name="k8sx-heartbeat-watch", daemon=True).start()
 
 
 class _Runner:
@@ -134,6 +164,9 @@ class _Runner:
 def run_index(store: RunStore, key: bytes, index: int) -> int:
     """Run one index of a batch; return the process exit code."""
     out_key = f"out/{index}"
+    if store.get_or_none(f"skip/{index}") is not None:
+        # Every call of this index was cancelled before the worker started.
+        return EXIT_OK
     try:
         table = wire.FunctionTable.open(key, store.get("fn"))
         tasks = wire.open_inputs(key, store.get(f"in/{index}"))
@@ -171,6 +204,10 @@ def main(argv: list[str] | None = None) -> NoReturn:
         _watch_parent(int(parent))
     options = json.loads(os.environ.get("K8S_EXECUTOR_STORAGE_OPTIONS") or "{}")
     key = _read_key()
+    grace = os.environ.get("K8S_EXECUTOR_HEARTBEAT_GRACE")
+    if grace:
+        run_url = args[0].rstrip("/").rsplit("/", 1)[0]
+        _watch_heartbeat(RunStore(run_url, options), float(grace))
     code = run_index(RunStore(args[0], options), key, int(index_text))
     sys.stdout.flush()
     sys.stderr.flush()

@@ -11,7 +11,19 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-__all__ = ["Backend", "IndexExit", "LaunchSpec", "Listener"]
+__all__ = ["Backend", "IndexExit", "LaunchSpec", "Listener", "RunContext"]
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What a backend needs to know about the run it serves."""
+
+    run_id: str
+    run_url: str
+    """Storage URL of the run (``<storage>/<run-id>``)."""
+    key: bytes
+    """The run's signing key; the backend delivers it to workers without exposing it."""
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -42,6 +54,8 @@ class IndexExit:
     """Details from the backend, e.g. a Kubernetes status message."""
     log_tail: str = ""
     """The last lines the worker wrote to stderr."""
+    never_started: bool = False
+    """The worker could not start at all (e.g. unschedulable); ``reason`` says why."""
 
 
 class Listener(Protocol):
@@ -65,14 +79,20 @@ class Backend(Protocol):
     def default_max_workers(self) -> int:
         """How many workers run at once when the user gives no ``max_workers``."""
 
-    def start(self, listener: Listener, max_workers: int) -> None:
+    heartbeat_interval: float | None
+    """How often the executor must refresh the run's heartbeat, or None if the backend
+    needs none (local workers watch their parent process instead)."""
+
+    def start(self, listener: Listener, max_workers: int, run: RunContext) -> None:
         """Begin serving; ``listener`` receives every event from now on."""
 
     def launch(self, spec: LaunchSpec) -> None:
         """Start the indexes of a batch (as slots allow); must not block on them."""
 
     def cancel(self, batch_id: str, indexes: Collection[int]) -> None:
-        """Do not start these indexes if they have not started yet (a hint)."""
+        """Every call of these indexes was cancelled before they started (a hint: the
+        executor has also written skip markers the workers honour, and will decline the
+        indexes in ``index_started``). Backends must still report them to the listener."""
 
     def close(self, *, kill: bool) -> None:
         """Stop; with ``kill``, end running workers. Returns when no worker is left."""

@@ -19,7 +19,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from ._base import IndexExit, LaunchSpec, Listener
+from ._base import IndexExit, LaunchSpec, Listener, RunContext
 
 __all__ = ["LocalBackend"]
 
@@ -49,13 +49,13 @@ class LocalBackend:
     """
 
     name = "local"
+    heartbeat_interval: float | None = None
 
     def __init__(self, *, python: str | None = None, forward_stderr: bool = True) -> None:
         self._python = python or sys.executable
         self._forward_stderr = forward_stderr
         self._cond = threading.Condition()
         self._queue: collections.deque[_Pending] = collections.deque()
-        self._cancelled: set[tuple[str, int]] = set()
         self._running: dict[int, subprocess.Popen[bytes]] = {}
         self._threads: set[threading.Thread] = set()
         self._closing = False
@@ -68,7 +68,7 @@ class LocalBackend:
         """One worker per CPU, as ProcessPoolExecutor does."""
         return os.cpu_count() or 1
 
-    def start(self, listener: Listener, max_workers: int) -> None:
+    def start(self, listener: Listener, max_workers: int, run: RunContext) -> None:
         """Begin serving launches."""
         self._listener = listener
         self._max_workers = max_workers
@@ -90,9 +90,8 @@ class LocalBackend:
             self._cond.notify_all()
 
     def cancel(self, batch_id: str, indexes: Collection[int]) -> None:
-        """Drop indexes that are still queued."""
-        with self._cond:
-            self._cancelled.update((batch_id, i) for i in indexes)
+        """Nothing to do: before starting an index the dispatcher asks the listener,
+        which declines indexes whose calls were all cancelled (and records them done)."""
 
     def close(self, *, kill: bool) -> None:
         """Stop dispatching; with ``kill`` end running workers; wait for all of them."""
@@ -122,8 +121,7 @@ class LocalBackend:
                         return
                     self._cond.wait()
                 item = self._queue.popleft()
-                skipped = (item.spec.batch_id, item.index) in self._cancelled
-            if skipped or not self._listener.index_started(item.spec.batch_id, item.index):
+            if not self._listener.index_started(item.spec.batch_id, item.index):
                 continue
             try:
                 self._spawn(item)

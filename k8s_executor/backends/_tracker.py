@@ -1,0 +1,279 @@
+"""What the pods and Jobs of a run say about its indexes: a pure state machine.
+
+The Kubernetes backend feeds it pod and Job objects (plain dicts, as watched) and gets
+back what happened to each index: it started, it finished (and how), or it is stuck
+before starting. Keeping this free of I/O lets the tests drive every Kubernetes state
+directly, and keeps the backend a thin layer of API calls.
+
+When is an index finished? The Job controller decides (retries, pod failure policy,
+disruptions), and says so in ``status.completedIndexes`` / ``status.failedIndexes`` and in
+the Job's terminal conditions; the pods say why (exit code, OOMKilled, evicted, logs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import _manifest as m
+from ._base import IndexExit
+
+# Waiting reasons after which a container will not start without outside help.
+IMAGE_REASONS = frozenset(
+    {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
+)
+CONFIG_REASONS = frozenset({"CreateContainerConfigError", "CreateContainerError"})
+INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
+
+
+@dataclass(frozen=True)
+class Started:
+    """An index's worker is running."""
+
+    batch_id: str
+    index: int
+
+
+@dataclass(frozen=True)
+class Finished:
+    """An index is done for good (succeeded, or failed with no retry left)."""
+
+    batch_id: str
+    index: int
+    exit: IndexExit
+
+
+@dataclass(frozen=True)
+class Stuck:
+    """A worker pod has been unable to start for longer than the startup timeout."""
+
+    batch_id: str
+    index: int
+    reason: str
+    message: str
+
+
+Event = Started | Finished | Stuck
+
+
+def parse_indexes(text: str | None) -> set[int]:
+    """Parse a Job status index set such as ``"0,1,3-5,7"``."""
+    result: set[int] = set()
+    for part in (text or "").split(","):
+        if not part:
+            continue
+        low, _, high = part.partition("-")
+        result.update(range(int(low), int(high or low) + 1))
+    return result
+
+
+def pod_exit(pod: Mapping[str, Any]) -> IndexExit:
+    """How a pod's worker ended, from its status."""
+    status = pod.get("status") or {}
+    terminated: Mapping[str, Any] = {}
+    for cs in status.get("containerStatuses") or []:
+        if cs.get("name") == m.CONTAINER:
+            terminated = (cs.get("state") or {}).get("terminated") or {}
+    disruption = next(
+        (
+            c
+            for c in status.get("conditions") or []
+            if c.get("type") == "DisruptionTarget" and c.get("status") == "True"
+        ),
+        None,
+    )
+    reason = terminated.get("reason")
+    message = ""
+    if reason in (None, "Error", "Completed") and status.get("reason"):
+        reason, message = status.get("reason"), status.get("message") or ""
+    if disruption is not None and reason in (None, "Error", "Completed", "ContainerStatusUnknown"):
+        reason = disruption.get("reason")
+        message = disruption.get("message") or ""
+    exit_code = terminated.get("exitCode")
+    signal = terminated.get("signal")
+    if signal is None and isinstance(exit_code, int) and exit_code > 128:
+        signal = exit_code - 128  # the shell convention containerd follows
+    return IndexExit(
+        exit_code=exit_code,
+        signal=signal,
+        reason=reason,
+        message=message,
+        log_tail=terminated.get("message") or "",
+    )
+
+
+def waiting_problem(pod: Mapping[str, Any]) -> tuple[str, str] | None:
+    """Why a pending pod cannot start, if it is a reason that will not resolve itself."""
+    status = pod.get("status") or {}
+    for cond in status.get("conditions") or []:
+        if (
+            cond.get("type") == "PodScheduled"
+            and cond.get("status") == "False"
+            and cond.get("reason") == "Unschedulable"
+        ):
+            return "Unschedulable", cond.get("message") or ""
+    for cs in status.get("containerStatuses") or []:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") in IMAGE_REASONS | CONFIG_REASONS:
+            return str(waiting["reason"]), waiting.get("message") or ""
+    return None
+
+
+@dataclass
+class _Index:
+    started: bool = False
+    finished: bool = False
+    last_exit: IndexExit | None = None
+    stuck_since: float | None = None
+    stuck: tuple[str, str] | None = None
+
+
+@dataclass
+class _Job:
+    batch_id: str
+    indexes: list[_Index]
+    done: bool = False
+
+
+@dataclass
+class RunTracker:
+    """The state of every index of a run, updated from pod and Job objects."""
+
+    startup_timeout: float
+    jobs: dict[str, _Job] = field(default_factory=dict)  # by batch id
+
+    def add_batch(self, batch_id: str, indexes: int) -> None:
+        """Start tracking a batch's Job."""
+        self.jobs[batch_id] = _Job(batch_id, [_Index() for _ in range(indexes)])
+
+    def unfinished(self) -> Iterable[tuple[str, int]]:
+        """(batch, index) of every index not finished yet."""
+        for job in self.jobs.values():
+            for i, entry in enumerate(job.indexes):
+                if not entry.finished:
+                    yield job.batch_id, i
+
+    def _entry(self, obj: Mapping[str, Any]) -> tuple[_Job, int, _Index] | None:
+        meta = obj.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        job = self.jobs.get(labels.get(m.LABEL_BATCH, ""))
+        index_text = labels.get(INDEX_LABEL) or (meta.get("annotations") or {}).get(INDEX_LABEL)
+        if job is None or index_text is None or not str(index_text).isdigit():
+            return None
+        index = int(index_text)
+        if index >= len(job.indexes):
+            return None
+        return job, index, job.indexes[index]
+
+    def on_pod(self, event_type: str, pod: Mapping[str, Any], now: float) -> list[Event]:
+        """Digest a pod event."""
+        found = self._entry(pod)
+        if found is None:
+            return []
+        job, index, entry = found
+        if entry.finished:
+            return []
+        events: list[Event] = []
+        phase = (pod.get("status") or {}).get("phase")
+        if phase in ("Running", "Succeeded", "Failed") and not entry.started:
+            entry.started = True
+            events.append(Started(job.batch_id, index))
+        if phase in ("Succeeded", "Failed"):
+            entry.last_exit = pod_exit(pod)
+            entry.stuck_since = entry.stuck = None
+        elif phase == "Pending" and event_type != "DELETED":
+            problem = waiting_problem(pod)
+            if problem is None:
+                entry.stuck_since = entry.stuck = None
+            else:
+                if entry.stuck_since is None:
+                    entry.stuck_since = now
+                entry.stuck = problem
+                events.extend(self._check_stuck(job, index, entry, now))
+        return events
+
+    def on_job(self, event_type: str, job_obj: Mapping[str, Any]) -> list[Event]:
+        """Digest a Job event: indexes the controller declared done, terminal states."""
+        labels = (job_obj.get("metadata") or {}).get("labels") or {}
+        job = self.jobs.get(labels.get(m.LABEL_BATCH, ""))
+        if job is None or job.done:
+            return []
+        status = job_obj.get("status") or {}
+        completed = parse_indexes(status.get("completedIndexes"))
+        failed = parse_indexes(status.get("failedIndexes"))
+        events: list[Event] = []
+        for i, entry in enumerate(job.indexes):
+            if entry.finished:
+                continue
+            if i in completed:
+                events.extend(self._finish(job, i, entry, IndexExit(exit_code=0)))
+            elif i in failed:
+                events.extend(self._finish(job, i, entry, entry.last_exit or _unknown_exit()))
+        terminal = _terminal_condition(status)
+        if event_type == "DELETED" and terminal is None:
+            terminal = ("JobDeleted", "the Job was deleted before this index finished")
+        if terminal is not None:
+            reason, message = terminal
+            for i, entry in enumerate(job.indexes):
+                if not entry.finished:
+                    last = entry.last_exit
+                    exit = IndexExit(
+                        exit_code=last.exit_code if last else None,
+                        signal=last.signal if last else None,
+                        reason=reason,
+                        message=message,
+                        log_tail=last.log_tail if last else "",
+                    )
+                    events.extend(self._finish(job, i, entry, exit))
+            job.done = True
+        return events
+
+    def tick(self, now: float) -> list[Event]:
+        """Report pods stuck for longer than the startup timeout."""
+        events: list[Event] = []
+        for job in self.jobs.values():
+            for i, entry in enumerate(job.indexes):
+                events.extend(self._check_stuck(job, i, entry, now))
+        return events
+
+    def forget(self, batch_id: str) -> None:
+        """Stop tracking a batch (its Job is gone and every index reported)."""
+        self.jobs.pop(batch_id, None)
+
+    def _check_stuck(self, job: _Job, index: int, entry: _Index, now: float) -> list[Event]:
+        if entry.finished or entry.stuck is None or entry.stuck_since is None:
+            return []
+        if now - entry.stuck_since < self.startup_timeout:
+            return []
+        reason, message = entry.stuck
+        entry.stuck = entry.stuck_since = None  # report once
+        return [Stuck(job.batch_id, index, reason, message)]
+
+    def _finish(self, job: _Job, index: int, entry: _Index, exit: IndexExit) -> list[Event]:
+        events: list[Event] = []
+        if not entry.started and exit.exit_code is not None:
+            # It ran (it has an exit code) between two events we saw: report the start.
+            entry.started = True
+            events.append(Started(job.batch_id, index))
+        entry.finished = True
+        events.append(Finished(job.batch_id, index, exit))
+        return events
+
+
+def _unknown_exit() -> IndexExit:
+    return IndexExit(exit_code=None, reason="Unknown", message="the pod's final state was not seen")
+
+
+def _terminal_condition(status: Mapping[str, Any]) -> tuple[str, str] | None:
+    for cond in status.get("conditions") or []:
+        if cond.get("status") != "True":
+            continue
+        if (
+            cond.get("type") in ("Failed", "FailureTarget")
+            and cond.get("reason") != "FailedIndexes"
+        ):
+            return str(cond.get("reason") or "Failed"), str(cond.get("message") or "")
+        if cond.get("type") in ("Complete", "SuccessCriteriaMet", "Failed"):
+            return "JobFinished", "the Job finished before this index reported"
+    return None

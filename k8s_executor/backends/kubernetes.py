@@ -1,0 +1,523 @@
+"""The Kubernetes backend: one Indexed Job per batch, one watch of the run's pods and Jobs.
+
+This is the only module that imports ``kubernetes``; API errors are translated here, once,
+into the package's errors. Manifests come from ``_manifest`` (pure) and the meaning of
+pod/Job states from ``_tracker`` (pure); this module does the I/O between them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import json
+import os
+import random
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Collection, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .._options import PodOptions, Resources, Scheduling, Timeouts
+from ..errors import ClusterError, ConfigError, PodStartError
+from . import _manifest as m
+from ._base import IndexExit, LaunchSpec, Listener, RunContext
+from ._tracker import IMAGE_REASONS, Event, Finished, RunTracker, Started, Stuck
+
+__all__ = ["RBAC_RULES", "KubernetesBackend", "KubernetesSettings"]
+
+T = TypeVar("T")
+
+# What the executor needs to be allowed to do in its namespace (for error messages and
+# `k8s-executor rbac`).
+RBAC_RULES = (
+    ("batch", "jobs", ("create", "get", "list", "watch", "delete", "patch")),
+    ("", "pods", ("get", "list", "watch", "delete")),
+    ("", "pods/log", ("get",)),
+    ("", "secrets", ("create", "get", "delete")),
+)
+_RBAC_TEXT = "; ".join(
+    f"{', '.join(verbs)} on {resource}{'.' + group if group else ''}"
+    for group, resource, verbs in RBAC_RULES
+)
+_RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+_WATCH_SECONDS = 240  # below every apiserver's --min-request-timeout
+
+
+@dataclass(frozen=True)
+class KubernetesSettings:
+    """Cluster access and pod options of the Kubernetes backend (see KubernetesExecutor)."""
+
+    image: str
+    kubeconfig: str | None = None
+    context: str | None = None
+    namespace: str | None = None
+    python: str = "python"
+    retries: int = 0
+    resources: Resources = field(default_factory=Resources)
+    scheduling: Scheduling = field(default_factory=Scheduling)
+    pod: PodOptions = field(default_factory=PodOptions)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    share_storage_options: bool = False
+    stream_logs: bool = False
+
+
+def _owner() -> str:
+    try:
+        user = getpass.getuser()
+    except Exception:
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"[:250]
+
+
+class KubernetesBackend:
+    """Runs each batch as a Kubernetes Indexed Job and follows it with one watch."""
+
+    name = "kubernetes"
+
+    def __init__(self, settings: KubernetesSettings) -> None:
+        self.settings = settings
+        self.heartbeat_interval: float | None = settings.timeouts.heartbeat
+        self.namespace = settings.namespace or "default"
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._tracker = RunTracker(startup_timeout=settings.timeouts.startup)
+        self._listener: Listener | None = None
+        self._run_id = ""
+        self._max_workers = 1
+        self._threads: list[threading.Thread] = []
+        self._responses: set[Any] = set()
+        self._delivery: ThreadPoolExecutor | None = None
+        self._jobs: dict[str, str] = {}  # batch id -> Job name
+        self._secret_created = False
+        self._log_threads: dict[str, threading.Thread] = {}
+        self._api: Any = None
+
+    # -- Backend protocol ----------------------------------------------------------
+
+    def default_max_workers(self) -> int:
+        """A conservative default; pass max_workers to use more of the cluster."""
+        return 16
+
+    def start(self, listener: Listener, max_workers: int, run: RunContext) -> None:
+        """Connect, create the run's Secret (key, opted-in storage options), start watching."""
+        self._listener = listener
+        self._max_workers = max_workers
+        self._run_id = run.run_id
+        self._connect()
+        options = run.storage_options if self.settings.share_storage_options else None
+        secret = m.secret_manifest(run.run_id, run.key, options)
+        self._call(
+            f"create Secret {m.secret_name(run.run_id)}",
+            self._core.create_namespaced_secret,
+            self.namespace,
+            secret,
+        )
+        self._secret_created = True
+        self._delivery = ThreadPoolExecutor(4, thread_name_prefix="k8sx-deliver")
+        for target, name in (
+            (self._watch_pods, "k8sx-watch-pods"),
+            (self._watch_jobs, "k8sx-watch-jobs"),
+            (self._tick, "k8sx-tick"),
+        ):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def launch(self, spec: LaunchSpec) -> None:
+        """Create the batch's Indexed Job."""
+        params = m.JobParams(
+            run_id=spec.run_id,
+            batch_id=spec.batch_id,
+            indexes=spec.indexes,
+            parallelism=min(spec.indexes, self._max_workers),
+            image=self.settings.image,
+            batch_url=spec.batch_url,
+            python=self.settings.python,
+            owner=_owner(),
+            storage_options_in_secret=self.settings.share_storage_options,
+            retries=self.settings.retries,
+            resources=self.settings.resources,
+            scheduling=self.settings.scheduling,
+            pod=self.settings.pod,
+            timeouts=self.settings.timeouts,
+        )
+        job = m.job_manifest(params)
+        with self._lock:
+            self._tracker.add_batch(spec.batch_id, spec.indexes)
+            self._jobs[spec.batch_id] = job["metadata"]["name"]
+        self._call(
+            f"create Job {job['metadata']['name']}",
+            self._batch.create_namespaced_job,
+            self.namespace,
+            job,
+        )
+
+    def cancel(self, batch_id: str, indexes: Collection[int]) -> None:
+        """Nothing to do: workers honour the skip markers the executor writes."""
+
+    def close(self, *, kill: bool) -> None:
+        """Delete the run's Jobs (their pods with them) and Secret; stop watching."""
+        self._stop.set()
+        with self._lock:
+            jobs = list(self._jobs.values())
+            self._jobs.clear()
+            responses = list(self._responses)
+        for resp in responses:
+            with contextlib.suppress(Exception):
+                resp.shutdown()
+        for thread in self._threads:
+            thread.join()
+        if self._delivery is not None:
+            self._delivery.shutdown(wait=True)
+        if self._api is None:
+            return
+        for name in jobs:
+            self._delete("Job", self._batch.delete_namespaced_job, name)
+        if self._secret_created:
+            self._delete("Secret", self._core.delete_namespaced_secret, m.secret_name(self._run_id))
+        for thread in list(self._log_threads.values()):
+            thread.join(timeout=5)
+        self._api.close()
+
+    # -- connection and errors ------------------------------------------------------
+
+    def _connect(self) -> None:
+        # Imported here: `import k8s_executor` must not import kubernetes.
+        from kubernetes import client, config
+
+        s = self.settings
+        try:
+            if (
+                s.kubeconfig is None
+                and not os.environ.get("KUBECONFIG")
+                and os.environ.get("KUBERNETES_SERVICE_HOST")
+                and not os.path.exists(os.path.expanduser("~/.kube/config"))
+            ):
+                configuration = client.Configuration()
+                config.load_incluster_config(client_configuration=configuration)
+                api = client.ApiClient(configuration)
+                if s.namespace is None:
+                    with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as f:
+                        self.namespace = f.read().strip()
+            else:
+                api = config.new_client_from_config(config_file=s.kubeconfig, context=s.context)
+                if s.namespace is None:
+                    self.namespace = _context_namespace(s.kubeconfig, s.context)
+        except (config.ConfigException, FileNotFoundError, TypeError) as exc:
+            raise ConfigError(
+                f"no usable Kubernetes configuration: {exc}. Point KUBECONFIG (or "
+                "kubeconfig=) at a kubeconfig file, pick a context with context=, or run "
+                "inside a pod; to run without a cluster, pass backend='local'"
+            ) from exc
+        self._api = api
+        self._core = client.CoreV1Api(api)
+        self._batch = client.BatchV1Api(api)
+
+    def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Call the API, retrying overload and transient errors; translate the rest."""
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        delay = 0.2
+        for attempt in range(1, 9):
+            try:
+                return fn(*args, **kwargs)
+            except ApiException as exc:
+                if exc.status not in _RETRY_STATUSES or attempt == 8:
+                    raise _api_error(what, exc, self.namespace) from exc
+                retry_after = (exc.headers or {}).get("Retry-After")
+                wait = float(retry_after) if retry_after and retry_after.isdigit() else delay
+            except HTTPError as exc:
+                if attempt == 8:
+                    raise ClusterError(
+                        f"cannot {what}: the Kubernetes API at {self._host()} cannot be "
+                        f"reached ({type(exc).__name__}: {exc}); check the kubeconfig "
+                        "context, your network or VPN, and `kubectl cluster-info`"
+                    ) from exc
+                wait = delay
+            # Full jitter: many clients backing off together should not return together.
+            self._stop.wait(random.uniform(wait / 2, wait))
+            delay = min(delay * 2, 10.0)
+        raise AssertionError("unreachable")
+
+    def _delete(self, kind: str, fn: Callable[..., Any], name: str) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self._call(
+                f"delete {kind} {name}",
+                fn,
+                name,
+                self.namespace,
+                # batch/v1 Jobs default to Orphan, which would leave the pods running.
+                propagation_policy="Background",
+            )
+        except ClusterError as exc:
+            if not isinstance(exc.__cause__, ApiException) or exc.__cause__.status != 404:
+                print(f"k8s_executor: could not {exc}", file=sys.stderr)
+
+    def _host(self) -> str:
+        return str(getattr(getattr(self._api, "configuration", None), "host", "?"))
+
+    # -- watching --------------------------------------------------------------------
+
+    def _watch_pods(self) -> None:
+        self._watch(self._core.list_namespaced_pod, self._on_pod)
+
+    def _watch_jobs(self) -> None:
+        self._watch(self._batch.list_namespaced_job, self._on_job)
+
+    def _watch(
+        self, list_fn: Callable[..., Any], handle: Callable[[str, dict[str, Any]], None]
+    ) -> None:
+        """List, then watch from the list's resourceVersion; relist on 410; back off."""
+        from kubernetes.client.exceptions import ApiException
+
+        selector = m.run_selector(self._run_id)
+        rv: str | None = None
+        delay = 0.2
+        while not self._stop.is_set():
+            try:
+                if rv is None:
+                    listing = self._read_json(
+                        list_fn, self.namespace, label_selector=selector, _preload_content=False
+                    )
+                    rv = listing["metadata"]["resourceVersion"]
+                    for item in listing.get("items") or []:
+                        handle("ADDED", item)
+                for event in self._stream(list_fn, selector, rv):
+                    kind = event.get("type")
+                    obj = event.get("object") or {}
+                    if kind == "ERROR":
+                        if obj.get("code") == 410:
+                            rv = None  # history compacted: relist
+                            break
+                        raise ApiException(status=obj.get("code"), reason=obj.get("message"))
+                    rv = (obj.get("metadata") or {}).get("resourceVersion") or rv
+                    if kind != "BOOKMARK":
+                        handle(str(kind), obj)
+                delay = 0.2
+            except Exception as exc:
+                if self._stop.is_set():
+                    return
+                if isinstance(exc, ApiException) and exc.status == 410:
+                    rv = None
+                # Overload, a dropped connection, a restarting apiserver: wait, resume.
+                self._stop.wait(random.uniform(delay / 2, delay))
+                delay = min(delay * 2, 10.0)
+
+    def _stream(
+        self, list_fn: Callable[..., Any], selector: str, rv: str
+    ) -> Iterator[dict[str, Any]]:
+        # Hand-rolled instead of kubernetes.watch.Watch: with deserialize=False that class
+        # fails on ERROR events (it reads a key only set when deserializing), and parsing
+        # into models is wasted work here.
+        from kubernetes.watch.watch import iter_resp_lines
+
+        resp = list_fn(
+            self.namespace,
+            label_selector=selector,
+            watch=True,
+            resource_version=rv,
+            allow_watch_bookmarks=True,
+            timeout_seconds=_WATCH_SECONDS,
+            _preload_content=False,
+            _request_timeout=(10, _WATCH_SECONDS + 30),
+        )
+        with self._lock:
+            self._responses.add(resp)
+        try:
+            if self._stop.is_set():
+                return
+            for line in iter_resp_lines(resp):
+                if line:
+                    yield json.loads(line)
+        finally:
+            with self._lock:
+                self._responses.discard(resp)
+            resp.release_conn()
+
+    def _read_json(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+        resp = self._call("list objects", fn, *args, **kwargs)
+        try:
+            data: dict[str, Any] = json.loads(resp.data)
+        finally:
+            resp.release_conn()
+        return data
+
+    def _on_pod(self, kind: str, pod: dict[str, Any]) -> None:
+        with self._lock:
+            events = self._tracker.on_pod(kind, pod, time.monotonic())
+        if self.settings.stream_logs and (pod.get("status") or {}).get("phase") == "Running":
+            self._follow_log(pod)
+        self._deliver(events)
+
+    def _on_job(self, kind: str, job: dict[str, Any]) -> None:
+        with self._lock:
+            events = self._tracker.on_job(kind, job)
+        self._deliver(events)
+
+    def _tick(self) -> None:
+        while not self._stop.wait(1.0):
+            with self._lock:
+                events = self._tracker.tick(time.monotonic())
+            self._deliver(events)
+
+    def _deliver(self, events: list[Event]) -> None:
+        listener = self._listener
+        assert listener is not None
+        for event in events:
+            if isinstance(event, Started):
+                listener.index_started(event.batch_id, event.index)
+            elif isinstance(event, Finished):
+                # Reading the outcome (and, for a failure, the log tail) takes round
+                # trips: keep the watch flowing while they happen.
+                if self._delivery is not None and not self._stop.is_set():
+                    self._delivery.submit(self._finish, event)
+                else:
+                    self._finish(event)
+            elif isinstance(event, Stuck):
+                self._stuck(event)
+
+    def _finish(self, event: Finished) -> None:
+        assert self._listener is not None
+        exit = self._with_log_tail(event.batch_id, event.index, event.exit)
+        self._listener.index_finished(event.batch_id, event.index, exit)
+
+    def _stuck(self, event: Stuck) -> None:
+        assert self._listener is not None
+        message = (
+            f"a worker pod of batch {event.batch_id} could not start for "
+            f"{self.settings.timeouts.startup:g}s: {event.reason}: {event.message}"
+        )
+        if event.reason in IMAGE_REASONS:
+            # The image cannot be pulled: no batch of this run can start.
+            self._listener.backend_broken(
+                PodStartError(
+                    message + f" (image {self.settings.image}); check the image name and the "
+                    "registry credentials (PodOptions.image_pull_secrets)",
+                    reason=event.reason,
+                )
+            )
+            return
+        with self._lock:
+            job_name = self._jobs.pop(event.batch_id, None)
+            job = self._tracker.jobs.get(event.batch_id)
+            unfinished = (
+                [] if job is None else [i for i, e in enumerate(job.indexes) if not e.finished]
+            )
+            if job is not None:
+                for i in unfinished:
+                    job.indexes[i].finished = True
+                job.done = True
+        if job_name is not None:
+            self._delete("Job", self._batch.delete_namespaced_job, job_name)
+        hint = {
+            "Unschedulable": "; ask for less (Resources) or check Scheduling: "
+            "node_selector, tolerations, affinity",
+            "CreateContainerConfigError": "; a Secret or ConfigMap it needs is missing "
+            "(PodOptions.secrets?)",
+        }.get(event.reason, "")
+        exit = IndexExit(
+            exit_code=None, reason=event.reason, message=message + hint, never_started=True
+        )
+        for i in unfinished:
+            self._listener.index_finished(event.batch_id, i, exit)
+
+    def _with_log_tail(self, batch_id: str, index: int, exit: IndexExit) -> IndexExit:
+        """Add the last log lines of a failed worker when its status carried none."""
+        if exit.exit_code == 0 or exit.log_tail or exit.never_started or self._api is None:
+            return exit
+        with contextlib.suppress(Exception):
+            job_name = m.job_name(self._run_id, batch_id)
+            pods = (
+                self._read_json(
+                    self._core.list_namespaced_pod,
+                    self.namespace,
+                    label_selector=f"batch.kubernetes.io/job-name={job_name},"
+                    f"batch.kubernetes.io/job-completion-index={index}",
+                    _preload_content=False,
+                ).get("items")
+                or []
+            )
+            if pods:
+                pods.sort(key=lambda p: p["metadata"].get("creationTimestamp") or "")
+                name = pods[-1]["metadata"]["name"]
+                tail = self._core.read_namespaced_pod_log(
+                    name, self.namespace, container=m.CONTAINER, tail_lines=20
+                )
+                return IndexExit(
+                    exit.exit_code, exit.signal, exit.reason, exit.message, str(tail or "")
+                )
+        return exit
+
+    # -- logs ------------------------------------------------------------------------
+
+    def _follow_log(self, pod: Mapping[str, Any]) -> None:
+        meta = pod.get("metadata") or {}
+        name = str(meta.get("name"))
+        labels = meta.get("labels") or {}
+        index = labels.get("batch.kubernetes.io/job-completion-index", "?")
+        prefix = f"[{labels.get(m.LABEL_BATCH, '?')}/{index}] "
+        with self._lock:
+            if name in self._log_threads or self._stop.is_set():
+                return
+            thread = threading.Thread(
+                target=self._print_log, args=(name, prefix), name=f"k8sx-log-{name}", daemon=True
+            )
+            self._log_threads[name] = thread
+        thread.start()
+
+    def _print_log(self, pod_name: str, prefix: str) -> None:
+        with contextlib.suppress(Exception):
+            resp: Any = self._core.read_namespaced_pod_log(
+                pod_name,
+                self.namespace,
+                container=m.CONTAINER,
+                follow=True,
+                _preload_content=False,
+            )
+            try:
+                for raw in resp.stream(4096):
+                    for line in raw.decode(errors="replace").splitlines():
+                        print(prefix + line, file=sys.stderr, flush=True)
+            finally:
+                resp.release_conn()
+
+
+def _context_namespace(kubeconfig: str | None, context: str | None) -> str:
+    from kubernetes import config
+
+    contexts, active = config.list_kube_config_contexts(config_file=kubeconfig)
+    chosen = active
+    if context is not None:
+        chosen = next((c for c in contexts if c.get("name") == context), None)
+    namespace = ((chosen or {}).get("context") or {}).get("namespace")
+    return str(namespace or "default")
+
+
+def _api_error(what: str, exc: Any, namespace: str) -> ClusterError:
+    status = exc.status
+    try:
+        body = json.loads(exc.body or "{}")
+        detail = body.get("message") or exc.reason
+    except (TypeError, ValueError):
+        detail = exc.reason
+    if status in (401, 403):
+        return ClusterError(
+            f"cannot {what}: the Kubernetes API refused it ({status}: {detail}). The "
+            f"executor needs, in namespace {namespace!r}: {_RBAC_TEXT}. "
+            "`k8s-executor rbac` prints a Role granting exactly these; "
+            f"`kubectl auth can-i create jobs.batch -n {namespace}` checks one",
+            status=status,
+        )
+    if status == 404 and "namespaces" in str(detail):
+        return ClusterError(
+            f"cannot {what}: {detail}; create the namespace or pass namespace=",
+            status=status,
+        )
+    return ClusterError(f"cannot {what}: {status} {detail}", status=status)

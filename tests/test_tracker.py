@@ -1,0 +1,238 @@
+"""The tracker's reading of pod and Job states, driven directly with the objects a real
+API server sends (shapes per kubernetes-jobs.md §4-§5)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from k8s_executor.backends._tracker import (
+    Finished,
+    RunTracker,
+    Started,
+    Stuck,
+    parse_indexes,
+    pod_exit,
+)
+
+
+def pod(index: int, phase: str, batch: str = "b00000", **status: Any) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": f"k8sx-r-{batch}-{index}-abcde",
+            "labels": {
+                "k8s-executor.io/batch": batch,
+                "batch.kubernetes.io/job-completion-index": str(index),
+            },
+        },
+        "status": {"phase": phase, **status},
+    }
+
+
+def terminated(exit_code: int, reason: str, message: str = "", **extra: Any) -> dict[str, Any]:
+    return {
+        "containerStatuses": [
+            {
+                "name": "worker",
+                "state": {
+                    "terminated": {"exitCode": exit_code, "reason": reason, "message": message}
+                    | extra
+                },
+            }
+        ]
+    }
+
+
+def job(batch: str = "b00000", **status: Any) -> dict[str, Any]:
+    return {"metadata": {"labels": {"k8s-executor.io/batch": batch}}, "status": status}
+
+
+@pytest.fixture
+def tracker() -> RunTracker:
+    t = RunTracker(startup_timeout=60)
+    t.add_batch("b00000", 3)
+    return t
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("", set()), (None, set()), ("0,1,3-5,7", {0, 1, 3, 4, 5, 7}), ("2", {2}), ("0-2", {0, 1, 2})],
+)
+def test_parse_indexes(text: str | None, expected: set[int]) -> None:
+    assert parse_indexes(text) == expected
+
+
+def test_running_then_completed(tracker: RunTracker) -> None:
+    assert tracker.on_pod("ADDED", pod(0, "Pending"), 0) == []
+    assert tracker.on_pod("MODIFIED", pod(0, "Running"), 1) == [Started("b00000", 0)]
+    assert tracker.on_pod("MODIFIED", pod(0, "Running"), 2) == []  # reported once
+    tracker.on_pod("MODIFIED", pod(0, "Succeeded", **terminated(0, "Completed")), 3)
+    events = tracker.on_job("MODIFIED", job(completedIndexes="0", failedIndexes=""))
+    assert [type(e) for e in events] == [Finished]
+    assert events[0].exit.exit_code == 0  # type: ignore[union-attr]
+    assert sorted(tracker.unfinished()) == [("b00000", 1), ("b00000", 2)]
+
+
+def test_fast_pod_gets_started_before_finished(tracker: RunTracker) -> None:
+    # Pending -> Succeeded between two watch events: the start must still be reported.
+    events = tracker.on_job("MODIFIED", job(completedIndexes="1"))
+    assert events[0] == Started("b00000", 1)
+    assert isinstance(events[1], Finished)
+
+
+def test_oom_killed_pod_reason_and_log_tail(tracker: RunTracker) -> None:
+    failed = pod(2, "Failed", **terminated(137, "OOMKilled", "allocating 8 GiB\nKilled"))
+    tracker.on_pod("MODIFIED", failed, 5)
+    events = tracker.on_job("MODIFIED", job(failedIndexes="2"))
+    finished = events[-1]
+    assert isinstance(finished, Finished)
+    assert finished.exit.reason == "OOMKilled"
+    assert finished.exit.exit_code == 137
+    assert finished.exit.signal == 9
+    assert "allocating 8 GiB" in finished.exit.log_tail
+
+
+def test_evicted_pod_reason_from_disruption_condition() -> None:
+    evicted = pod(
+        0,
+        "Failed",
+        conditions=[
+            {
+                "type": "DisruptionTarget",
+                "status": "True",
+                "reason": "EvictionByEvictionAPI",
+                "message": "Eviction API: evicting",
+            }
+        ],
+        **terminated(137, "Error"),
+    )
+    exit = pod_exit(evicted)
+    assert exit.reason == "EvictionByEvictionAPI"
+    assert exit.message == "Eviction API: evicting"
+
+
+def test_pod_level_reason_wins_over_generic_container_error() -> None:
+    exit = pod_exit(pod(0, "Failed", reason="DeadlineExceeded", message="Pod was active too long"))
+    assert (exit.reason, exit.message) == ("DeadlineExceeded", "Pod was active too long")
+
+
+def test_retried_failure_is_not_finished(tracker: RunTracker) -> None:
+    # A failed pod whose index the controller retries: not in failedIndexes, not finished.
+    tracker.on_pod("MODIFIED", pod(1, "Failed", **terminated(1, "Error")), 1)
+    assert tracker.on_job("MODIFIED", job(failedIndexes="")) == []
+    assert ("b00000", 1) in set(tracker.unfinished())
+
+
+def test_job_deadline_finishes_every_remaining_index(tracker: RunTracker) -> None:
+    tracker.on_job("MODIFIED", job(completedIndexes="0"))
+    conditions = [
+        {
+            "type": "FailureTarget",
+            "status": "True",
+            "reason": "DeadlineExceeded",
+            "message": "Job was active longer than specified deadline",
+        },
+    ]
+    events = tracker.on_job("MODIFIED", job(completedIndexes="0", conditions=conditions))
+    finished = [e for e in events if isinstance(e, Finished)]
+    assert [e.index for e in finished] == [1, 2]
+    assert {e.exit.reason for e in finished} == {"DeadlineExceeded"}
+    assert list(tracker.unfinished()) == []
+    assert tracker.on_job("MODIFIED", job(conditions=conditions)) == []  # once only
+
+
+def test_failed_indexes_condition_is_not_a_job_failure(tracker: RunTracker) -> None:
+    conditions = [{"type": "Failed", "status": "True", "reason": "FailedIndexes"}]
+    tracker.on_pod("MODIFIED", pod(1, "Failed", **terminated(3, "Error")), 1)
+    events = tracker.on_job(
+        "MODIFIED", job(completedIndexes="0,2", failedIndexes="1", conditions=conditions)
+    )
+    reasons = {e.index: e.exit.reason for e in events if isinstance(e, Finished)}
+    assert reasons == {0: None, 1: "Error", 2: None}
+
+
+def test_deleted_job_finishes_remaining(tracker: RunTracker) -> None:
+    events = tracker.on_job("DELETED", job())
+    assert {e.exit.reason for e in events if isinstance(e, Finished)} == {"JobDeleted"}
+
+
+@pytest.mark.parametrize(
+    ("status", "reason"),
+    [
+        (
+            {
+                "containerStatuses": [
+                    {
+                        "name": "worker",
+                        "state": {
+                            "waiting": {
+                                "reason": "ImagePullBackOff",
+                                "message": "Back-off pulling image",
+                            }
+                        },
+                    }
+                ]
+            },
+            "ImagePullBackOff",
+        ),
+        (
+            {
+                "conditions": [
+                    {
+                        "type": "PodScheduled",
+                        "status": "False",
+                        "reason": "Unschedulable",
+                        "message": "0/1 nodes are available: 1 Insufficient cpu.",
+                    }
+                ]
+            },
+            "Unschedulable",
+        ),
+        (
+            {
+                "containerStatuses": [
+                    {
+                        "name": "worker",
+                        "state": {
+                            "waiting": {
+                                "reason": "CreateContainerConfigError",
+                                "message": 'secret "x" not found',
+                            }
+                        },
+                    }
+                ]
+            },
+            "CreateContainerConfigError",
+        ),
+    ],
+)
+def test_stuck_after_startup_timeout(
+    tracker: RunTracker, status: dict[str, Any], reason: str
+) -> None:
+    assert tracker.on_pod("MODIFIED", pod(0, "Pending", **status), now=100) == []
+    assert tracker.tick(now=159) == []
+    events = tracker.tick(now=161)
+    assert len(events) == 1
+    assert isinstance(events[0], Stuck)
+    assert events[0].reason == reason
+    assert tracker.tick(now=500) == []  # reported once
+
+
+def test_recovering_pod_is_not_stuck(tracker: RunTracker) -> None:
+    waiting = {
+        "containerStatuses": [
+            {
+                "name": "worker",
+                "state": {"waiting": {"reason": "ErrImagePull", "message": "timeout"}},
+            }
+        ]
+    }
+    tracker.on_pod("MODIFIED", pod(0, "Pending", **waiting), now=0)
+    tracker.on_pod("MODIFIED", pod(0, "Pending", containerStatuses=[]), now=10)
+    assert tracker.tick(now=1000) == []
+
+
+def test_foreign_pods_ignored(tracker: RunTracker) -> None:
+    assert tracker.on_pod("ADDED", pod(0, "Running", batch="b99999"), 0) == []
+    assert tracker.on_pod("ADDED", pod(7, "Running"), 0) == []
