@@ -220,7 +220,7 @@ def test_stuck_after_startup_timeout(
 
 
 def test_recovering_pod_is_not_stuck(tracker: RunTracker) -> None:
-    waiting = {
+    waiting: dict[str, Any] = {
         "containerStatuses": [
             {
                 "name": "worker",
