@@ -27,17 +27,24 @@ from . import _manifest as m
 from ._base import IndexExit, LaunchSpec, Listener, RunContext
 from ._tracker import IMAGE_REASONS, Event, Finished, RunTracker, Started, Stuck
 
-__all__ = ["RBAC_RULES", "KubernetesBackend", "KubernetesSettings"]
+__all__ = [
+    "RBAC_RULES",
+    "Cluster",
+    "KubernetesBackend",
+    "KubernetesSettings",
+    "RunSummary",
+    "rbac_manifests",
+]
 
 T = TypeVar("T")
 
 # What the executor needs to be allowed to do in its namespace (for error messages and
 # `k8s-executor rbac`).
 RBAC_RULES = (
-    ("batch", "jobs", ("create", "get", "list", "watch", "delete", "patch")),
+    ("batch", "jobs", ("create", "get", "list", "watch", "delete")),
     ("", "pods", ("get", "list", "watch", "delete")),
     ("", "pods/log", ("get",)),
-    ("", "secrets", ("create", "get", "delete")),
+    ("", "secrets", ("create", "get", "list", "delete")),
 )
 _RBAC_TEXT = "; ".join(
     f"{', '.join(verbs)} on {resource}{'.' + group if group else ''}"
@@ -521,3 +528,156 @@ def _api_error(what: str, exc: Any, namespace: str) -> ClusterError:
             status=status,
         )
     return ClusterError(f"cannot {what}: {status} {detail}", status=status)
+
+
+# -- cluster administration (the k8s-executor command) ---------------------------------
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One run found on the cluster, from its Jobs and Secret."""
+
+    run_id: str
+    owner: str
+    created: str
+    jobs: int
+    active: int
+    succeeded: int
+    failed: int
+    finished_jobs: int
+
+    @property
+    def finished(self) -> bool:
+        """Whether every Job of the run has reached a terminal condition."""
+        return self.finished_jobs == self.jobs
+
+
+class Cluster:
+    """Administrative access to the runs in one namespace (for the command line)."""
+
+    def __init__(
+        self,
+        kubeconfig: str | None = None,
+        context: str | None = None,
+        namespace: str | None = None,
+    ) -> None:
+        self._backend = KubernetesBackend(
+            KubernetesSettings(
+                image="", kubeconfig=kubeconfig, context=context, namespace=namespace
+            )
+        )
+        self._backend._connect()
+        self.namespace = self._backend.namespace
+
+    def close(self) -> None:
+        """Release the API connection."""
+        self._backend._api.close()
+
+    def runs(self) -> list[RunSummary]:
+        """Every run with Jobs or a Secret in the namespace, oldest first."""
+        b = self._backend
+        selector = f"{m.LABEL_MANAGED_BY}={m.MANAGED_BY}"
+        jobs = (
+            b._read_json(
+                b._batch.list_namespaced_job,
+                b.namespace,
+                label_selector=selector,
+                _preload_content=False,
+            ).get("items")
+            or []
+        )
+        secrets = (
+            b._read_json(
+                b._core.list_namespaced_secret,
+                b.namespace,
+                label_selector=selector,
+                _preload_content=False,
+            ).get("items")
+            or []
+        )
+        found: dict[str, dict[str, Any]] = {}
+        for obj in [*secrets, *jobs]:
+            meta = obj.get("metadata") or {}
+            run_id = (meta.get("labels") or {}).get(m.LABEL_RUN)
+            if not run_id:
+                continue
+            entry = found.setdefault(
+                run_id,
+                {
+                    "owner": "",
+                    "created": meta.get("creationTimestamp") or "",
+                    "jobs": 0,
+                    "active": 0,
+                    "succeeded": 0,
+                    "failed": 0,
+                    "finished_jobs": 0,
+                },
+            )
+            entry["created"] = min(entry["created"] or "~", meta.get("creationTimestamp") or "~")
+            if obj.get("kind", "Job") == "Secret" or "spec" not in obj:
+                continue
+            status = obj.get("status") or {}
+            entry["owner"] = (meta.get("annotations") or {}).get(m.ANNOTATION_OWNER, entry["owner"])
+            entry["jobs"] += 1
+            for key in ("active", "succeeded", "failed"):
+                entry[key] += int(status.get(key) or 0)
+            if any(
+                c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+                for c in status.get("conditions") or []
+            ):
+                entry["finished_jobs"] += 1
+        return sorted(
+            (RunSummary(run_id=run_id, **entry) for run_id, entry in found.items()),
+            key=lambda r: r.created,
+        )
+
+    def delete_run(self, run_id: str) -> tuple[list[str], list[str]]:
+        """Delete a run's Jobs (pods with them, in the background) and Secrets."""
+        b = self._backend
+        selector = m.run_selector(run_id)
+        deleted: tuple[list[str], list[str]] = ([], [])
+        for kind, list_fn, delete_fn, names in (
+            ("Job", b._batch.list_namespaced_job, b._batch.delete_namespaced_job, deleted[0]),
+            (
+                "Secret",
+                b._core.list_namespaced_secret,
+                b._core.delete_namespaced_secret,
+                deleted[1],
+            ),
+        ):
+            items = (
+                b._read_json(
+                    list_fn, b.namespace, label_selector=selector, _preload_content=False
+                ).get("items")
+                or []
+            )
+            for item in items:
+                name = item["metadata"]["name"]
+                b._delete(kind, delete_fn, name)
+                names.append(name)
+        return deleted
+
+
+def rbac_manifests(namespace: str, service_account: str = "k8s-executor") -> list[dict[str, Any]]:
+    """A Role with exactly the verbs the executor needs, and its RoleBinding."""
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": "k8s-executor", "namespace": namespace},
+        "rules": [
+            {"apiGroups": [group], "resources": [resource], "verbs": list(verbs)}
+            for group, resource, verbs in RBAC_RULES
+        ],
+    }
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "k8s-executor", "namespace": namespace},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": "k8s-executor",
+        },
+        "subjects": [{"kind": "ServiceAccount", "name": service_account, "namespace": namespace}],
+    }
+    return [role, binding]
