@@ -10,7 +10,15 @@ the worker starts inside a pod without the client-side dependencies.
 """
 
 from ._executor import KubernetesExecutor
-from ._options import Batching, StorageRetry
+from ._options import (
+    Batching,
+    PodOptions,
+    Resources,
+    Scheduling,
+    StorageRetry,
+    Timeouts,
+    VolumeMount,
+)
 from ._version import __version__
 from .errors import (
     ArgumentsPicklingError,
@@ -44,14 +52,19 @@ __all__ = [
     "KubernetesExecutor",
     "PayloadError",
     "PicklingError",
+    "PodOptions",
     "PodStartError",
     "RemoteError",
+    "Resources",
     "ResultPicklingError",
+    "Scheduling",
     "SerializationError",
     "StorageError",
     "StorageRetry",
+    "Timeouts",
     "UnpicklingError",
     "VersionMismatchError",
+    "VolumeMount",
     "WorkerLostError",
     "__version__",
 ]
