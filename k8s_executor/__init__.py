@@ -9,7 +9,9 @@ Importing this package imports neither ``kubernetes``, ``podman``, ``joblib`` no
 the worker starts inside a pod without the client-side dependencies.
 """
 
-from ._executor import KubernetesExecutor
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
+
 from ._options import (
     Batching,
     PodOptions,
@@ -26,7 +28,6 @@ from .errors import (
     ConfigError,
     ExecutorBrokenError,
     FunctionPicklingError,
-    InitializerError,
     K8sExecutorError,
     PayloadError,
     PicklingError,
@@ -37,8 +38,11 @@ from .errors import (
     StorageError,
     UnpicklingError,
     VersionMismatchError,
-    WorkerLostError,
 )
+
+if _TYPE_CHECKING:
+    from ._executor import KubernetesExecutor
+    from ._pool_errors import InitializerError, WorkerLostError
 
 __all__ = [
     "ArgumentsPicklingError",
@@ -68,3 +72,26 @@ __all__ = [
     "WorkerLostError",
     "__version__",
 ]
+
+# Resolved on first use: `python -m k8s_executor.worker` imports this package, and a
+# worker needs neither the executor (threads, backends) nor the BrokenProcessPool errors
+# (multiprocessing); loading them lazily halves a worker's start-up time.
+_LAZY = {
+    "KubernetesExecutor": "._executor",
+    "InitializerError": "._pool_errors",
+    "WorkerLostError": "._pool_errors",
+}
+
+
+def __getattr__(name: str) -> _Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -51,6 +51,7 @@ from ._options import (
     Timeouts,
     check_positive_int,
 )
+from ._pool_errors import WorkerLostError
 from ._store import RunStore, new_run_id
 from .backends._base import Backend, IndexExit, LaunchSpec, RunContext
 from .backends.kubernetes import KubernetesBackend, KubernetesSettings
@@ -62,7 +63,6 @@ from .errors import (
     PicklingError,
     PodStartError,
     StorageError,
-    WorkerLostError,
 )
 
 __all__ = ["KubernetesExecutor"]

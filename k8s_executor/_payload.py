@@ -22,7 +22,6 @@ import struct
 import sys
 import traceback
 from collections.abc import Sequence
-from concurrent.futures.process import _RemoteTraceback
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -32,7 +31,6 @@ from ._version import __version__
 from .errors import (
     ArgumentsPicklingError,
     FunctionPicklingError,
-    InitializerError,
     PayloadError,
     RemoteError,
     ResultPicklingError,
@@ -320,6 +318,10 @@ def capture_error(kind: str, exc: BaseException) -> TaskError:
 
 def _remote_cause(tb: str) -> BaseException:
     # The very type ProcessPoolExecutor uses, so code that inspects __cause__ keeps working.
+    # Imported here: concurrent.futures.process pulls in multiprocessing, which the worker
+    # (the other user of this module) never needs.
+    from concurrent.futures.process import _RemoteTraceback
+
     # typeshed types the argument as a traceback; CPython passes (and formats) a string.
     cause: BaseException = _RemoteTraceback(f'\n"""\n{tb}"""')  # type: ignore[arg-type]
     return cause
@@ -335,6 +337,8 @@ def rebuild_exception(error: TaskError, fn_name: str) -> BaseException:
         exc.__cause__ = remote
         return exc
     if error.kind == INITIALIZER:
+        from ._pool_errors import InitializerError
+
         init_exc = _load_exception(error) or RemoteError(
             error.type_name, error.message, error.traceback
         )

@@ -34,7 +34,10 @@ from __future__ import annotations
 
 import pickle
 from concurrent.futures import BrokenExecutor
-from concurrent.futures.process import BrokenProcessPool
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._pool_errors import InitializerError, WorkerLostError
 
 __all__ = [
     "ArgumentsPicklingError",
@@ -172,39 +175,12 @@ class ExecutorBrokenError(K8sExecutorError, BrokenExecutor):
     """Nothing can run at all: the backend is unreachable or refuses every launch."""
 
 
-class WorkerLostError(K8sExecutorError, BrokenProcessPool):
-    """A worker (process or pod) ended without reporting the outcome of its tasks.
+def __getattr__(name: str) -> Any:
+    # WorkerLostError and InitializerError subclass BrokenProcessPool, whose module pulls
+    # in multiprocessing (~50 ms). Workers start once per pod and never need them, so
+    # they are defined on first use, by the client only.
+    if name in ("WorkerLostError", "InitializerError"):
+        from . import _pool_errors
 
-    Only the futures of that worker fail; the executor stays usable. Subclasses
-    :class:`concurrent.futures.process.BrokenProcessPool` so code written for
-    ``ProcessPoolExecutor`` keeps catching it.
-
-    Attributes:
-        exit_code: the worker's exit code, or ``None`` if it was killed by a signal or
-            never reported one.
-        signal: the number of the signal that killed it, if any.
-        reason: a short cause, e.g. ``"OOMKilled"``, ``"Evicted"`` or ``"Killed"``.
-        log_tail: the last lines the worker wrote to stderr.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        exit_code: int | None = None,
-        signal: int | None = None,
-        reason: str | None = None,
-        log_tail: str = "",
-    ) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-        self.signal = signal
-        self.reason = reason
-        self.log_tail = log_tail
-
-
-class InitializerError(K8sExecutorError, BrokenProcessPool):
-    """The executor's ``initializer`` raised in a worker, so its tasks did not run.
-
-    The initializer's exception is attached as ``__cause__``.
-    """
+        return getattr(_pool_errors, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -15,6 +15,8 @@ def test_all_is_sorted_and_complete() -> None:
         "errors",
         "backends",
         "worker",
+        "cli",
+        "joblib",
     }
     assert public == set(names) - {"__version__"}
 
@@ -34,3 +36,19 @@ def test_import_does_not_pull_client_side_dependencies() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_worker_start_loads_only_what_it_needs() -> None:
+    # A worker starts once per pod: it must not pay for the executor, the backends,
+    # multiprocessing (BrokenProcessPool's module) or fsspec when storage is local.
+    code = (
+        "import sys, k8s_executor.worker\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & "
+        "{'multiprocessing', 'fsspec', 'kubernetes', 'podman'}))\n"
+        "print(sorted(m for m in sys.modules if m.startswith('k8s_executor.')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    heavy, ours = out.stdout.strip().splitlines()
+    assert heavy == "[]"
+    assert "k8s_executor._executor" not in ours
+    assert "k8s_executor.backends" not in ours
