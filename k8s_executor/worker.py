@@ -18,10 +18,10 @@ reads ``URL/fn`` and ``URL/in/3``, runs the tasks of index 3 in order, writes
     optional; the worker exits when this process is no longer its parent (local backend:
     no worker outlives a killed client).
 
-Exit codes: 0 every task succeeded; 3 the outcome is written and some task raised (not
-worth a retry); 4 the index could not run at all (bad payload, version mismatch) and a
-JSON failure was written; 5 bad invocation; 6 the parent went away; 7 the client's
-heartbeat stopped (``K8S_EXECUTOR_HEARTBEAT_GRACE``). Anything else (a
+Exit codes (``_exitcodes``): 0 every task succeeded; 83 the outcome is written and some
+task raised (not worth a retry); 84 the index could not run at all (bad payload, version
+mismatch) and a JSON failure was written; 85 bad invocation; 86 the parent went away;
+87 the client's heartbeat stopped (``K8S_EXECUTOR_HEARTBEAT_GRACE``). Anything else (a
 signal, an out-of-memory kill, an interpreter crash) means no outcome was written.
 
 This module must start fast and without the client-side dependencies: it imports only
@@ -40,16 +40,17 @@ from typing import Any, Final, NoReturn
 
 import cloudpickle
 
+from . import _exitcodes as codes
 from . import _payload as wire
 from ._store import RunStore
 from .errors import PayloadError, StorageError, VersionMismatchError
 
-EXIT_OK: Final = 0
-EXIT_TASK_FAILED: Final = 3
-EXIT_INDEX_FAILED: Final = 4
-EXIT_USAGE: Final = 5
-EXIT_ORPHANED: Final = 6
-EXIT_ABANDONED: Final = 7
+EXIT_OK: Final = codes.OK
+EXIT_TASK_FAILED: Final = codes.TASK_FAILED
+EXIT_INDEX_FAILED: Final = codes.INDEX_FAILED
+EXIT_USAGE: Final = codes.USAGE
+EXIT_ORPHANED: Final = codes.ORPHANED
+EXIT_ABANDONED: Final = codes.ABANDONED
 
 
 def _usage(message: str) -> NoReturn:

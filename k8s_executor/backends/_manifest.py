@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from .. import _exitcodes as codes
 from .._options import PodOptions, Resources, Scheduling, Timeouts
 
 MANAGED_BY: Final = "k8s-executor"
@@ -22,11 +23,10 @@ CONTAINER: Final = "worker"
 ENTRY_KEY: Final = "key"
 ENTRY_STORAGE_OPTIONS: Final = "storage-options"
 
-# Worker exit codes (see k8s_executor.worker): the outcome is written, or the index cannot
-# run at all; retrying would only repeat it.
-EXIT_NOT_RETRIED: Final = (3, 4, 5)
-# The worker found its client gone (no heartbeat): the whole Job should stop.
-EXIT_ABANDONED: Final = 7
+# Worker exit codes: the outcome is written, or the index cannot run at all (retrying
+# would only repeat it); or the worker found its client gone (the whole Job should stop).
+EXIT_NOT_RETRIED: Final = codes.NOT_RETRIED
+EXIT_ABANDONED: Final = codes.ABANDONED
 
 
 def job_name(run_id: str, batch_id: str) -> str:
