@@ -1,33 +1,73 @@
-"""The backends the behaviour suite runs against. Each test gets a factory that builds an
-executor on every backend in turn; the kubernetes backend (kubesim) joins here."""
+"""The backends the behaviour suite runs against.
+
+Every test runs once per backend: ``local`` (subprocesses) and ``kubernetes`` against
+kubesim with its process kubelet (pods run as local processes, through the real
+Kubernetes API flow: Job, controller, pods, watch). A test that only makes sense on some
+backends says so with ``@pytest.mark.backends("local")``; it is then not generated for
+the others (not skipped).
+"""
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from k8s_executor import KubernetesExecutor
+from k8s_executor import KubernetesExecutor, PodOptions, Timeouts
 
-BACKENDS = ["local"]
+BACKENDS = ["local"]  # "kubernetes" joins when kubesim lands
 
 ExecutorFactory = Callable[..., KubernetesExecutor]
 
 
-@pytest.fixture(params=BACKENDS)
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "backends(*names): run only on these backends")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend_name" in metafunc.fixturenames:
+        marker = metafunc.definition.get_closest_marker("backends")
+        names = [b for b in BACKENDS if marker is None or b in marker.args]
+        metafunc.parametrize("backend_name", names, indirect=True)
+
+
+@pytest.fixture
 def backend_name(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
 @pytest.fixture
-def make_executor(backend_name: str) -> Iterator[ExecutorFactory]:
+def executor_kwargs(
+    backend_name: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> dict[str, Any]:
+    """What a test passes to KubernetesExecutor to run on the current backend."""
+    if backend_name == "local":
+        return {"backend": "local"}
+    sim = request.getfixturevalue("kubesim")
+    return {
+        "backend": "kubernetes",
+        "kubeconfig": str(sim.kubeconfig_path),
+        "storage": str(tmp_path / "storage"),
+        # The process kubelet runs the pod's command as a local process: the "image" is
+        # this interpreter and this source tree, as a venv-snapshot image would be.
+        "image": "kubesim.local/process:latest",
+        "python": sys.executable,
+        "pod": PodOptions(env={"PYTHONPATH": os.pathsep.join(p or os.getcwd() for p in sys.path)}),
+        "timeouts": Timeouts(startup=30, heartbeat=1, heartbeat_grace=30),
+    }
+
+
+@pytest.fixture
+def make_executor(executor_kwargs: dict[str, Any]) -> Iterator[ExecutorFactory]:
     """Build executors on the current backend; shut them all down after the test."""
     made: list[KubernetesExecutor] = []
 
     def factory(*args: Any, **kwargs: Any) -> KubernetesExecutor:
-        kwargs.setdefault("backend", backend_name)
-        executor = KubernetesExecutor(*args, **kwargs)
+        executor = KubernetesExecutor(*args, **{**executor_kwargs, **kwargs})
         made.append(executor)
         return executor
 

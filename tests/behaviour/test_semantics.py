@@ -9,6 +9,7 @@ import os
 import threading
 from concurrent.futures.process import _RemoteTraceback
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -61,22 +62,33 @@ def test_lambda_closure_nested_and_main_functions(make_executor: ExecutorFactory
     assert list(ex.map(nested, [1, 2])) == [101, 102]
 
 
-def test_functions_defined_in_main_script_work(tmp_path: Path, backend_name: str) -> None:
+def test_functions_defined_in_main_script_work(
+    tmp_path: Path, executor_kwargs: dict[str, Any]
+) -> None:
+    import pickle
+
+    (tmp_path / "kwargs.pickle").write_bytes(pickle.dumps(executor_kwargs))
     script = tmp_path / "script.py"
     script.write_text(
+        "import pickle, sys\n"
         "from k8s_executor import KubernetesExecutor\n"
         "def triple(x):\n    return 3 * x\n"
         "class Box:\n    def __init__(self, v):\n        self.v = v\n"
         "def unbox(b):\n    return Box(b.v + 1)\n"
         "if __name__ == '__main__':\n"
-        f"    with KubernetesExecutor(backend={backend_name!r}) as ex:\n"
+        "    kwargs = pickle.loads(open(sys.argv[1], 'rb').read())\n"
+        "    with KubernetesExecutor(**kwargs) as ex:\n"
         "        print(list(ex.map(triple, [1, 2])), ex.submit(unbox, Box(4)).result().v)\n"
     )
     import subprocess
     import sys
 
     out = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=True
+        [sys.executable, str(script), str(tmp_path / "kwargs.pickle")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
     assert out.stdout.strip() == "[3, 6] 5"
 
@@ -263,6 +275,7 @@ def test_shutdown_deletes_run_storage(tmp_path: Path, make_executor: ExecutorFac
     assert not run_dir.exists()
 
 
+@pytest.mark.backends("local")
 def test_default_temporary_storage_removed(make_executor: ExecutorFactory) -> None:
     ex = make_executor()
     ex.submit(helpers.square, 2).result(timeout=60)
@@ -272,8 +285,10 @@ def test_default_temporary_storage_removed(make_executor: ExecutorFactory) -> No
     assert not os.path.exists(temp_dir)
 
 
-def test_context_manager_returns_executor_and_shuts_down(backend_name: str) -> None:
-    with KubernetesExecutor(backend=backend_name) as ex:
+def test_context_manager_returns_executor_and_shuts_down(
+    executor_kwargs: dict[str, Any],
+) -> None:
+    with KubernetesExecutor(**executor_kwargs) as ex:
         future = ex.submit(helpers.square, 5)
     assert future.done()
     assert future.result() == 25
@@ -303,9 +318,9 @@ def test_many_submits_are_coalesced_into_few_workers(make_executor: ExecutorFact
 
 
 @pytest.mark.parametrize("bad", [0, -1])
-def test_max_workers_must_be_positive(bad: int, backend_name: str) -> None:
+def test_max_workers_must_be_positive(bad: int, executor_kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="^max_workers must be greater than 0$"):
-        KubernetesExecutor(max_workers=bad, backend=backend_name)
+        KubernetesExecutor(max_workers=bad, **executor_kwargs)
 
 
 def test_map_chunksize_must_be_positive(make_executor: ExecutorFactory) -> None:
@@ -314,9 +329,9 @@ def test_map_chunksize_must_be_positive(make_executor: ExecutorFactory) -> None:
         ex.map(helpers.square, [1], chunksize=0)
 
 
-def test_config_error_names_option_value_and_allowed(backend_name: str) -> None:
+def test_config_error_names_option_value_and_allowed(executor_kwargs: dict[str, Any]) -> None:
     with pytest.raises(ConfigError, match=r"max_workers='8' is not allowed: expected an integer"):
-        KubernetesExecutor(max_workers="8", backend=backend_name)  # type: ignore[arg-type]
+        KubernetesExecutor(max_workers="8", **executor_kwargs)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=r"Batching.window=-1 is not allowed"):
         Batching(window=-1)
     with pytest.raises(ConfigError, match=r"backend='nope' is not allowed: expected one of"):
