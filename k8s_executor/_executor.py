@@ -353,7 +353,9 @@ class KubernetesExecutor(Executor):
         futures = [t.future for t in tasks]
         return _result_iterator(futures, end_time)
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+    def shutdown(
+        self, wait: bool = True, *, cancel_futures: bool = False, kill_workers: bool = False
+    ) -> None:
         """Stop accepting work and release everything the run holds.
 
         Args:
@@ -361,9 +363,15 @@ class KubernetesExecutor(Executor):
                 workers (and on Kubernetes its Jobs and Secret) are gone. With False,
                 this happens in the background.
             cancel_futures: cancel every call that has not started yet.
+            kill_workers: also end the workers that are running now (as loky's
+                ``shutdown(kill_workers=True)`` does); their calls fail with
+                :class:`WorkerLostError`. Implies ``cancel_futures``.
         """
         with self._lock:
-            if cancel_futures:
+            if kill_workers:
+                self._kill = True
+                self._cond.notify_all()  # a shutdown already waiting for the work stops
+            if cancel_futures or kill_workers:
                 self._cancel_not_started()
             if self._finalizer is None:
                 if self._state is _State.CREATED:
@@ -774,11 +782,7 @@ class KubernetesExecutor(Executor):
 
     def _terminate(self) -> None:
         """Cancel what has not started, kill what has, release everything; wait for it."""
-        with self._lock:
-            self._kill = True
-            self._cancel_not_started()
-            self._cond.notify_all()
-        self.shutdown(wait=True)
+        self.shutdown(wait=True, kill_workers=True)
 
 
 _SHUT_DOWN_MESSAGE = "the executor was shut down (killing its workers) before this call finished"

@@ -4,6 +4,7 @@ stays usable afterwards (one failure never breaks the pool, unlike ProcessPoolEx
 from __future__ import annotations
 
 import concurrent.futures as cf
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -182,3 +183,22 @@ def test_function_unpicklable_in_worker(make_executor: ExecutorFactory, tmp_path
         sys.modules.pop("client_only_mod", None)
         if str(module_dir) in sys.path:
             sys.path.remove(str(module_dir))
+
+
+def test_shutdown_kill_workers_ends_running_workers(
+    make_executor: ExecutorFactory, tmp_path: Path
+) -> None:
+    ex = make_executor(max_workers=2)
+    started = [tmp_path / "a", tmp_path / "b"]
+    running = [ex.submit(helpers.touch_then_block, str(p)) for p in started]
+    helpers.wait_for(lambda: all(p.exists() for p in started), 60, "both calls to start")
+    queued = ex.submit(helpers.square, 3)  # no free worker: it cannot start
+    pids = [int(p.read_text()) for p in started]
+    ex.shutdown(wait=True, kill_workers=True)
+    assert queued.cancelled()
+    for future in running:
+        with pytest.raises(WorkerLostError):
+            future.result(timeout=0)
+    for pid in pids:  # killed and reaped: no such process any more
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

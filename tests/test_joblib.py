@@ -1,0 +1,192 @@
+"""joblib's behaviours through the "kubernetes" joblib backend, on real local workers."""
+
+from __future__ import annotations
+
+import inspect
+import multiprocessing
+import os
+from concurrent.futures.process import _RemoteTraceback
+from pathlib import Path
+from typing import Any
+
+import joblib
+import pytest
+from joblib import Parallel, delayed
+
+import k8s_executor.joblib as k8sx_joblib
+from k8s_executor import Batching, ConfigError, KubernetesExecutor
+from tests import helpers
+from tests import joblib_helpers as jh
+
+
+@pytest.fixture(autouse=True)
+def _registered() -> None:
+    k8sx_joblib.register()
+
+
+@pytest.fixture
+def launches() -> list[int]:
+    """Worker counts of every launch made through ``config(...)``."""
+    return []
+
+
+def config(launches: list[int] | None = None, **options: Any) -> Any:
+    """parallel_config for the backend on local workers, counting launches if asked."""
+    record = launches if launches is not None else []
+    options.setdefault("n_jobs", 2)
+    return joblib.parallel_config(
+        backend="kubernetes",
+        executor_backend=lambda: jh.CountingLocalBackend(record),
+        **options,
+    )
+
+
+def test_list_results_in_order_and_few_workers(launches: list[int]) -> None:
+    with config(launches):
+        results = Parallel()(delayed(jh.inc)(i) for i in range(10_000))
+    assert results == [i + 1 for i in range(10_000)]
+    # 10 000 trivial calls: a probe wave and one more, each with one worker per n_jobs,
+    # not a worker (or a wave) per call or per joblib batch.
+    assert sum(launches) <= 6, launches
+
+
+def test_generator_yields_in_order() -> None:
+    with config():
+        gen = Parallel(return_as="generator")(delayed(jh.inc)(i) for i in range(50))
+        assert inspect.isgenerator(gen)
+        assert list(gen) == [i + 1 for i in range(50)]
+
+
+def test_generator_unordered_yields_by_completion(tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    with config():
+        gen = Parallel(return_as="generator_unordered")(
+            delayed(jh.wait_if_first)(i, str(release)) for i in range(4)
+        )
+        # Call 0 (and whatever shares its worker) is held back; another worker's calls
+        # arrive first, which an ordered generator could not do.
+        first = next(gen)
+        assert first != 0
+        release.touch()
+        rest = list(gen)
+    assert sorted([first, *rest]) == [0, 1, 2, 3]
+
+
+def test_exception_reraised_with_remote_traceback() -> None:
+    with config(), pytest.raises(ValueError, match="boom") as info:
+        Parallel()(delayed(helpers.fail_with_value_error)("boom") for _ in range(3))
+    cause = info.value.__cause__
+    assert isinstance(cause, _RemoteTraceback)
+    assert "fail_with_value_error" in str(cause)
+
+
+def test_abort_on_first_error_cancels_and_kills(tmp_path: Path) -> None:
+    started = tmp_path / "started"
+    started.mkdir()
+    # One call per worker start (max_indexes), so call 0's failure is reported as soon
+    # as it happens rather than when the rest of its worker's calls are done.
+    with (
+        config(batching=Batching(max_indexes=8)),
+        pytest.raises(ValueError, match="on purpose"),
+    ):
+        Parallel()(delayed(jh.fail_or_block)(i, str(started)) for i in range(8))
+    pids = [int(text) for p in started.iterdir() if (text := p.read_text())]
+    # At most one other call got a worker (n_jobs=2) before the failure: the rest were
+    # cancelled, never started; the ones that started were killed.
+    assert len(pids) <= 2
+    assert not any(jh.alive(pid) for pid in pids)
+
+
+def test_parallel_timeout_raises_and_kills(tmp_path: Path) -> None:
+    with config(), pytest.raises(multiprocessing.TimeoutError):
+        Parallel(timeout=0.5)(
+            delayed(helpers.touch_then_block)(str(tmp_path / str(i))) for i in range(2)
+        )
+    pids = [int(text) for p in tmp_path.iterdir() if (text := p.read_text())]
+    assert not any(jh.alive(pid) for pid in pids)
+
+
+def test_task_timeout_fails_only_that_call(tmp_path: Path) -> None:
+    never = str(tmp_path / "never")
+    with config(n_jobs=2, task_timeout=0.5):
+        results = Parallel()(delayed(jh.wait_unless_timed_out)(i, never) for i in range(4))
+    values = [value for value, _ in results]
+    assert values == ["timed out", 1, 2, 3]
+    # The worker that ran call 0 lived on and ran the call packed after it.
+    assert results[0][1] == results[1][1]
+
+
+def test_task_timeout_reaches_the_caller_when_not_caught(tmp_path: Path) -> None:
+    with (
+        config(task_timeout=0.3),
+        pytest.raises(k8sx_joblib.TaskTimeoutError, match="task_timeout=0.3s") as info,
+    ):
+        Parallel()(delayed(jh.wait_for_release)(str(tmp_path / "never"), 30) for _ in range(2))
+    assert isinstance(info.value, TimeoutError)
+
+
+def test_nested_parallel_runs_inside_the_worker() -> None:
+    with config():
+        results = Parallel()(delayed(jh.nested_parallel)(4) for _ in range(2))
+    for worker_pid, nested_pids, backend in results:
+        assert worker_pid != os.getpid()
+        assert nested_pids == [worker_pid] * 4  # threads in the worker, not new workers
+        assert backend in ("ThreadingBackend", "SequentialBackend")
+
+
+def test_n_jobs_minus_one_is_the_executors_default(launches: list[int]) -> None:
+    default = KubernetesExecutor(backend="local").max_workers
+    with config(launches, n_jobs=-1):
+        assert joblib.effective_n_jobs() == default
+        assert joblib.effective_n_jobs(-2) == max(default - 1, 1)
+        assert Parallel()(delayed(jh.inc)(i) for i in range(20)) == list(range(1, 21))
+    assert max(launches) <= default
+
+
+def test_parallel_keywords_override_config() -> None:
+    with config():
+        results = Parallel(task_timeout=0.3)(
+            delayed(jh.wait_unless_timed_out)(i, "/nonexistent/never") for i in range(2)
+        )
+    assert [value for value, _ in results] == ["timed out", 1]
+
+
+def test_sklearn_n_jobs_runs_on_the_backend(launches: list[int]) -> None:
+
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV
+
+    X, y = load_iris(return_X_y=True)
+    grid = {"C": [0.1, 1.0, 10.0]}
+    expected = GridSearchCV(LogisticRegression(max_iter=500), grid, cv=3).fit(X, y)
+    with config(launches):
+        search = GridSearchCV(LogisticRegression(max_iter=500), grid, cv=3, n_jobs=2).fit(X, y)
+    assert launches, "the fits did not run on the backend"
+    assert search.best_params_ == expected.best_params_
+    assert list(search.cv_results_["mean_test_score"]) == pytest.approx(
+        list(expected.cv_results_["mean_test_score"])
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"max_workers": 4}, "set n_jobs instead"),
+        ({"backend_for_executor": "local"}, "unexpected keyword"),
+        ({"task_timeout": 0}, "task_timeout=0 is not allowed"),
+        ({"lookahead": -1}, "lookahead=-1 is not allowed"),
+        ({"executor_backend": 3}, "executor_backend=3 is not allowed"),
+    ],
+)
+def test_bad_options_fail_at_parallel_config(options: dict[str, Any], message: str) -> None:
+    with pytest.raises((ConfigError, TypeError), match=message):
+        joblib.parallel_config(backend="kubernetes", **options)
+
+
+def test_import_does_not_register_or_import_joblib() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, k8s_executor; assert 'joblib' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
