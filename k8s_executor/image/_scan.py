@@ -72,9 +72,13 @@ class Distribution:
 
     @property
     def local(self) -> bool:
-        """Installed from a local directory or file: likely to change often."""
+        """Installed from a local source directory (editable or not): the user's own code,
+        likely to change often. A wheel file from a local path is not "local": wheelhouses
+        and offline mirrors install that way."""
         return self.editable_root is not None or (
-            self.direct_url is not None and b'"file:' in self.direct_url
+            self.direct_url is not None
+            and b'"dir_info"' in self.direct_url
+            and b'"file:' in self.direct_url
         )
 
 
@@ -109,6 +113,9 @@ def scan_environment(prefix: str | os.PathLike[str] | None = None) -> Environmen
     site_dirs: list[Path] = []
     python: tuple[int, int] | None = None
     for lib in ("lib", "lib64"):
+        # venv makes lib64 a symlink to lib on 64-bit Linux: the same directory twice.
+        if (root / lib).is_symlink():
+            continue
         try:
             entries = sorted(os.scandir(root / lib), key=lambda e: e.name)
         except FileNotFoundError:
