@@ -141,3 +141,12 @@ def timed_work(seconds: float) -> tuple[int, float, float]:
     start = time.monotonic()
     threading.Event().wait(seconds)
     return os.getpid(), start, time.monotonic()
+
+
+def crash_first_time(record_dir: str) -> str:
+    """Kill the worker on the first call (as a crash would), succeed on the next."""
+    attempts = len(os.listdir(record_dir))
+    Path(record_dir, str(attempts)).touch()
+    if attempts == 0:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "second try"

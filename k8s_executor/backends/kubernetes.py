@@ -184,6 +184,8 @@ class KubernetesBackend:
             return
         for name in jobs:
             self._delete("Job", self._batch.delete_namespaced_job, name)
+        if kill and jobs:
+            self._wait_pods_gone()
         if self._secret_created:
             self._delete("Secret", self._core.delete_namespaced_secret, m.secret_name(self._run_id))
         for thread in list(self._log_threads.values()):
@@ -239,7 +241,9 @@ class KubernetesBackend:
                 retry_after = (exc.headers or {}).get("Retry-After")
                 wait = float(retry_after) if retry_after and retry_after.isdigit() else delay
             except HTTPError as exc:
-                if attempt == 8:
+                # Unreachable: a few quick tries (a blip, an apiserver restarting), then
+                # tell the user at once rather than after a minute of backoff.
+                if attempt >= 4:
                     raise ClusterError(
                         f"cannot {what}: the Kubernetes API at {self._host()} cannot be "
                         f"reached ({type(exc).__name__}: {exc}); check the kubeconfig "
@@ -266,6 +270,34 @@ class KubernetesBackend:
         except ClusterError as exc:
             if not isinstance(exc.__cause__, ApiException) or exc.__cause__.status != 404:
                 print(f"k8s_executor: could not {exc}", file=sys.stderr)
+
+    def _wait_pods_gone(self, timeout: float = 90.0) -> None:
+        """After a kill, return once no pod of the run is left (or say it is not)."""
+        deadline = time.monotonic() + timeout
+        selector = m.run_selector(self._run_id)
+        delay = 0.1
+        while True:
+            try:
+                pods = self._read_json(
+                    self._core.list_namespaced_pod,
+                    self.namespace,
+                    label_selector=selector,
+                    _preload_content=False,
+                ).get("items") or []
+            except ClusterError:
+                return
+            if not pods:
+                return
+            if time.monotonic() > deadline:
+                print(
+                    f"k8s_executor: {len(pods)} pods of run {self._run_id} are still "
+                    f"terminating; `kubectl get pods -n {self.namespace} -l {selector}`",
+                    file=sys.stderr,
+                )
+                return
+            # Polling, not a watch: this runs once, after the watches have stopped.
+            threading.Event().wait(delay)
+            delay = min(delay * 2, 2.0)
 
     def _host(self) -> str:
         return str(getattr(getattr(self._api, "configuration", None), "host", "?"))

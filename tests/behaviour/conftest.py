@@ -9,17 +9,16 @@ the others (not skipped).
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from k8s_executor import KubernetesExecutor, PodOptions, Timeouts
+from k8s_executor import KubernetesExecutor
+from tests.kube_helpers import kubesim_kwargs
 
-BACKENDS = ["local"]  # "kubernetes" joins when kubesim lands
+BACKENDS = ["local", "kubernetes"]
 
 ExecutorFactory = Callable[..., KubernetesExecutor]
 
@@ -47,18 +46,7 @@ def executor_kwargs(
     """What a test passes to KubernetesExecutor to run on the current backend."""
     if backend_name == "local":
         return {"backend": "local"}
-    sim = request.getfixturevalue("kubesim")
-    return {
-        "backend": "kubernetes",
-        "kubeconfig": str(sim.kubeconfig_path),
-        "storage": str(tmp_path / "storage"),
-        # The process kubelet runs the pod's command as a local process: the "image" is
-        # this interpreter and this source tree, as a venv-snapshot image would be.
-        "image": "kubesim.local/process:latest",
-        "python": sys.executable,
-        "pod": PodOptions(env={"PYTHONPATH": os.pathsep.join(p or os.getcwd() for p in sys.path)}),
-        "timeouts": Timeouts(startup=30, heartbeat=1, heartbeat_grace=30),
-    }
+    return kubesim_kwargs(request.getfixturevalue("kubesim"), tmp_path / "storage")
 
 
 @pytest.fixture

@@ -1,0 +1,215 @@
+"""Server-side printing (``meta.k8s.io/v1`` Table), which ``kubectl get`` asks for.
+
+Columns follow ``pkg/printers/internalversion/printers.go`` for the resources kubesim serves,
+reduced to what can be computed from the stored objects.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+Obj = dict[str, Any]
+
+
+def _parse(ts: str | None) -> datetime | None:
+    if not ts:
+        return None
+    return datetime.fromisoformat(ts.replace("Z", "+00:00"))
+
+
+def human_duration(seconds: float) -> str:
+    """apimachinery ``duration.HumanDuration``."""
+    s = int(seconds)
+    if s < 0:
+        return "<invalid>"
+    if s < 120:
+        return f"{s}s"
+    minutes = s // 60
+    if minutes < 10:
+        rest = s % 60
+        return f"{minutes}m{rest}s" if rest else f"{minutes}m"
+    if minutes < 180:
+        return f"{minutes}m"
+    hours = minutes // 60
+    if hours < 8:
+        rest = minutes % 60
+        return f"{hours}h{rest}m" if rest else f"{hours}h"
+    if hours < 48:
+        return f"{hours}h"
+    days = hours // 24
+    if days < 8:
+        rest = hours % 24
+        return f"{days}d{rest}h" if rest else f"{days}d"
+    if days < 365 * 2:
+        return f"{days}d"
+    return f"{days // 365}y"
+
+
+def _age(obj: Obj, now: datetime) -> str:
+    created = _parse(obj["metadata"].get("creationTimestamp"))
+    return human_duration((now - created).total_seconds()) if created else "<unknown>"
+
+
+def _has_condition(obj: Obj, kind: str) -> bool:
+    return any(
+        c.get("type") == kind and c.get("status") == "True"
+        for c in (obj.get("status") or {}).get("conditions") or []
+    )
+
+
+def _job_row(obj: Obj, now: datetime) -> list[Any]:
+    spec = obj.get("spec") or {}
+    status = obj.get("status") or {}
+    succeeded = int(status.get("succeeded") or 0)
+    if spec.get("completions") is not None:
+        completions = f"{succeeded}/{spec['completions']}"
+    elif int(spec.get("parallelism") or 0) > 1:
+        completions = f"{succeeded}/1 of {spec['parallelism']}"
+    else:
+        completions = f"{succeeded}/1"
+    if _has_condition(obj, "Complete"):
+        state = "Complete"
+    elif _has_condition(obj, "Failed"):
+        state = "Failed"
+    elif obj["metadata"].get("deletionTimestamp"):
+        state = "Terminating"
+    elif _has_condition(obj, "Suspended"):
+        state = "Suspended"
+    elif _has_condition(obj, "FailureTarget"):
+        state = "FailureTarget"
+    elif _has_condition(obj, "SuccessCriteriaMet"):
+        state = "SuccessCriteriaMet"
+    else:
+        state = "Running"
+    start = _parse(status.get("startTime"))
+    end = _parse(status.get("completionTime"))
+    duration = ""
+    if start is not None:
+        duration = human_duration(((end or now) - start).total_seconds())
+    return [obj["metadata"]["name"], state, completions, duration, _age(obj, now)]
+
+
+def _pod_row(obj: Obj, now: datetime) -> list[Any]:
+    spec = obj.get("spec") or {}
+    status = obj.get("status") or {}
+    statuses = status.get("containerStatuses") or []
+    total = len(spec.get("containers") or [])
+    ready = sum(1 for s in statuses if s.get("ready"))
+    restarts = sum(int(s.get("restartCount") or 0) for s in statuses)
+    reason = status.get("reason") or status.get("phase") or "Unknown"
+    running = False
+    for container in reversed(statuses):
+        state = container.get("state") or {}
+        if (state.get("waiting") or {}).get("reason"):
+            reason = state["waiting"]["reason"]
+        elif "terminated" in state:
+            terminated = state["terminated"] or {}
+            if terminated.get("reason"):
+                reason = terminated["reason"]
+            elif terminated.get("signal"):
+                reason = f"Signal:{terminated['signal']}"
+            else:
+                reason = f"ExitCode:{terminated.get('exitCode', 0)}"
+        elif "running" in state and container.get("ready"):
+            running = True
+    if reason == "Completed" and running:
+        reason = "Running"
+    if obj["metadata"].get("deletionTimestamp") and status.get("phase") not in (
+        "Succeeded",
+        "Failed",
+    ):
+        reason = "Terminating"
+    return [obj["metadata"]["name"], f"{ready}/{total}", reason, restarts, _age(obj, now)]
+
+
+def _namespace_row(obj: Obj, now: datetime) -> list[Any]:
+    phase = (obj.get("status") or {}).get("phase", "")
+    return [obj["metadata"]["name"], phase, _age(obj, now)]
+
+
+def _secret_row(obj: Obj, now: datetime) -> list[Any]:
+    data = len(obj.get("data") or {})
+    return [obj["metadata"]["name"], obj.get("type", "Opaque"), data, _age(obj, now)]
+
+
+def _configmap_row(obj: Obj, now: datetime) -> list[Any]:
+    data = len(obj.get("data") or {}) + len(obj.get("binaryData") or {})
+    return [obj["metadata"]["name"], data, _age(obj, now)]
+
+
+def _event_row(obj: Obj, now: datetime) -> list[Any]:
+    last = _parse(obj.get("lastTimestamp") or obj.get("eventTime"))
+    seen = human_duration((now - last).total_seconds()) if last else "<unknown>"
+    involved = obj.get("involvedObject") or {}
+    target = f"{str(involved.get('kind', '')).lower()}/{involved.get('name', '')}"
+    return [seen, obj.get("type", ""), obj.get("reason", ""), target, obj.get("message", "")]
+
+
+def _col(name: str, kind: str = "string", priority: int = 0, fmt: str = "") -> dict[str, Any]:
+    column: dict[str, Any] = {
+        "name": name,
+        "type": kind,
+        "format": fmt,
+        "description": "",
+        "priority": priority,
+    }
+    return column
+
+
+_COLUMNS = {
+    "jobs": (
+        [
+            _col("Name", fmt="name"),
+            _col("Status"),
+            _col("Completions"),
+            _col("Duration"),
+            _col("Age"),
+        ],
+        _job_row,
+    ),
+    "pods": (
+        [
+            _col("Name", fmt="name"),
+            _col("Ready"),
+            _col("Status"),
+            _col("Restarts", "string"),
+            _col("Age"),
+        ],
+        _pod_row,
+    ),
+    "namespaces": ([_col("Name", fmt="name"), _col("Status"), _col("Age")], _namespace_row),
+    "secrets": (
+        [_col("Name", fmt="name"), _col("Type"), _col("Data", "integer"), _col("Age")],
+        _secret_row,
+    ),
+    "configmaps": (
+        [_col("Name", fmt="name"), _col("Data", "integer"), _col("Age")],
+        _configmap_row,
+    ),
+    "events": (
+        [_col("Last Seen"), _col("Type"), _col("Reason"), _col("Object"), _col("Message")],
+        _event_row,
+    ),
+}
+
+
+def to_table(resource: str, items: list[Obj], list_meta: dict[str, Any], now: datetime) -> Obj:
+    columns, row = _COLUMNS[resource]
+    return {
+        "kind": "Table",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": list_meta,
+        "columnDefinitions": columns,
+        "rows": [
+            {
+                "cells": row(obj, now),
+                "object": {
+                    "kind": "PartialObjectMetadata",
+                    "apiVersion": "meta.k8s.io/v1",
+                    "metadata": obj["metadata"],
+                },
+            }
+            for obj in items
+        ],
+    }

@@ -1,0 +1,90 @@
+"""Shared helpers of the Job-controller and kubelet fidelity tests (raw JSON through the client).
+
+Reading ``_preload_content=False`` bodies keeps what the server really sent (omitted vs zero
+fields), which the official client's models would blur.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from kubernetes import client
+
+from tests.kubesim_tests.conftest import wait_for
+
+NS = "default"
+
+
+def py(code: str) -> list[str]:
+    """A container command running ``code`` with this interpreter."""
+    return [sys.executable, "-c", code]
+
+
+def job_body(name: str, code: str = "pass", *, indexed: bool = True, **spec: Any) -> dict[str, Any]:
+    container: dict[str, Any] = {"name": "task", "image": "python:3.12-slim", "command": py(code)}
+    container.update(spec.pop("container", {}))
+    body: dict[str, Any] = {
+        "template": {"spec": {"restartPolicy": "Never", "containers": [container]}},
+    }
+    if indexed:
+        body["completionMode"] = "Indexed"
+        body.setdefault("completions", 1)
+    body.update(spec)
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name}, "spec": body}
+
+
+def raw(response: Any) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(response.data)
+    return data
+
+
+def get_job(batch: client.BatchV1Api, name: str) -> dict[str, Any]:
+    return raw(batch.read_namespaced_job(name, NS, _preload_content=False))
+
+
+def job_pods(
+    core: client.CoreV1Api, job: dict[str, Any] | str, batch: Any = None
+) -> list[dict[str, Any]]:
+    if isinstance(job, str):
+        job = get_job(batch, job)
+    uid = job["metadata"]["uid"]
+    items: list[dict[str, Any]] = raw(
+        core.list_namespaced_pod(
+            NS,
+            label_selector=f"batch.kubernetes.io/controller-uid={uid}",
+            _preload_content=False,
+        )
+    )["items"]
+    return items
+
+
+def condition(job: dict[str, Any], ctype: str) -> Any:
+    """The condition of ``ctype`` (a dict) or ``None``."""
+    for cond in job.get("status", {}).get("conditions") or []:
+        if cond["type"] == ctype:
+            return dict(cond)
+    return None
+
+
+def wait_job(
+    batch: client.BatchV1Api, name: str, ctype: str = "Complete", timeout: float = 20.0
+) -> dict[str, Any]:
+    """Wait for a True condition of ``ctype``; return the Job."""
+
+    def check() -> dict[str, Any] | None:
+        job = get_job(batch, name)
+        cond = condition(job, ctype)
+        return job if cond is not None and cond["status"] == "True" else None
+
+    result: dict[str, Any] = wait_for(check, timeout, f"job {name} condition {ctype}")
+    return result
+
+
+def phase(pod: dict[str, Any]) -> str:
+    return str(pod.get("status", {}).get("phase"))
+
+
+def index_of(pod: dict[str, Any]) -> int:
+    return int(pod["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"])

@@ -1,0 +1,241 @@
+"""§9.15, 9.16, 9.19 (kubelet half): pod lifecycle, stuck states, OOM, deletion, logs, faults."""
+
+from __future__ import annotations
+
+import functools
+import json
+import signal
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client import ApiException
+
+from tests.kubesim.errors import ApiError
+from tests.kubesim.kubeconfig import Kubesim
+from tests.kubesim_tests.conftest import wait_for
+from tests.kubesim_tests.job_helpers import NS, phase, raw
+
+
+@pytest.fixture
+def core(kubesim: Kubesim) -> Iterator[Any]:
+    with kubesim.api_client() as api:
+        yield client.CoreV1Api(api)
+
+
+def _pod(name: str, code: str = "pass", **container: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "name": "main",
+        "image": "python:3.12-slim",
+        "command": [sys.executable, "-c", code],
+    }
+    spec.update(container)
+    return {"metadata": {"name": name}, "spec": {"restartPolicy": "Never", "containers": [spec]}}
+
+
+def _get(core: Any, name: str) -> dict[str, Any]:
+    return raw(core.read_namespaced_pod(name, NS, _preload_content=False))
+
+
+def _wait_phase(core: Any, name: str, *phases: str) -> Any:
+    return wait_for(
+        lambda: (p := _get(core, name)) and phase(p) in phases and p, 15, f"{name} {phases}"
+    )
+
+
+def _up(sim: Kubesim, name: str) -> bool:
+    """The pod's (first) container has printed ``up`` (waiting containers answer 400)."""
+    try:
+        return b"up" in b"".join(sim.kubelet.read_log(NS, name))
+    except ApiError:
+        return False
+
+
+def _cond(pod: dict[str, Any], ctype: str) -> dict[str, Any]:
+    return next(c for c in pod["status"].get("conditions") or [] if c["type"] == ctype)
+
+
+def _state(pod: dict[str, Any], key: str = "containerStatuses") -> dict[str, Any]:
+    return dict(pod["status"][key][0]["state"])
+
+
+def test_s9_15_lifecycle_success_and_failure(core: Any, tmp_path: Any) -> None:
+    gate = tmp_path / "go"
+    code = "import os,time\nprint('hello', flush=True)\n"
+    code += f"while not os.path.exists({str(gate)!r}): time.sleep(0.02)\n"
+    core.create_namespaced_pod(NS, _pod("ok", code))
+    running = _wait_phase(core, "ok", "Running")
+    assert running["status"]["podIP"] == "127.0.0.1" and running["status"]["startTime"]
+    assert "running" in _state(running)
+    wait_for(lambda: _cond(_get(core, "ok"), "Ready")["status"] == "True", 10)
+    gate.write_text("")
+    done = _wait_phase(core, "ok", "Succeeded")
+    term = _state(done)["terminated"]
+    assert term["exitCode"] == 0 and term["reason"] == "Completed"
+    assert term["startedAt"] and term["finishedAt"]
+    core.create_namespaced_pod(NS, _pod("bad", "raise SystemExit(3)"))
+    failed = _wait_phase(core, "bad", "Failed")
+    assert _state(failed)["terminated"]["exitCode"] == 3
+    assert _state(failed)["terminated"]["reason"] == "Error"
+
+
+def test_s9_15_termination_message_truncated_and_fallback(core: Any) -> None:
+    code = "import os\nopen(os.environ['KUBESIM_TERMINATION_MESSAGE_PATH'],'w').write('x'*5000)\n"
+    core.create_namespaced_pod(NS, _pod("msg", code))
+    term = _state(_wait_phase(core, "msg", "Succeeded"))["terminated"]
+    assert term["message"] == "x" * 4096
+    fallback = "print('line1'); print('boom'); raise SystemExit(1)"
+    core.create_namespaced_pod(
+        NS, _pod("fb", fallback, terminationMessagePolicy="FallbackToLogsOnError")
+    )
+    term = _state(_wait_phase(core, "fb", "Failed"))["terminated"]
+    assert term["message"] == "line1\nboom\n"
+    core.create_namespaced_pod(
+        NS, _pod("nofb", "print('x')", terminationMessagePolicy="FallbackToLogsOnError")
+    )
+    assert "message" not in _state(_wait_phase(core, "nofb", "Succeeded"))["terminated"]
+
+
+def test_s9_15_oom_killed(core: Any) -> None:
+    # Touch every page so the 200 MiB are resident, not just reserved.
+    code = "import time\nb = bytearray(200 * 1024 * 1024)\n"
+    code += "b[::4096] = b'x' * len(b[::4096])\ntime.sleep(30)"
+    core.create_namespaced_pod(NS, _pod("oom", code, resources={"limits": {"memory": "64Mi"}}))
+    term = _state(_wait_phase(core, "oom", "Failed"))["terminated"]
+    assert (term["reason"], term["exitCode"]) == ("OOMKilled", 137)
+
+
+def test_s9_15_stuck_states_never_fail(kubesim: Kubesim, core: Any) -> None:
+    core.create_namespaced_pod(NS, _pod("pull", image="registry.invalid/unpullable:1"))
+    core.create_namespaced_pod(
+        NS,
+        _pod(
+            "cfg",
+            env=[{"name": "X", "valueFrom": {"secretKeyRef": {"name": "missing", "key": "k"}}}],
+        ),
+    )
+    big = _pod("big", resources={"requests": {"cpu": "1000"}})
+    core.create_namespaced_pod(NS, big)
+    wait_for(
+        lambda: _state(_get(core, "pull")).get("waiting", {}).get("reason") == "ImagePullBackOff",
+        10,
+    )
+    waiting = _state(_get(core, "pull"))["waiting"]
+    assert waiting["message"].startswith('Back-off pulling image "registry.invalid/unpullable:1"')
+    cfg = wait_for(
+        lambda: (
+            _state(_get(core, "cfg")).get("waiting", {}).get("reason")
+            == "CreateContainerConfigError"
+            and _get(core, "cfg")
+        ),
+        10,
+    )
+    assert _state(cfg)["waiting"]["message"] == 'secret "missing" not found'
+    sched = wait_for(
+        lambda: [
+            c
+            for c in _get(core, "big")["status"].get("conditions") or []
+            if c["type"] == "PodScheduled"
+        ],
+        10,
+    )[0]
+    assert (sched["status"], sched["reason"]) == ("False", "Unschedulable")
+    assert sched["message"] == (
+        "0/1 nodes are available: 1 Insufficient cpu. preemption: 0/1 nodes are available: "
+        "1 No preemption victims found for incoming pod."
+    )
+    for name in ("pull", "cfg", "big"):
+        assert phase(_get(core, name)) == "Pending"
+    # Logs of a waiting container: the kubelet's 400.
+    with pytest.raises(ApiException) as info:
+        core.read_namespaced_pod_log("pull", NS)
+    assert info.value.status == 400
+    assert json.loads(info.value.body or "{}")["message"] in (
+        'container "main" in pod "pull" is waiting to start: trying and failing to pull image',
+        'container "main" in pod "pull" is waiting to start: image can\'t be pulled',
+    )
+    # A Secret appearing unblocks the config error.
+    core.create_namespaced_secret(NS, {"metadata": {"name": "missing"}, "stringData": {"k": "v"}})
+    _wait_phase(core, "cfg", "Succeeded")
+
+
+def test_s9_16_delete_sigterm_grace_then_terminal(kubesim: Kubesim, core: Any) -> None:
+    code = (
+        "import signal,sys,time\n"
+        "signal.signal(signal.SIGTERM, lambda *a: (print('term', flush=True), sys.exit(0)))\n"
+        "print('up', flush=True)\ntime.sleep(60)"
+    )
+    pod = _pod("gr", code)
+    pod["metadata"]["finalizers"] = ["example.com/hold"]
+    core.create_namespaced_pod(NS, pod)
+    wait_for(lambda: _up(kubesim, "gr"), 10)
+    answer = raw(core.delete_namespaced_pod("gr", NS, _preload_content=False))
+    assert answer["metadata"]["deletionTimestamp"]
+    assert answer["metadata"]["deletionGracePeriodSeconds"] == 30
+    # SIGTERM handled → exit 0 → Succeeded; the finalizer keeps the object visible.
+    done = _wait_phase(core, "gr", "Succeeded")
+    assert _state(done)["terminated"]["exitCode"] == 0
+    core.patch_namespaced_pod("gr", NS, {"metadata": {"finalizers": None}})
+    wait_for(lambda: not core.list_namespaced_pod(NS).items, 10, "pod removed")
+
+
+def test_logs_params_and_multi_container(kubesim: Kubesim, core: Any) -> None:
+    code = "for i in range(5): print('line', i)"
+    pod = _pod("logs", code)
+    pod["spec"]["containers"].append(
+        {
+            "name": "side",
+            "image": "python:3.12-slim",
+            "command": [sys.executable, "-c", "print('s')"],
+        }
+    )
+    core.create_namespaced_pod(NS, pod)
+    _wait_phase(core, "logs", "Succeeded")
+    with pytest.raises(ApiException) as info:
+        core.read_namespaced_pod_log("logs", NS)
+    assert json.loads(info.value.body or "{}")["message"] == (
+        "a container name must be specified for pod logs, choose one of: [main side]"
+    )
+    assert core.read_namespaced_pod_log("logs", NS, container="main") == "".join(
+        f"line {i}\n" for i in range(5)
+    )
+    assert (
+        core.read_namespaced_pod_log("logs", NS, container="main", tail_lines=2)
+        == "line 3\nline 4\n"
+    )
+    assert core.read_namespaced_pod_log("logs", NS, container="main", limit_bytes=8) == "line 0\nl"
+    stamped = core.read_namespaced_pod_log("logs", NS, container="side", timestamps=True)
+    stamp, _, text = stamped.partition(" ")
+    assert text == "s\n" and stamp.endswith("Z") and "T" in stamp
+
+
+def test_faults_kill_evict_lose_node(kubesim: Kubesim, core: Any) -> None:
+    sleeper = "import time\nprint('up', flush=True)\ntime.sleep(60)"
+    for name in ("k", "e", "n"):
+        core.create_namespaced_pod(NS, _pod(name, sleeper))
+    for name in ("k", "e", "n"):
+        wait_for(functools.partial(_up, kubesim, name), 10)
+    kubesim.kubelet.kill_pod(NS, "k", signal.SIGKILL)
+    term = _state(_wait_phase(core, "k", "Failed"))["terminated"]
+    assert (term["exitCode"], term["reason"]) == (137, "Error")
+    evicted = _pod("ev", sleeper)
+    evicted["metadata"]["finalizers"] = ["example.com/hold"]
+    core.create_namespaced_pod(NS, evicted)
+    wait_for(lambda: _up(kubesim, "ev"), 10)
+    kubesim.kubelet.evict(NS, "ev")
+    gone = _wait_phase(core, "ev", "Failed")
+    target = _cond(gone, "DisruptionTarget")
+    assert (target["status"], target["reason"]) == ("True", "EvictionByEvictionAPI")
+    core.patch_namespaced_pod("ev", NS, {"metadata": {"finalizers": None}})
+    lost = _pod("lost", sleeper)
+    lost["metadata"]["finalizers"] = ["example.com/hold"]
+    core.create_namespaced_pod(NS, lost)
+    wait_for(lambda: _up(kubesim, "lost"), 10)
+    kubesim.kubelet.lose_node()
+    pod = _wait_phase(core, "lost", "Failed")
+    target = _cond(pod, "DisruptionTarget")
+    assert target["reason"] == "DeletionByPodGC"
+    assert pod["metadata"]["deletionTimestamp"]
+    core.patch_namespaced_pod("lost", NS, {"metadata": {"finalizers": None}})

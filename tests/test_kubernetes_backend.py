@@ -1,0 +1,314 @@
+"""What only the Kubernetes backend does, against kubesim through the real API flow:
+Kubernetes failure reasons, stuck pods, API storms, cleanup, credentials, logs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from k8s_executor import (
+    ClusterError,
+    ExecutorBrokenError,
+    KubernetesExecutor,
+    PodStartError,
+    Resources,
+    Timeouts,
+    WorkerLostError,
+    cli,
+)
+from tests import helpers
+from tests.kube_helpers import kubesim_kwargs, run_objects
+
+
+def hold_memory(megabytes: int) -> int:
+    data = b"x" * (megabytes << 20)  # written, so resident (a calloc'd buffer may not be)
+    threading.Event().wait(60)
+    return len(data)
+
+
+def print_lines(n: int) -> int:
+    for i in range(n):
+        print(f"line {i} from the task", flush=True)
+    return n
+
+
+@pytest.fixture
+def kw(kubesim: Any, tmp_path: Path) -> dict[str, Any]:
+    return kubesim_kwargs(kubesim, tmp_path / "storage")
+
+
+def test_oom_killed_worker_is_reported_with_reason(kw: dict[str, Any]) -> None:
+    with KubernetesExecutor(resources=Resources(memory="64Mi"), **kw) as ex:
+        future = ex.submit(hold_memory, 256)
+        with pytest.raises(WorkerLostError, match="OOMKilled.*give it more") as info:
+            future.result(timeout=90)
+        assert info.value.reason == "OOMKilled"
+        assert ex.submit(helpers.square, 3).result(timeout=60) == 9
+
+
+def test_evicted_worker_is_retried_not_failed(
+    kubesim: Any, kw: dict[str, Any], tmp_path: Path
+) -> None:
+    calls, release = tmp_path / "calls", tmp_path / "release"
+    calls.mkdir()
+    with KubernetesExecutor(max_workers=1, **kw) as ex:
+        future = ex.submit(helpers.record_then_wait, str(calls), str(release))
+        helpers.wait_for(lambda: len(list(calls.iterdir())) == 1, 60, "the first attempt")
+        (pod,) = kubesim.store.list("pods", "default", field_selector="status.phase=Running")[0]
+        kubesim.kubelet.evict("default", pod["metadata"]["name"])
+        # DisruptionTarget -> the pod failure policy ignores it -> the index runs again.
+        helpers.wait_for(lambda: len(list(calls.iterdir())) == 2, 60, "the retry")
+        release.touch()
+        assert isinstance(future.result(timeout=60), int)
+
+
+def test_lost_node_is_a_disruption_and_retried(
+    kubesim: Any, kw: dict[str, Any], tmp_path: Path
+) -> None:
+    calls, release = tmp_path / "calls", tmp_path / "release"
+    calls.mkdir()
+    with KubernetesExecutor(max_workers=1, **kw) as ex:
+        future = ex.submit(helpers.record_then_wait, str(calls), str(release))
+        helpers.wait_for(lambda: len(list(calls.iterdir())) == 1, 60, "the first attempt")
+        kubesim.kubelet.lose_node()  # DisruptionTarget DeletionByPodGC: not counted
+        helpers.wait_for(lambda: len(list(calls.iterdir())) == 2, 60, "the retry")
+        release.touch()
+        assert isinstance(future.result(timeout=60), int)
+
+
+def test_crash_is_retried_when_retries_allow(kw: dict[str, Any], tmp_path: Path) -> None:
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    with KubernetesExecutor(retries=1, **kw) as ex:
+        # Dies on its first run (no outcome, counted failure), succeeds on the retry.
+        assert ex.submit(helpers.crash_first_time, str(calls)).result(timeout=60) == "second try"
+    assert len(list(calls.iterdir())) == 2
+
+
+@pytest.mark.parametrize(
+    ("options", "reason", "text"),
+    [
+        ({"resources": Resources(cpu=1000)}, "Unschedulable", "Insufficient cpu"),
+        ({"pod_secrets": ("no-such-secret",)}, "CreateContainerConfigError", "no-such-secret"),
+    ],
+)
+def test_pod_that_cannot_start_fails_its_batch(
+    kubesim: Any, tmp_path: Path, options: dict[str, Any], reason: str, text: str
+) -> None:
+    secrets = options.pop("pod_secrets", ())
+    kw = kubesim_kwargs(kubesim, tmp_path / "storage", secrets=secrets)
+    kw["timeouts"] = Timeouts(startup=2, heartbeat=1, heartbeat_grace=30)
+    with KubernetesExecutor(**kw, **options) as ex:
+        future = ex.submit(helpers.square, 2)
+        with pytest.raises(PodStartError, match=text) as info:
+            future.result(timeout=60)
+        assert info.value.reason == reason
+        helpers.wait_for(
+            lambda: not run_objects(kubesim, ex.run_id)["jobs"], 30, "the stuck Job deleted"
+        )
+
+
+def test_unpullable_image_breaks_the_executor(kubesim: Any, tmp_path: Path) -> None:
+    kw = kubesim_kwargs(kubesim, tmp_path / "storage")
+    kw.update(image="registry.example/team/unpullable:1")
+    kw["timeouts"] = Timeouts(startup=2, heartbeat=1, heartbeat_grace=30)
+    with KubernetesExecutor(**kw) as ex:
+        future = ex.submit(helpers.square, 2)
+        with pytest.raises(ExecutorBrokenError) as info:
+            future.result(timeout=60)
+        cause = info.value.__cause__
+        assert isinstance(cause, PodStartError)
+        assert cause.reason in ("ErrImagePull", "ImagePullBackOff")
+        with pytest.raises(ExecutorBrokenError):
+            ex.submit(helpers.square, 3)
+
+
+def test_job_deadline_reported(kw: dict[str, Any], tmp_path: Path) -> None:
+    kw["timeouts"] = Timeouts(job_deadline=2, heartbeat=1, heartbeat_grace=30)
+    with KubernetesExecutor(**kw) as ex:
+        future = ex.submit(helpers.touch_then_block, str(tmp_path / "started"))
+        with pytest.raises(WorkerLostError, match="DeadlineExceeded") as info:
+            future.result(timeout=60)
+        assert info.value.reason == "DeadlineExceeded"
+
+
+def test_api_storm_and_dropped_watches_lose_no_future(kubesim: Any, kw: dict[str, Any]) -> None:
+    faults = kubesim.faults
+    faults.fail_next(3, 429, retry_after=1, methods="POST")
+    faults.fail_next(3, 503, retry_after=1, methods="GET")
+    faults.fail_next(2, 500, methods="GET")
+    with KubernetesExecutor(max_workers=2, **kw) as ex:
+        first = list(ex.map(helpers.square, range(20)))
+        faults.drop_watches()
+        faults.compact()  # resuming from the last resourceVersion now gets 410: relist
+        futures = [ex.submit(helpers.add, i, 1) for i in range(10)]
+        faults.drop_watches()
+        assert first == [i * i for i in range(20)]
+        assert [f.result(timeout=60) for f in futures] == list(range(1, 11))
+
+
+def test_shutdown_leaves_no_job_pod_secret_or_storage(
+    kubesim: Any, kw: dict[str, Any], tmp_path: Path
+) -> None:
+    with KubernetesExecutor(**kw) as ex:
+        assert list(ex.map(helpers.square, range(6))) == [0, 1, 4, 9, 16, 25]
+        run_id = ex.run_id
+        seen = run_objects(kubesim, run_id)
+        assert seen["jobs"]
+        assert seen["secrets"] == [f"k8sx-{run_id}"]
+    helpers.wait_for(
+        lambda: run_objects(kubesim, run_id) == {"jobs": [], "pods": [], "secrets": []},
+        30,
+        "the run's objects to be gone",
+    )
+    assert not (tmp_path / "storage" / run_id).exists()
+
+
+def test_kill_workers_ends_running_pods(kubesim: Any, kw: dict[str, Any], tmp_path: Path) -> None:
+    started = tmp_path / "started"
+    ex = KubernetesExecutor(**kw)
+    future = ex.submit(helpers.touch_then_block, str(started))
+    helpers.wait_for(started.exists, 60, "the task to start")
+    # The executor learns of the start from the watch (pod Running), maybe after the
+    # task has begun; until then a kill would count the call as not started: cancelled.
+    helpers.wait_for(future.running, 60, "the watch to report the pod running")
+    pid = int(started.read_text())
+    ex.shutdown(wait=True, kill_workers=True)
+    with pytest.raises(WorkerLostError):
+        future.result(timeout=0)
+    assert run_objects(kubesim, ex.run_id)["pods"] == []
+    helpers.wait_for(lambda: not _alive(pid), 10, "the worker process to be gone")
+
+
+def test_forbidden_create_says_which_verbs(kubesim: Any, kw: dict[str, Any]) -> None:
+    kubesim.faults.deny("create", "secrets")
+    ex = KubernetesExecutor(**kw)
+    with pytest.raises(
+        ClusterError, match=r"refused it \(403.*create, get, list, delete on secrets"
+    ) as info:
+        ex.submit(helpers.square, 1)
+    assert info.value.status == 403
+    assert "k8s-executor rbac" in str(info.value)
+    kubesim.faults.clear()
+    ex.shutdown()
+
+
+def test_forbidden_job_creation_breaks_the_executor(kubesim: Any, kw: dict[str, Any]) -> None:
+    kubesim.faults.deny("create", "jobs")
+    with KubernetesExecutor(**kw) as ex:
+        future = ex.submit(helpers.square, 1)
+        with pytest.raises(ExecutorBrokenError) as info:
+            future.result(timeout=60)
+        assert isinstance(info.value.__cause__, ClusterError)
+        assert "jobs.batch" in str(info.value.__cause__)
+
+
+def test_unreachable_cluster_is_a_clear_error(tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n"
+        "clusters: [{name: c, cluster: {server: 'http://127.0.0.1:9'}}]\n"
+        "users: [{name: u, user: {token: t}}]\n"
+        "contexts: [{name: c, context: {cluster: c, user: u}}]\n"
+    )
+    ex = KubernetesExecutor(
+        backend="kubernetes", kubeconfig=str(kubeconfig), image="x", storage=str(tmp_path)
+    )
+    with pytest.raises(ClusterError, match="cannot be reached.*kubectl cluster-info"):
+        ex.submit(helpers.square, 1)
+    ex.shutdown()
+
+
+def test_stream_logs_prefixes_batch_and_index(
+    kw: dict[str, Any], capfd: pytest.CaptureFixture[str]
+) -> None:
+    with KubernetesExecutor(stream_logs=True, **kw) as ex:
+        assert ex.submit(print_lines, 3).result(timeout=60) == 3
+    err = capfd.readouterr().err
+    assert "[b00000/0] line 0 from the task" in err
+    assert "[b00000/0] line 2 from the task" in err
+
+
+CLIENT = """
+import pickle, sys
+from k8s_executor import KubernetesExecutor
+from tests import helpers
+
+kwargs = pickle.loads(open(sys.argv[1], "rb").read())
+ex = KubernetesExecutor(**kwargs)
+ex.submit(helpers.touch_then_block, sys.argv[2])
+print(ex.run_id, flush=True)
+import threading; threading.Event().wait()
+"""
+
+
+def test_killed_client_leaves_nothing_running_then_cleanup(
+    kubesim: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import pickle
+
+    kw = kubesim_kwargs(kubesim, tmp_path / "storage")
+    kw["timeouts"] = Timeouts(heartbeat=0.5, heartbeat_grace=3)
+    (tmp_path / "kw").write_bytes(pickle.dumps(kw))
+    started = tmp_path / "started"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p or os.getcwd() for p in sys.path)}
+    client = subprocess.Popen(
+        [sys.executable, "-c", CLIENT, str(tmp_path / "kw"), str(started)],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert client.stdout is not None
+    run_id = client.stdout.readline().strip()
+    helpers.wait_for(started.exists, 60, "the task to start")
+    worker_pid = int(started.read_text())
+    client.send_signal(signal.SIGKILL)
+    client.wait()
+    client.stdout.close()
+    # No heartbeat for 3 s: the worker gives up (exit 87), the pod failure policy fails
+    # the Job, and nothing of the run is running any more.
+    helpers.wait_for(lambda: not _alive(worker_pid), 30, "the abandoned worker to exit")
+
+    def job_failed() -> bool:
+        jobs = kubesim.store.list(
+            "jobs", "default", label_selector=f"k8s-executor.io/run={run_id}"
+        )[0]
+        conditions = jobs[0].get("status", {}).get("conditions", []) if jobs else []
+        return any(c["type"] == "Failed" and c["reason"] == "PodFailurePolicy" for c in conditions)
+
+    helpers.wait_for(job_failed, 30, "the Job to fail by the pod failure policy")
+    # What is left (the failed Job, the Secret) is what `k8s-executor cleanup` is for.
+    config = ["--kubeconfig", str(kubesim.kubeconfig_path)]
+    assert cli.main(["ls", *config]) == 0
+    listing = capsys.readouterr().out
+    assert run_id in listing
+    assert "finished" in listing
+    assert cli.main(["cleanup", run_id, *config]) == 0
+    assert "would delete run" in capsys.readouterr().out
+    assert run_objects(kubesim, run_id)["jobs"]  # dry run deleted nothing
+    assert cli.main(["cleanup", run_id, "--yes", *config]) == 0
+    assert f"deleted run {run_id}" in capsys.readouterr().out
+    helpers.wait_for(
+        lambda: run_objects(kubesim, run_id) == {"jobs": [], "pods": [], "secrets": []},
+        30,
+        "cleanup to remove everything",
+    )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
