@@ -278,12 +278,15 @@ class KubernetesBackend:
         delay = 0.1
         while True:
             try:
-                pods = self._read_json(
-                    self._core.list_namespaced_pod,
-                    self.namespace,
-                    label_selector=selector,
-                    _preload_content=False,
-                ).get("items") or []
+                pods = (
+                    self._read_json(
+                        self._core.list_namespaced_pod,
+                        self.namespace,
+                        label_selector=selector,
+                        _preload_content=False,
+                    ).get("items")
+                    or []
+                )
             except ClusterError:
                 return
             if not pods:
