@@ -171,6 +171,34 @@ def test_shutdown_leaves_no_job_pod_secret_or_storage(
     assert not (tmp_path / "storage" / run_id).exists()
 
 
+def test_max_workers_bounds_pods_across_batches(
+    kubesim: Any, kw: dict[str, Any], tmp_path: Path
+) -> None:
+    calls, release = tmp_path / "calls", tmp_path / "release"
+    calls.mkdir()
+
+    def live_pods() -> list[dict[str, Any]]:
+        pods = kubesim.store.list("pods", "default")[0]
+        return [p for p in pods if p.get("status", {}).get("phase") in ("Pending", "Running")]
+
+    with KubernetesExecutor(max_workers=2, **kw) as ex:
+        blocking = ex.map(helpers.record_then_wait, [str(calls)] * 2, [str(release)] * 2)
+        helpers.wait_for(lambda: len(list(calls.iterdir())) == 2, 60, "two workers busy")
+        later = ex.map(helpers.square, range(4))  # a second batch, two more indexes
+        helpers.wait_for(lambda: len(kubesim.store.list("jobs", "default")[0]) == 2, 30, "Job 2")
+        second = next(
+            j
+            for j in kubesim.store.list("jobs", "default")[0]
+            if j["metadata"]["labels"]["k8s-executor.io/batch"] != "b00000"
+        )
+        # No slot is free: the second Job is created paused, and no pod of it exists.
+        assert second["spec"]["parallelism"] == 0
+        assert len(live_pods()) == 2
+        release.touch()
+        assert list(later) == [0, 1, 4, 9]
+        assert len(list(blocking)) == 2
+
+
 def test_kill_workers_ends_running_pods(kubesim: Any, kw: dict[str, Any], tmp_path: Path) -> None:
     started = tmp_path / "started"
     ex = KubernetesExecutor(**kw)

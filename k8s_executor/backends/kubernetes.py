@@ -41,7 +41,7 @@ T = TypeVar("T")
 # What the executor needs to be allowed to do in its namespace (for error messages and
 # `k8s-executor rbac`).
 RBAC_RULES = (
-    ("batch", "jobs", ("create", "get", "list", "watch", "delete")),
+    ("batch", "jobs", ("create", "get", "list", "watch", "delete", "patch")),
     ("", "pods", ("get", "list", "watch", "delete")),
     ("", "pods/log", ("get",)),
     ("", "secrets", ("create", "get", "list", "delete")),
@@ -99,6 +99,9 @@ class KubernetesBackend:
         self._responses: set[Any] = set()
         self._delivery: ThreadPoolExecutor | None = None
         self._jobs: dict[str, str] = {}  # batch id -> Job name
+        # Worker slots per unfinished Job (its spec.parallelism), in launch order.
+        self._parallelism: dict[str, int] = {}
+        self._patch_lock = threading.Lock()
         self._secret_created = False
         self._log_threads: dict[str, threading.Thread] = {}
         self._api: Any = None
@@ -135,12 +138,18 @@ class KubernetesBackend:
             self._threads.append(thread)
 
     def launch(self, spec: LaunchSpec) -> None:
-        """Create the batch's Indexed Job."""
+        """Create the batch's Indexed Job, with as many worker slots as are free now."""
+        with self._lock:
+            self._tracker.add_batch(spec.batch_id, spec.indexes)
+            # max_workers bounds the run, not each Job: a new Job gets the free slots
+            # (0 pauses it) and grows as earlier Jobs finish (see _rebalance).
+            parallelism = min(spec.indexes, max(0, self._max_workers - self._slots_in_use()))
+            self._parallelism[spec.batch_id] = parallelism
         params = m.JobParams(
             run_id=spec.run_id,
             batch_id=spec.batch_id,
             indexes=spec.indexes,
-            parallelism=min(spec.indexes, self._max_workers),
+            parallelism=parallelism,
             image=self.settings.image,
             batch_url=spec.batch_url,
             python=self.settings.python,
@@ -154,7 +163,6 @@ class KubernetesBackend:
         )
         job = m.job_manifest(params)
         with self._lock:
-            self._tracker.add_batch(spec.batch_id, spec.indexes)
             self._jobs[spec.batch_id] = job["metadata"]["name"]
         self._call(
             f"create Job {job['metadata']['name']}",
@@ -429,6 +437,48 @@ class KubernetesBackend:
         assert self._listener is not None
         exit = self._with_log_tail(event.batch_id, event.index, event.exit)
         self._listener.index_finished(event.batch_id, event.index, exit)
+        self._rebalance()
+
+    def _demand(self, batch_id: str) -> int:
+        job = self._tracker.jobs.get(batch_id)
+        return 0 if job is None else sum(not e.finished for e in job.indexes)
+
+    def _slots_in_use(self) -> int:
+        # Called with the lock held: slots a Job holds are those its unfinished indexes
+        # can still use.
+        return sum(min(p, self._demand(b)) for b, p in self._parallelism.items())
+
+    def _rebalance(self) -> None:
+        """Give slots freed by finished indexes to Jobs still waiting for some."""
+        with self._lock:
+            for batch_id in [b for b in self._parallelism if self._demand(b) == 0]:
+                del self._parallelism[batch_id]
+            free = self._max_workers - self._slots_in_use()
+            grown: list[str] = []
+            for batch_id, parallelism in self._parallelism.items():
+                if free <= 0:
+                    break
+                extra = min(free, self._demand(batch_id) - parallelism)
+                if extra > 0:
+                    # Only ever grow: lowering a running Job's parallelism deletes pods.
+                    self._parallelism[batch_id] = parallelism + extra
+                    free -= extra
+                    grown.append(batch_id)
+        for batch_id in grown:
+            with self._patch_lock:  # in order, and always the latest value
+                with self._lock:
+                    value = self._parallelism.get(batch_id)
+                    name = self._jobs.get(batch_id)
+                if value is None or name is None or self._stop.is_set():
+                    continue
+                with contextlib.suppress(ClusterError):  # the Job may be gone already
+                    self._call(
+                        f"raise the parallelism of Job {name}",
+                        self._batch.patch_namespaced_job,
+                        name,
+                        self.namespace,
+                        {"spec": {"parallelism": value}},
+                    )
 
     def _stuck(self, event: Stuck) -> None:
         assert self._listener is not None
@@ -469,6 +519,7 @@ class KubernetesBackend:
         )
         for i in unfinished:
             self._listener.index_finished(event.batch_id, i, exit)
+        self._rebalance()
 
     def _with_log_tail(self, batch_id: str, index: int, exit: IndexExit) -> IndexExit:
         """Add the last log lines of a failed worker when its status carried none."""
