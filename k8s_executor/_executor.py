@@ -180,6 +180,31 @@ class KubernetesExecutor(Executor):
         storage_options: options of the fsspec filesystem (credentials, endpoint).
         batching: how calls are coalesced into batches and packed into workers.
         storage_retry: how transient storage errors are retried.
+        image: (kubernetes) the workers' image. ``"auto"`` (the default when a registry is
+            configured) snapshots this virtualenv into ``registry`` on first use and
+            reuses it while the environment is unchanged. Default: ``K8S_EXECUTOR_IMAGE``.
+        registry: (kubernetes) where ``image="auto"`` pushes the snapshot,
+            ``host[:port]/namespace``. Default: ``K8S_EXECUTOR_REGISTRY``.
+        base_image: (kubernetes) the image the snapshot goes on top of; its Python must
+            have this interpreter's major.minor. Default: ``K8S_EXECUTOR_BASE_IMAGE``, else
+            the official ``python:<major>.<minor>-slim``.
+        namespace: (kubernetes) where Jobs, pods and the run's Secret go. Default: the
+            kubeconfig context's namespace, or the pod's own namespace in-cluster.
+        kubeconfig: (kubernetes) a kubeconfig file. Default: ``KUBECONFIG`` /
+            ``~/.kube/config``, else the in-cluster service account.
+        context: (kubernetes) the kubeconfig context. Default: its current context.
+        resources: (kubernetes) CPU, memory, GPUs and disk of each worker pod.
+        scheduling: (kubernetes) node selector, tolerations, affinity, priority class.
+        pod: (kubernetes) labels, env, Secrets, service account, volumes, pod_template...
+        timeouts: (kubernetes) startup timeout, Job deadline, TTL and client heartbeat.
+        retries: (kubernetes) counted pod failures (OOM, crash) per worker before its
+            calls fail; disruptions (eviction, preemption, node loss) are always retried.
+        python: (kubernetes) the interpreter in the image that runs the worker. Default:
+            ``python``, or this venv's own ``bin/python`` with ``image="auto"``.
+        share_storage_options: (kubernetes) put ``storage_options`` into the run's Secret
+            so workers can use them (off by default: give pods their own credentials).
+        stream_logs: (kubernetes) print every worker's output here, prefixed
+            ``[batch/index]``.
     """
 
     def __init__(
@@ -194,6 +219,8 @@ class KubernetesExecutor(Executor):
         batching: Batching | None = None,
         storage_retry: StorageRetry | None = None,
         image: str | None = None,
+        registry: str | None = None,
+        base_image: str | None = None,
         namespace: str | None = None,
         kubeconfig: str | None = None,
         context: str | None = None,
@@ -242,15 +269,27 @@ class KubernetesExecutor(Executor):
                 self._backend: Backend = LocalBackend()
             else:
                 image = image or os.environ.get("K8S_EXECUTOR_IMAGE")
+                registry = registry or os.environ.get("K8S_EXECUTOR_REGISTRY")
+                base_image = base_image or os.environ.get("K8S_EXECUTOR_BASE_IMAGE")
+                if image is None and registry:
+                    image = "auto"
                 if not image:
                     raise ConfigError(
-                        "image= is required with the kubernetes backend: an image whose "
-                        "Python (same major.minor as here) has k8s_executor and your "
-                        "task's dependencies installed (or set K8S_EXECUTOR_IMAGE)"
+                        "the kubernetes backend needs an image: registry='host/namespace' "
+                        "(or K8S_EXECUTOR_REGISTRY) to snapshot this virtualenv into an "
+                        "image automatically, or image= an image whose Python (same "
+                        "major.minor as here) has k8s_executor and your dependencies"
+                    )
+                if image == "auto" and not registry:
+                    raise ConfigError(
+                        "image='auto' needs registry= (or K8S_EXECUTOR_REGISTRY): where "
+                        "the snapshot of this virtualenv is pushed and pods pull it from"
                     )
                 self._backend = KubernetesBackend(
                     KubernetesSettings(
                         image=image,
+                        registry=registry,
+                        base_image=base_image,
                         kubeconfig=kubeconfig,
                         context=context,
                         namespace=namespace,

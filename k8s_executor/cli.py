@@ -4,6 +4,7 @@
     k8s-executor cleanup RUN...           delete those runs' Jobs, pods and Secrets
     k8s-executor cleanup --older-than 1h  ... of every run older than that
     k8s-executor rbac                     the Role and RoleBinding the executor needs
+    k8s-executor build --registry R       snapshot this venv into an image, push it
 
 ``cleanup`` only shows what it would delete unless given ``--yes``. Exit codes: 0 done,
 1 the cluster refused or failed, 2 bad usage.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import getpass
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -74,6 +76,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     cleanup.add_argument("--yes", action="store_true", help="delete (default: only show)")
 
+    build = sub.add_parser(
+        "build", help="snapshot this virtualenv into an image and push it (if changed)"
+    )
+    build.add_argument(
+        "--registry",
+        default=os.environ.get("K8S_EXECUTOR_REGISTRY"),
+        help="host[:port]/namespace to push to (default: K8S_EXECUTOR_REGISTRY)",
+    )
+    build.add_argument(
+        "--base-image",
+        default=os.environ.get("K8S_EXECUTOR_BASE_IMAGE"),
+        help="image to build on (default: K8S_EXECUTOR_BASE_IMAGE or python:X.Y-slim)",
+    )
+    build.add_argument("--repository", default="k8s-executor-env", help="repository name")
+
     rbac = sub.add_parser("rbac", help="print the Role and RoleBinding the executor needs")
     rbac.add_argument("-n", "--namespace", default="default")
     rbac.add_argument("--service-account", default="k8s-executor")
@@ -86,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "rbac":
             return _rbac(args)
+        if args.command == "build":
+            return _build(args)
         from .backends.kubernetes import Cluster
 
         cluster = Cluster(args.kubeconfig, args.context, args.namespace)
@@ -96,6 +115,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except K8sExecutorError as exc:
         print(f"k8s-executor: {exc}", file=sys.stderr)
         return 1
+
+
+def _build(args: argparse.Namespace) -> int:
+    if not args.registry:
+        print(
+            "k8s-executor build: --registry (or K8S_EXECUTOR_REGISTRY) is required", file=sys.stderr
+        )
+        return 2
+    from .image import build_image
+
+    ref = build_image(args.registry, repository=args.repository, base_image=args.base_image)
+    print(ref.summary())
+    return 0
 
 
 def _rbac(args: argparse.Namespace) -> int:

@@ -21,6 +21,8 @@ that existing ``concurrent.futures`` code already catches keep their stdlib base
      │    ├── RemoteError                         a task raised an exception that cannot be
      │    │                                       rebuilt here (its class is missing locally)
      │    ├── ClusterError                        the Kubernetes API refused or is unreachable
+     │    ├── image.ImageError                    the environment image could not be built
+     │    │                                       or pushed (k8s_executor.image)
      │    └── PodStartError                       a pod never started (image pull, scheduling)
      └── RuntimeError
           └── concurrent.futures.BrokenExecutor

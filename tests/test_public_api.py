@@ -17,6 +17,7 @@ def test_all_is_sorted_and_complete() -> None:
         "worker",
         "cli",
         "joblib",
+        "image",
     }
     assert public == set(names) - {"__version__"}
 

@@ -59,6 +59,9 @@ class KubernetesSettings:
     """Cluster access and pod options of the Kubernetes backend (see KubernetesExecutor)."""
 
     image: str
+    """An image reference, or ``"auto"``: a snapshot of this venv pushed to ``registry``."""
+    registry: str | None = None
+    base_image: str | None = None
     kubeconfig: str | None = None
     context: str | None = None
     namespace: str | None = None
@@ -105,6 +108,8 @@ class KubernetesBackend:
         self._secret_created = False
         self._log_threads: dict[str, threading.Thread] = {}
         self._api: Any = None
+        self._image = settings.image
+        self._python = settings.python
 
     # -- Backend protocol ----------------------------------------------------------
 
@@ -117,6 +122,8 @@ class KubernetesBackend:
         self._listener = listener
         self._max_workers = max_workers
         self._run_id = run.run_id
+        if self.settings.image == "auto":
+            self._build_image()
         self._connect()
         options = run.storage_options if self.settings.share_storage_options else None
         secret = m.secret_manifest(run.run_id, run.key, options)
@@ -150,9 +157,9 @@ class KubernetesBackend:
             batch_id=spec.batch_id,
             indexes=spec.indexes,
             parallelism=parallelism,
-            image=self.settings.image,
+            image=self._image,
             batch_url=spec.batch_url,
-            python=self.settings.python,
+            python=self._python,
             owner=_owner(),
             storage_options_in_secret=self.settings.share_storage_options,
             retries=self.settings.retries,
@@ -201,6 +208,20 @@ class KubernetesBackend:
         self._api.close()
 
     # -- connection and errors ------------------------------------------------------
+
+    def _build_image(self) -> None:
+        """Snapshot this venv into the registry (nothing to do when it is unchanged)."""
+        # Imported here: only image="auto" needs the builder (and, maybe, podman).
+        from ..image import build_image
+
+        assert self.settings.registry is not None
+        ref = build_image(self.settings.registry, base_image=self.settings.base_image)
+        self._image = ref.reference  # by digest: every pod runs exactly this snapshot
+        # The venv sits at its own absolute path in the image; its python runs the base
+        # image's interpreter with the venv's packages.
+        self._python = os.path.join(sys.prefix, "bin", "python")
+        if ref.built:
+            print(f"k8s_executor: built {ref.summary()}", file=sys.stderr)
 
     def _connect(self) -> None:
         # Imported here: `import k8s_executor` must not import kubernetes.

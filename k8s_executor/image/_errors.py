@@ -12,6 +12,8 @@ ImageError
 
 from __future__ import annotations
 
+from ..errors import K8sExecutorError
+
 __all__ = [
     "BaseImageError",
     "EnvironmentSnapshotError",
@@ -24,7 +26,7 @@ __all__ = [
 ]
 
 
-class ImageError(Exception):
+class ImageError(K8sExecutorError):
     """Base class of every error raised while building or pushing the environment image."""
 
 
