@@ -257,6 +257,9 @@ def test_shutdown_cancel_futures_cancels_not_started(
     started, release = tmp_path / "started", tmp_path / "release"
     running = ex.submit(helpers.touch_then_wait, str(started), str(release))
     helpers.wait_for(started.exists, 60, "the first task to start")
+    # On Kubernetes the executor learns of the start from the watch, maybe after the task
+    # began; only calls it knows to be running are spared by cancel_futures.
+    helpers.wait_for(running.running, 60, "the executor to see it running")
     queued = [ex.submit(helpers.square, i) for i in range(5)]
     ex.shutdown(wait=False, cancel_futures=True)
     release.touch()
