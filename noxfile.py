@@ -11,7 +11,9 @@ nox.options.default_venv_backend = "none"
 nox.options.sessions = ["lint", "tests"]
 
 PATHS = [
-    p for p in ("k8s_executor", "tests", "examples", "benchmarks", "noxfile.py") if Path(p).exists()
+    p
+    for p in ("k8s_executor", "tests", "examples", "benchmarks", "docs", "noxfile.py")
+    if Path(p).exists()
 ]
 
 
@@ -43,5 +45,6 @@ def bench(session: nox.Session) -> None:
 
 @nox.session
 def docs(session: nox.Session) -> None:
-    """Build the documentation site (warnings are errors)."""
+    """Check the generated reference is current, then build the site (warnings are errors)."""
+    session.run("python", "docs/gen_reference.py", "--check")
     session.run("mkdocs", "build", "--strict")

@@ -166,8 +166,9 @@ class KubernetesExecutor(Executor):
             results = list(ex.map(work, items))
 
     Args:
-        max_workers: the most workers (pods or processes) running at once. Default: the
-            backend's choice (the number of CPUs for the local backend).
+        max_workers: the most workers (pods or processes) running at once, over all the
+            run's batches. Default: the number of CPUs for the local backend, 16 for
+            Kubernetes.
         initializer: called in every worker before its tasks, with ``initargs``.
         initargs: arguments of ``initializer``.
         backend: ``"local"`` (subprocesses on this machine) or ``"kubernetes"``. Default:
@@ -859,11 +860,12 @@ def _worker_lost(batch_id: str, index: int, n_tasks: int, exit: IndexExit) -> Wo
     hint = {
         "OOMKilled": "; it ran out of memory: give it more (Resources.memory)",
         "DeadlineExceeded": "; its Job ran longer than Timeouts.job_deadline",
-        "EvictionByEvictionAPI": "; it was evicted (node drain or pressure) and not retried"
-        " (retries=)",
-        "PreemptionByScheduler": "; a higher-priority pod preempted it (retries=)",
-        "DeletionByTaintManager": "; its node became unavailable (retries=)",
-        "DeletionByPodGC": "; its node was lost (retries=)",
+        # Disruptions are retried by the pod failure policy: reaching the user, one ended
+        # a worker whose Job then finished (deadline, deletion) before a retry ran.
+        "EvictionByEvictionAPI": "; it was evicted (node drain or pressure)",
+        "PreemptionByScheduler": "; a higher-priority pod preempted it",
+        "DeletionByTaintManager": "; its node became unavailable",
+        "DeletionByPodGC": "; its node was lost",
     }.get(exit.reason or "", "")
     if not hint and exit.signal == 9:
         hint = "; it may have run out of memory (give it more) or been killed from outside"

@@ -162,7 +162,7 @@ class ClusterError(K8sExecutorError):
 
 
 class PodStartError(K8sExecutorError):
-    """A pod could not start within ``startup_timeout`` (image pull, scheduling, config).
+    """A pod could not start within ``Timeouts.startup`` (image pull, scheduling, config).
 
     Attributes:
         reason: the Kubernetes reason, e.g. ``ImagePullBackOff`` or ``Unschedulable``.

@@ -238,6 +238,20 @@ def test_forbidden_job_creation_breaks_the_executor(kubesim: Any, kw: dict[str, 
         assert "jobs.batch" in str(info.value.__cause__)
 
 
+def test_refused_watch_breaks_the_executor_instead_of_hanging(
+    kubesim: Any, kw: dict[str, Any]
+) -> None:
+    kubesim.faults.deny("watch", "pods")
+    with KubernetesExecutor(**kw) as ex:
+        future = ex.submit(helpers.square, 1)
+        with pytest.raises(ExecutorBrokenError) as info:
+            future.result(timeout=60)
+        cause = info.value.__cause__
+        assert isinstance(cause, ClusterError)
+        assert cause.status == 403
+        assert "watch" in str(cause)
+
+
 def test_unreachable_cluster_is_a_clear_error(tmp_path: Path) -> None:
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(

@@ -375,6 +375,22 @@ class KubernetesBackend:
             except Exception as exc:
                 if self._stop.is_set():
                     return
+                status = getattr(exc, "status", None)
+                if status in (401, 403):
+                    # Refused, not overloaded: waiting will not help, and without the
+                    # watch no future would ever finish. Say so instead of hanging.
+                    error = (
+                        exc
+                        if isinstance(exc, ClusterError)
+                        else _api_error(
+                            f"watch the run's {list_fn.__name__.removeprefix('list_namespaced_')}s",
+                            exc,
+                            self.namespace,
+                        )
+                    )
+                    assert self._listener is not None
+                    self._listener.backend_broken(error)
+                    return
                 if isinstance(exc, ApiException) and exc.status == 410:
                     rv = None
                 # Overload, a dropped connection, a restarting apiserver: wait, resume.
@@ -511,7 +527,7 @@ class KubernetesBackend:
             # The image cannot be pulled: no batch of this run can start.
             self._listener.backend_broken(
                 PodStartError(
-                    message + f" (image {self.settings.image}); check the image name and the "
+                    message + f" (image {self._image}); check the image name and the "
                     "registry credentials (PodOptions.image_pull_secrets)",
                     reason=event.reason,
                 )
@@ -621,7 +637,15 @@ def _api_error(what: str, exc: Any, namespace: str) -> ClusterError:
         detail = body.get("message") or exc.reason
     except (TypeError, ValueError):
         detail = exc.reason
-    if status in (401, 403):
+    if status == 401:
+        return ClusterError(
+            f"cannot {what}: the Kubernetes API did not accept our credentials (401: "
+            f"{detail}); the token or certificate of the kubeconfig context may have "
+            "expired: log in again (e.g. refresh your cloud provider's credentials) and "
+            "check with `kubectl get pods`",
+            status=status,
+        )
+    if status == 403:
         return ClusterError(
             f"cannot {what}: the Kubernetes API refused it ({status}: {detail}). The "
             f"executor needs, in namespace {namespace!r}: {_RBAC_TEXT}. "
