@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from . import _payload as wire
+from . import _progress
 from ._options import (
     Batching,
     PodOptions,
@@ -52,6 +53,7 @@ from ._options import (
     check_positive_int,
 )
 from ._pool_errors import WorkerLostError
+from ._progress import Progress
 from ._store import RunStore, new_run_id
 from .backends._base import Backend, IndexExit, LaunchSpec, RunContext
 from .backends.kubernetes import KubernetesBackend, KubernetesSettings
@@ -91,6 +93,7 @@ class _Task:
     index: int = -1
     running: bool = False
     settled: bool = False
+    bars: tuple[Progress, ...] = ()
 
 
 @dataclass(eq=False)
@@ -206,6 +209,10 @@ class KubernetesExecutor(Executor):
             so workers can use them (off by default: give pods their own credentials).
         stream_logs: (kubernetes) print every worker's output here, prefixed
             ``[batch/index]``.
+        progress: show a live bar of the run's calls (done, running, pending, failed)
+            on stderr, updated until shutdown; a widget in a Jupyter notebook. Default:
+            ``K8S_EXECUTOR_PROGRESS`` (1/0), else on only when stderr is a terminal or in
+            a notebook. ``map(..., progress=True)`` gives one map its own bar.
     """
 
     def __init__(
@@ -233,6 +240,7 @@ class KubernetesExecutor(Executor):
         python: str | None = None,
         share_storage_options: bool = False,
         stream_logs: bool = False,
+        progress: bool | None = None,
     ) -> None:
         if max_workers is not None:
             if isinstance(max_workers, int) and not isinstance(max_workers, bool):
@@ -262,6 +270,7 @@ class KubernetesExecutor(Executor):
                 f"storage_options={storage_options!r} is not allowed: expected a dict"
             )
 
+        self._show_progress = _progress.wanted(progress)
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ConfigError(f"retries={retries!r} is not allowed: expected an integer >= 0")
         if backend is None or isinstance(backend, str):
@@ -345,6 +354,7 @@ class KubernetesExecutor(Executor):
         self._kill = False
         self._heartbeat: threading.Thread | None = None
         self._stopped = threading.Event()
+        self._bar: Progress | None = None
 
     # -- public API ----------------------------------------------------------------
 
@@ -361,7 +371,7 @@ class KubernetesExecutor(Executor):
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         """Schedule ``fn(*args, **kwargs)``; return a Future for its result."""
         future: Future[T] = Future()
-        task = self._make_task(future, fn, [(args, kwargs)], single=True)
+        task = self._make_task(future, fn, [(args, kwargs)], single=True, bars=self._bars())
         self._enqueue([task], flush=False)
         return future
 
@@ -371,6 +381,7 @@ class KubernetesExecutor(Executor):
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int = 1,
+        progress: bool | None = None,
     ) -> Iterator[T]:
         """Like :func:`map`, but calls run concurrently in workers.
 
@@ -378,18 +389,32 @@ class KubernetesExecutor(Executor):
         ProcessPoolExecutor does (an exception in a chunk is raised when iteration reaches
         it). Results come in order. With ``timeout``, ``__next__`` raises TimeoutError
         when a result is not available ``timeout`` seconds after the call to ``map``, and
-        the calls not yet started are cancelled.
+        the calls not yet started are cancelled. ``progress=True`` shows a bar of this
+        map's calls alone (stderr), closed when the last one ends.
         """
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
+        if progress is not None and not isinstance(progress, bool):
+            raise ConfigError(f"progress={progress!r} is not allowed: expected True or False")
+        bars = self._bars()
+        own = Progress(f"map({wire.callable_name(fn)})") if progress else None
+        if own is not None:
+            bars += (own,)
         end_time = None if timeout is None else timeout + time.monotonic()
         tasks: list[_Task] = []
         calls: Iterator[tuple[tuple[Any, ...], dict[str, Any]]] = (
             (args, {}) for args in zip(*iterables, strict=False)
         )
-        while chunk := list(itertools.islice(calls, chunksize)):
-            tasks.append(self._make_task(Future(), fn, chunk, single=False))
-        self._enqueue(tasks, flush=True)
+        try:
+            while chunk := list(itertools.islice(calls, chunksize)):
+                tasks.append(self._make_task(Future(), fn, chunk, single=False, bars=bars))
+            self._enqueue(tasks, flush=True)
+        except BaseException:
+            if own is not None:
+                own.close()
+            raise
+        if own is not None:
+            own.seal()
         futures = [t.future for t in tasks]
         return _result_iterator(futures, end_time)
 
@@ -416,6 +441,8 @@ class KubernetesExecutor(Executor):
             if self._finalizer is None:
                 if self._state is _State.CREATED:
                     self._state = _State.SHUT_DOWN  # nothing was ever started
+                    if self._bar is not None:
+                        self._bar.close()
                     return
                 if self._state is _State.RUNNING:
                     self._state = _State.SHUTTING_DOWN
@@ -444,6 +471,7 @@ class KubernetesExecutor(Executor):
         calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
         *,
         single: bool,
+        bars: tuple[Progress, ...] = (),
     ) -> _Task:
         self._check_accepting()
         try:
@@ -452,12 +480,25 @@ class KubernetesExecutor(Executor):
             future.set_running_or_notify_cancel()
             future.set_exception(exc)
             blob = b""
-        task = _Task(future, fn, blob, len(calls), single)
+        task = _Task(future, fn, blob, len(calls), single, bars=bars)
+        for bar in bars:
+            bar.add(task.n_calls)
         if future.done():
             task.settled = True
+            for bar in bars:
+                bar.finished(task.n_calls, was_running=False, failed=True, cancelled=False)
         else:
             future.add_done_callback(functools.partial(self._task_done, task))
         return task
+
+    def _bars(self) -> tuple[Progress, ...]:
+        """The run's bar (started with the first call) when progress is shown."""
+        if not self._show_progress:
+            return ()
+        with self._lock:
+            if self._bar is None and self._state in (_State.CREATED, _State.RUNNING):
+                self._bar = Progress(f"k8s_executor {self._run_id}")
+            return () if self._bar is None else (self._bar,)
 
     def _check_accepting(self) -> None:
         state = self._state
@@ -622,7 +663,15 @@ class KubernetesExecutor(Executor):
     def _task_done(self, task: _Task, _future: Future[Any]) -> None:
         """A future is done; if cancelled, and its whole index is, keep the index from
         starting: a skip marker the worker checks first, and a hint to the backend."""
-        if not task.future.cancelled():
+        cancelled = task.future.cancelled()
+        for bar in task.bars:
+            bar.finished(
+                task.n_calls,
+                was_running=task.running,
+                failed=not cancelled and task.future.exception() is not None,
+                cancelled=cancelled,
+            )
+        if not cancelled:
             return
         with self._lock:
             batch = self._batches.get(task.batch_id)
@@ -664,6 +713,8 @@ class KubernetesExecutor(Executor):
             for t in entry.tasks:
                 if not t.settled and t.future.set_running_or_notify_cancel():
                     t.running = True
+                    for bar in t.bars:
+                        bar.started(t.n_calls)
                 elif not t.settled:
                     t.settled = True  # cancelled before it started
             if any(t.running for t in entry.tasks):
@@ -818,7 +869,10 @@ class KubernetesExecutor(Executor):
             with self._lock:
                 if self._state is not _State.BROKEN:
                     self._state = _State.SHUT_DOWN
+                bar = self._bar
             _live_executors.discard(self)
+            if bar is not None:
+                bar.close()
 
     def _terminate(self) -> None:
         """Cancel what has not started, kill what has, release everything; wait for it."""

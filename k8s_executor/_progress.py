@@ -1,0 +1,147 @@
+"""A live bar of calls done / running / pending / failed (``progress=True``).
+
+Dispatch must not slow down for it: the executor's threads only bump counters under a
+small lock, and one daemon thread per bar redraws it a few times a second. The bar is
+tqdm's (``tqdm.auto``: a widget in a Jupyter notebook, text in a terminal), imported
+only when a bar is shown.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from typing import Any, TextIO
+
+from .errors import ConfigError
+
+_INTERVAL = 0.2  # seconds between redraws in a terminal or notebook
+_PIPE_INTERVAL = 10.0  # ... and when stderr is a file or a pipe (a log, not a screen)
+
+
+def wanted(progress: bool | None) -> bool:
+    """Whether to show a bar: as asked, else K8S_EXECUTOR_PROGRESS, else only where a
+    person is looking (stderr is a terminal, or a Jupyter kernel runs us)."""
+    if progress is not None:
+        if not isinstance(progress, bool):
+            raise ConfigError(f"progress={progress!r} is not allowed: expected True, False or None")
+        return progress
+    env = os.environ.get("K8S_EXECUTOR_PROGRESS", "").strip().lower()
+    if env in ("1", "true", "yes", "on"):
+        return True
+    if env in ("0", "false", "no", "off"):
+        return False
+    if env:
+        raise ConfigError(
+            f"K8S_EXECUTOR_PROGRESS={env!r} is not allowed: expected 1/true/on or 0/false/off"
+        )
+    return _interactive(sys.stderr)
+
+
+def _interactive(stream: TextIO | None) -> bool:
+    if "ipykernel" in sys.modules:
+        return True
+    try:
+        return stream is not None and stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class Progress:
+    """Counts of one set of calls, drawn as one bar until :meth:`close` (or, when
+    :meth:`seal` was called, until every call is done)."""
+
+    def __init__(self, description: str, *, total: int = 0) -> None:
+        self._lock = threading.Lock()
+        self.total = total
+        self.done = 0
+        self.running = 0
+        self.failed = 0
+        self.cancelled = 0
+        self._sealed = False
+        self._closed = threading.Event()
+        self._description = description
+        self._thread = threading.Thread(target=self._draw, name="k8sx-progress", daemon=True)
+        self._thread.start()
+
+    # -- counters (any thread; cheap) ---------------------------------------------
+
+    def add(self, calls: int) -> None:
+        """``calls`` more calls were submitted."""
+        with self._lock:
+            self.total += calls
+
+    def started(self, calls: int) -> None:
+        """``calls`` calls began running."""
+        with self._lock:
+            self.running += calls
+
+    def finished(self, calls: int, *, was_running: bool, failed: bool, cancelled: bool) -> None:
+        """``calls`` calls ended: with a result, an error, or cancelled."""
+        with self._lock:
+            self.done += calls
+            if was_running:
+                self.running -= calls
+            if cancelled:
+                self.cancelled += calls
+            elif failed:
+                self.failed += calls
+            if self._sealed and self.done >= self.total:
+                self._closed.set()  # the last call: draw the end now, not at the next tick
+
+    def seal(self) -> None:
+        """No more calls will be added: close the bar once they are all done."""
+        with self._lock:
+            self._sealed = True
+            if self.done >= self.total:
+                self._closed.set()
+
+    def close(self) -> None:
+        """Draw the final state and stop; waits for the drawing thread."""
+        self._closed.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def text(self) -> str:
+        """The counters as the bar's suffix shows them."""
+        with self._lock:
+            pending = self.total - self.done - self.running
+            parts = [f"running={self.running}", f"pending={pending}", f"failed={self.failed}"]
+            if self.cancelled:
+                parts.append(f"cancelled={self.cancelled}")
+        return " ".join(parts)
+
+    # -- drawing thread -----------------------------------------------------------
+
+    def _draw(self) -> None:
+        from tqdm.auto import tqdm
+
+        stream = sys.stderr
+        interval = _INTERVAL if _interactive(stream) else _PIPE_INTERVAL
+        bar: Any = tqdm(
+            total=self.total,
+            desc=self._description,
+            unit="call",
+            file=stream,
+            dynamic_ncols=True,
+            mininterval=0,
+            leave=True,
+        )
+        try:
+            while True:
+                stop = self._closed.wait(interval)
+                with self._lock:
+                    finished = self._sealed and self.done >= self.total
+                self._render(bar)
+                if stop or finished:
+                    return
+        finally:
+            bar.close()
+
+    def _render(self, bar: Any) -> None:
+        with self._lock:
+            total, done = self.total, self.done
+        bar.total = total
+        bar.n = done
+        bar.set_postfix_str(self.text(), refresh=False)
+        bar.refresh()

@@ -1,0 +1,126 @@
+"""``progress=``: the live bar of calls done / running / pending / failed."""
+
+from __future__ import annotations
+
+import re
+import threading
+from concurrent.futures import Future
+from pathlib import Path
+
+import pytest
+
+from k8s_executor import ConfigError, KubernetesExecutor
+from k8s_executor._progress import Progress, wanted
+
+from .helpers import fail_with_value_error, square, touch_then_wait, wait_for
+
+
+def _final_line(err: str, description: str) -> str:
+    """The last state drawn of the bar named ``description`` (tqdm redraws with \\r)."""
+    frames = [f for f in re.split(r"[\r\n]+", err) if f.startswith(description)]
+    assert frames, f"no bar {description!r} in {err!r}"
+    return frames[-1]
+
+
+def test_off_by_default_when_stderr_is_not_a_terminal(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("K8S_EXECUTOR_PROGRESS", raising=False)
+    with KubernetesExecutor(backend="local", max_workers=2) as ex:
+        assert list(ex.map(square, range(20))) == [x * x for x in range(20)]
+    assert capsys.readouterr().err == ""
+
+
+def test_bar_to_a_pipe_keeps_output_intact(capsys: pytest.CaptureFixture[str]) -> None:
+    with KubernetesExecutor(backend="local", max_workers=2, progress=True) as ex:
+        futures: list[Future[object]] = [ex.submit(square, i) for i in range(30)]
+        futures.append(ex.submit(fail_with_value_error, "boom"))
+        print("results", [f.result() for f in futures[:-1]])
+        with pytest.raises(ValueError, match="boom"):
+            futures[-1].result()
+    out, err = capsys.readouterr()
+    # The bar goes to stderr only: what the program prints is untouched.
+    assert out == f"results {[i * i for i in range(30)]}\n"
+    final = _final_line(err, f"k8s_executor {ex.run_id}")
+    assert "31/31" in final
+    assert "running=0 pending=0 failed=1" in final
+
+
+def test_running_and_pending_are_counted(tmp_path: Path) -> None:
+    started, release = tmp_path / "started", tmp_path / "release"
+    with KubernetesExecutor(backend="local", max_workers=1, progress=True) as ex:
+        held = ex.submit(touch_then_wait, str(started), str(release))
+        wait_for(held.running, what="the first call to run")
+        queued = [ex.submit(square, i) for i in range(3)]
+        bar = ex._bar
+        assert bar is not None
+        assert bar.text() == "running=1 pending=3 failed=0"
+        assert queued[-1].cancel()
+        wait_for(lambda: "cancelled=1" in bar.text(), what="the cancel to be counted")
+        assert bar.text() == "running=1 pending=2 failed=0 cancelled=1"
+        release.touch()
+    assert bar.text() == "running=0 pending=0 failed=0 cancelled=1"
+    assert (bar.total, bar.done) == (4, 4)
+
+
+def test_map_gets_its_own_bar_closed_when_it_ends(capsys: pytest.CaptureFixture[str]) -> None:
+    with KubernetesExecutor(backend="local", max_workers=2) as ex:
+        assert ex._bar is None  # no executor-wide bar: not asked for, stderr no terminal
+        results = list(ex.map(square, range(25), chunksize=4, progress=True))
+        seen = []
+
+        def drawn_to_the_end() -> bool:
+            seen.append(capsys.readouterr().err)
+            return "25/25" in "".join(seen)
+
+        # Closed without waiting for shutdown: the last call ends the bar.
+        wait_for(drawn_to_the_end, what="the map's bar to draw its end")
+    assert results == [x * x for x in range(25)]
+    final = _final_line("".join(seen), "map(tests.helpers.square)")
+    assert "25/25" in final and "failed=0" in final
+
+
+def test_unpicklable_argument_counts_as_failed() -> None:
+    with KubernetesExecutor(backend="local", progress=True) as ex:
+        future = ex.submit(square, lambda: None)
+        bar = ex._bar
+        assert bar is not None
+        # A lambda pickles (cloudpickle) and fails in the worker; a lock cannot be sent.
+        bad = ex.submit(square, threading.Lock())
+        assert bad.exception() is not None
+        with pytest.raises(TypeError):
+            future.result()
+    assert bar.failed == 2 and bar.done == 2
+
+
+def test_environment_variable_and_bad_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("K8S_EXECUTOR_PROGRESS", "1")
+    assert wanted(None) is True
+    assert wanted(False) is False
+    monkeypatch.setenv("K8S_EXECUTOR_PROGRESS", "off")
+    assert wanted(None) is False
+    assert wanted(True) is True
+    monkeypatch.setenv("K8S_EXECUTOR_PROGRESS", "maybe")
+    with pytest.raises(ConfigError, match="K8S_EXECUTOR_PROGRESS='maybe'"):
+        KubernetesExecutor(backend="local")
+    monkeypatch.delenv("K8S_EXECUTOR_PROGRESS")
+    with pytest.raises(ConfigError, match="progress='yes' is not allowed"):
+        KubernetesExecutor(backend="local", progress="yes")  # type: ignore[arg-type]
+    with KubernetesExecutor(backend="local") as ex, pytest.raises(ConfigError, match="progress="):
+        ex.map(square, [1], progress=1)  # type: ignore[arg-type]
+
+
+def test_progress_counters_alone(capsys: pytest.CaptureFixture[str]) -> None:
+    bar = Progress("unit", total=3)
+    bar.started(2)
+    bar.finished(1, was_running=True, failed=False, cancelled=False)
+    bar.finished(1, was_running=True, failed=True, cancelled=False)
+    assert bar.text() == "running=0 pending=1 failed=1"
+    bar.add(2)
+    bar.finished(1, was_running=False, failed=False, cancelled=True)
+    assert bar.text() == "running=0 pending=2 failed=1 cancelled=1"
+    bar.seal()
+    bar.finished(2, was_running=False, failed=False, cancelled=False)
+    # Sealed and all done: the bar ends by itself.
+    wait_for(lambda: not bar._thread.is_alive(), what="the bar to close itself")
+    assert "5/5" in _final_line(capsys.readouterr().err, "unit")
