@@ -25,6 +25,7 @@ workers; one failing task fails only its own future, one lost worker only its ta
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
 import enum
 import functools
@@ -94,6 +95,7 @@ class _Task:
     running: bool = False
     settled: bool = False
     bars: tuple[Progress, ...] = ()
+    buffers: tuple[str, ...] = ()  # keys of the calls' large out-of-band buffers
 
 
 @dataclass(eq=False)
@@ -355,6 +357,12 @@ class KubernetesExecutor(Executor):
         self._heartbeat: threading.Thread | None = None
         self._stopped = threading.Event()
         self._bar: Progress | None = None
+        # Large argument buffers (see Batching.share_min_bytes), by SHA-256: how many
+        # tasks carried each, the bytes of those not stored yet, and those stored once
+        # for the run under shared/.
+        self._buffer_uses: collections.Counter[str] = collections.Counter()
+        self._buffer_data: dict[str, bytes] = {}
+        self._shared: set[str] = set()
 
     # -- public API ----------------------------------------------------------------
 
@@ -474,13 +482,18 @@ class KubernetesExecutor(Executor):
         bars: tuple[Progress, ...] = (),
     ) -> _Task:
         self._check_accepting()
+        keys: tuple[str, ...] = ()
         try:
-            blob = wire.dump_calls(fn, calls)
+            if self._batching.share_min_bytes is None:
+                blob = wire.dump_calls(fn, calls)
+            else:
+                blob, large = wire.dump_calls_sharing(fn, calls, self._batching.share_min_bytes)
+                keys = self._keep_buffers(large)
         except PicklingError as exc:
             future.set_running_or_notify_cancel()
             future.set_exception(exc)
             blob = b""
-        task = _Task(future, fn, blob, len(calls), single, bars=bars)
+        task = _Task(future, fn, blob, len(calls), single, bars=bars, buffers=keys)
         for bar in bars:
             bar.add(task.n_calls)
         if future.done():
@@ -490,6 +503,43 @@ class KubernetesExecutor(Executor):
         else:
             future.add_done_callback(functools.partial(self._task_done, task))
         return task
+
+    def _keep_buffers(self, large: list[memoryview]) -> tuple[str, ...]:
+        """Name a task's large buffers by content; keep a copy of each not yet stored
+        (taken now: the caller may change the array once ``submit`` returns)."""
+        keys = tuple(wire.buffer_key(view) for view in large)
+        for key, view in zip(keys, large, strict=True):
+            with self._lock:
+                self._buffer_uses[key] += 1
+                known = key in self._shared or key in self._buffer_data
+            if not known:
+                data = bytes(view)
+                with self._lock:
+                    if key not in self._shared:
+                        self._buffer_data.setdefault(key, data)
+        return keys
+
+    def _place_buffers(
+        self, tasks: list[_Task]
+    ) -> tuple[dict[str, bytes | str], list[tuple[str, bytes]]]:
+        """Where each large buffer of a batch's tasks goes: a buffer carried by more than
+        one task so far is stored once for the run (``shared/<key>``, referenced by key);
+        one carried by a single task travels inside that task's input."""
+        placed: dict[str, bytes | str] = {}
+        uploads: list[tuple[str, bytes]] = []
+        with self._lock:
+            for key in {k for t in tasks for k in t.buffers}:
+                if key in self._shared:
+                    placed[key] = key
+                    self._buffer_data.pop(key, None)  # copied by a submit racing the upload
+                    continue
+                data = self._buffer_data.pop(key)
+                if self._buffer_uses[key] > 1:
+                    placed[key] = key
+                    uploads.append((f"shared/{key}", data))
+                else:
+                    placed[key] = data
+        return placed, uploads
 
     def _bars(self) -> tuple[Progress, ...]:
         """The run's bar (started with the first call) when progress is shown."""
@@ -617,12 +667,19 @@ class KubernetesExecutor(Executor):
                 t.batch_id, t.index = batch.batch_id, i
         init_blob, initargs_blob = self._initializer or (None, None)
         table = wire.FunctionTable(tuple(blobs), tuple(names), init_blob, initargs_blob)
-        writes = [(f"{batch.batch_id}/fn", table.seal(self._key))]
+        placed, writes = self._place_buffers(live)
+        writes.append((f"{batch.batch_id}/fn", table.seal(self._key)))
         writes += [
             (
                 f"{batch.batch_id}/in/{i}",
                 wire.seal_inputs(
-                    self._key, [wire.TaskInput(t.task_id, t.fn_index, t.calls) for t in g]
+                    self._key,
+                    [
+                        wire.TaskInput(
+                            t.task_id, t.fn_index, t.calls, tuple(placed[k] for k in t.buffers)
+                        )
+                        for t in g
+                    ],
                 ),
             )
             for i, g in enumerate(groups)
@@ -633,6 +690,8 @@ class KubernetesExecutor(Executor):
             for t in live:
                 self._settle(t, error=exc)
             return
+        with self._lock:
+            self._shared.update(k for k, v in placed.items() if isinstance(v, str))
         with self._lock:
             self._batches[batch.batch_id] = batch
         spec = LaunchSpec(

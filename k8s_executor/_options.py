@@ -85,10 +85,19 @@ class Batching(_Options):
     ``max_workers``: every worker slot gets a share. Set it higher to give long calls
     their own worker each (at the cost of more worker start-ups)."""
 
+    share_min_bytes: int | None = 1_048_576  # 1 MiB
+    """Large arguments sent more than once are stored once per run. Buffers that pickle
+    out of band (NumPy arrays, and the arrays inside pandas objects, scikit-learn inputs,
+    ...) of at least this many bytes are named by their SHA-256: one passed to many calls
+    (a training set given to every fit) is uploaded once, under ``<run>/shared/``, and
+    each worker downloads it once. ``None`` turns this off: every call carries its own
+    copy, as with ProcessPoolExecutor."""
+
     def __post_init__(self) -> None:
         check_seconds("Batching.window", self.window)
         check_positive_int("Batching.max_calls", self.max_calls)
         check_positive_int("Batching.max_indexes", self.max_indexes, allow_none=True)
+        check_positive_int("Batching.share_min_bytes", self.share_min_bytes, allow_none=True)
 
 
 @dataclass(frozen=True, repr=False)

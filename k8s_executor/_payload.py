@@ -179,22 +179,69 @@ def dump_calls(fn: object, calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]
     return blob
 
 
+def dump_calls_sharing(
+    fn: object, calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]], min_bytes: int
+) -> tuple[bytes, list[memoryview]]:
+    """Pickle the arguments of the calls of one task, leaving out (pickle protocol 5's
+    out-of-band buffers) every buffer of at least ``min_bytes``: NumPy arrays and what is
+    built on them. Returns the pickle and those buffers, in the order
+    :func:`load_calls` needs them back."""
+    large: list[memoryview] = []
+
+    def keep_in_band(buffer: pickle.PickleBuffer) -> bool:
+        view = buffer.raw()
+        if view.nbytes < min_bytes:
+            return True
+        large.append(view)
+        return False
+
+    try:
+        blob: bytes = cloudpickle.dumps(
+            list(calls), protocol=pickle.HIGHEST_PROTOCOL, buffer_callback=keep_in_band
+        )
+    except Exception as exc:
+        raise ArgumentsPicklingError(
+            f"cannot pickle the arguments of a call to {callable_name(fn)}: "
+            f"{type(exc).__name__}: {exc}",
+            what="arguments",
+        ) from exc
+    return blob, large
+
+
+def buffer_key(data: bytes | memoryview) -> str:
+    """The name of a shared buffer: its SHA-256, in hex. A worker checks a downloaded
+    buffer against it, so the signed ``in/`` payload that names it vouches for it too."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_calls(blob: bytes, buffers: Sequence[bytes]) -> Any:
+    """Unpickle a task's calls, giving back its out-of-band buffers. Each call gets
+    writable copies, as a fresh unpickle in ProcessPoolExecutor would."""
+    return pickle.loads(blob, buffers=[bytearray(b) for b in buffers])
+
+
 # -- input payload ---------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class TaskInput:
-    """One task (one future): which function, and its pickled calls."""
+    """One task (one future): which function, and its pickled calls.
+
+    ``buffers`` are the calls' out-of-band buffers in order: the bytes themselves, or
+    (a ``str``) the :func:`buffer_key` of one stored once per run under ``shared/``.
+    """
 
     task_id: int
     fn_index: int
     calls: bytes
+    buffers: tuple[bytes | str, ...] = ()
 
 
 def seal_inputs(key: bytes, tasks: Sequence[TaskInput]) -> bytes:
     """Return the signed ``in/<index>`` payload for the tasks of one index."""
     body = pickle.dumps(
-        [(t.task_id, t.fn_index, t.calls) for t in tasks], protocol=pickle.HIGHEST_PROTOCOL
+        [(t.task_id, t.fn_index, t.calls, t.buffers) for t in tasks],
+        protocol=pickle.HIGHEST_PROTOCOL,
     )
     return seal(key, "in", body)
 

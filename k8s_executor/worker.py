@@ -115,9 +115,11 @@ def _watch_heartbeat(run: RunStore, grace: float) -> None:
 class _Runner:
     """Runs the tasks of one index against a loaded function table."""
 
-    def __init__(self, table: wire.FunctionTable) -> None:
+    def __init__(self, table: wire.FunctionTable, run: RunStore | None = None) -> None:
         self.table = table
         self._functions: dict[int, Any] = {}
+        self._run = run
+        self._shared: dict[str, bytes] = {}
         self.init_error: wire.TaskError | None = None
 
     def initialize(self) -> None:
@@ -129,6 +131,21 @@ class _Runner:
             initializer(*initargs)
         except BaseException as exc:
             self.init_error = wire.capture_error(wire.INITIALIZER, exc)
+
+    def shared(self, name: str) -> bytes:
+        """A buffer stored once per run (``shared/<sha256>``): downloaded once per
+        worker, and checked against its name, which the signed input vouches for."""
+        if name not in self._shared:
+            if self._run is None:
+                raise PayloadError(f"shared buffer {name} named, but no run storage given")
+            data = self._run.get(f"shared/{name}")
+            if wire.buffer_key(data) != name:
+                raise PayloadError(
+                    f"the shared buffer shared/{name} in the run's storage does not match "
+                    "its SHA-256: it was changed or damaged after the client wrote it"
+                )
+            self._shared[name] = data
+        return self._shared[name]
 
     def function(self, index: int) -> Any:
         if index not in self._functions:
@@ -146,7 +163,8 @@ class _Runner:
         except BaseException as exc:
             return failed(wire.FUNCTION_UNPICKLING, exc)
         try:
-            calls = pickle.loads(task.calls)
+            buffers = [b if isinstance(b, bytes) else self.shared(b) for b in task.buffers]
+            calls = wire.load_calls(task.calls, buffers)
         except BaseException as exc:
             return failed(wire.ARGUMENTS_UNPICKLING, exc)
         results = []
@@ -162,8 +180,9 @@ class _Runner:
         return wire.TaskOutcome(task.task_id, blob, None)
 
 
-def run_index(store: RunStore, key: bytes, index: int) -> int:
-    """Run one index of a batch; return the process exit code."""
+def run_index(store: RunStore, key: bytes, index: int, run: RunStore | None = None) -> int:
+    """Run one index of a batch (``store``: the batch's storage, ``run``: the run's, for
+    shared buffers); return the process exit code."""
     out_key = f"out/{index}"
     if store.get_or_none(f"skip/{index}") is not None:
         # Every call of this index was cancelled before the worker started.
@@ -185,7 +204,7 @@ def run_index(store: RunStore, key: bytes, index: int) -> int:
         except StorageError as put_exc:
             print(f"k8s_executor.worker: {put_exc}", file=sys.stderr)
         return EXIT_INDEX_FAILED
-    runner = _Runner(table)
+    runner = _Runner(table, run)
     runner.initialize()
     outcomes = [runner.run(task) for task in tasks]
     store.put(out_key, wire.seal_outcomes(key, outcomes))
@@ -205,11 +224,11 @@ def main(argv: list[str] | None = None) -> NoReturn:
         _watch_parent(int(parent))
     options = json.loads(os.environ.get("K8S_EXECUTOR_STORAGE_OPTIONS") or "{}")
     key = _read_key()
+    run = RunStore(args[0].rstrip("/").rsplit("/", 1)[0], options)
     grace = os.environ.get("K8S_EXECUTOR_HEARTBEAT_GRACE")
     if grace:
-        run_url = args[0].rstrip("/").rsplit("/", 1)[0]
-        _watch_heartbeat(RunStore(run_url, options), float(grace))
-    code = run_index(RunStore(args[0], options), key, int(index_text))
+        _watch_heartbeat(run, float(grace))
+    code = run_index(RunStore(args[0], options), key, int(index_text), run)
     sys.stdout.flush()
     sys.stderr.flush()
     # The outcome is written: nothing a task left behind (a non-daemon thread, a hung
