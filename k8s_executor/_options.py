@@ -85,7 +85,7 @@ class Batching(_Options):
     ``max_workers``: every worker slot gets a share. Set it higher to give long calls
     their own worker each (at the cost of more worker start-ups)."""
 
-    share_min_bytes: int | None = 1_048_576  # 1 MiB
+    share_min_bytes: int | None = 65_536  # 64 KiB
     """Large arguments sent more than once are stored once per run. Buffers that pickle
     out of band (NumPy arrays, and the arrays inside pandas objects, scikit-learn inputs,
     ...) of at least this many bytes are named by their SHA-256: one passed to many calls

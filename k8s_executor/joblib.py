@@ -30,9 +30,7 @@ per worker) that each wave of workers has enough to do.
 from __future__ import annotations
 
 import functools
-import signal
 import threading
-import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
@@ -40,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import joblib
 from joblib.parallel import ParallelBackendBase, SequentialBackend, ThreadingBackend
 
+from ._joblib_worker import Nested, TaskTimeoutError, TimeLimited, run_batch, run_calls
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -75,15 +74,6 @@ def register(name: str = BACKEND_NAME) -> None:
         name: the name to pass as ``backend=`` to ``parallel_config`` or ``Parallel``.
     """
     joblib.register_parallel_backend(name, KubernetesParallelBackend)
-
-
-class TaskTimeoutError(TimeoutError):
-    """A call ran longer than the backend's ``task_timeout`` inside its worker.
-
-    Raised *inside* the call, so code that catches exceptions around its own work (such
-    as scikit-learn's ``error_score``) turns it into a failed fit and goes on; otherwise
-    it reaches the caller of ``Parallel`` like any exception of the call.
-    """
 
 
 class KubernetesParallelBackend(ParallelBackendBase):  # type: ignore[misc]
@@ -281,10 +271,16 @@ class KubernetesParallelBackend(ParallelBackendBase):  # type: ignore[misc]
         if timeout is not None and hasattr(func, "items"):
             # Limit each call rather than the batch: batch sizes are chosen by the backend,
             # so a limit per batch would mean nothing to the user.
-            func.items = [(_TimeLimited(f, timeout), a, k) for f, a, k in func.items]
+            func.items = [(TimeLimited(f, timeout), a, k) for f, a, k in func.items]
         with self._lock:
             self._pending_calls += n_calls
-        future = executor.submit(_run_batch, func)
+        nested = _nested(func)
+        if nested is not None:
+            # The calls and a description of their nested backend, not joblib's
+            # BatchedCalls: workers then import joblib only if the calls need it.
+            future = executor.submit(run_calls, func.items, nested)
+        else:
+            future = executor.submit(run_batch, func)
         future.add_done_callback(functools.partial(self._batch_done, callback, n_calls))
         return future
 
@@ -392,50 +388,13 @@ def _kill(executor: KubernetesExecutor) -> None:
     executor.shutdown(wait=True, cancel_futures=True, kill_workers=True)
 
 
-# -- run in the worker -------------------------------------------------------------------
-
-
-def _run_batch(batch: Callable[[], list[Any]]) -> tuple[float, list[Any]]:
-    """Run one joblib batch; also report how long it took, without worker start-up."""
-    start = time.perf_counter()
-    results = batch()
-    return time.perf_counter() - start, results
-
-
-class _TimeLimited:
-    """One call, interrupted with :class:`TaskTimeoutError` after ``seconds``.
-
-    SIGALRM is the only way to interrupt a running call while the worker process (and with
-    it the other calls of its index) lives on. It needs the main thread, where the worker
-    runs its calls; elsewhere (a nested thread) the call runs without a limit.
-    """
-
-    def __init__(self, func: Callable[..., Any], seconds: float) -> None:
-        self.func = func
-        self.seconds = seconds
-        functools.update_wrapper(self, func)
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if threading.current_thread() is not threading.main_thread() or not hasattr(
-            signal, "setitimer"
-        ):
-            return self.func(*args, **kwargs)
-        name = getattr(self.func, "__qualname__", repr(self.func))
-
-        def expire(signum: int, frame: Any) -> None:
-            raise TaskTimeoutError(
-                f"{name} ran longer than task_timeout={self.seconds:g}s in its worker and "
-                "was interrupted; raise task_timeout, or make the call shorter"
-            )
-
-        previous = signal.signal(signal.SIGALRM, expire)
-        signal.setitimer(signal.ITIMER_REAL, self.seconds)
-        try:
-            return self.func(*args, **kwargs)
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # update_wrapper copied __dict__ entries and __wrapped__; pickle only what runs.
-        return (_TimeLimited, (self.func, self.seconds))
+def _nested(batch: Any) -> Nested | None:
+    """How ``batch`` (a ``BatchedCalls``) configures nested ``Parallel`` calls, or None
+    when this joblib's batches look unlike 1.6's (then the batch is sent as it is)."""
+    backend: Any = getattr(batch, "_backend", None)
+    if not isinstance(getattr(batch, "items", None), list):
+        return None
+    kind = {ThreadingBackend: "threading", SequentialBackend: "sequential"}.get(type(backend))
+    if kind is None:
+        return None
+    return (kind, int(backend.nesting_level or 0), getattr(batch, "_n_jobs", None))

@@ -17,6 +17,7 @@ import k8s_executor.joblib as k8sx_joblib
 from k8s_executor import Batching, ConfigError, KubernetesExecutor
 from tests import helpers
 from tests import joblib_helpers as jh
+from tests import no_joblib_helpers as nh
 
 
 @pytest.fixture(autouse=True)
@@ -190,3 +191,19 @@ def test_import_does_not_register_or_import_joblib() -> None:
 
     code = "import sys, k8s_executor; assert 'joblib' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_workers_import_joblib_only_when_calls_need_it() -> None:
+    with config():
+        results = Parallel()(delayed(nh.joblib_imported)(i) for i in range(6))
+    assert results == [(i, False) for i in range(6)]
+
+
+def test_nested_parallel_after_joblib_is_imported_inside_the_call() -> None:
+    with config():
+        results = Parallel()(delayed(nh.nested_after_lazy_import)(3) for _ in range(2))
+    for was_imported, worker_pid, nested_pids, backend in results:
+        assert was_imported is False
+        assert worker_pid != os.getpid()
+        assert nested_pids == [worker_pid] * 3  # threads in the worker, not new workers
+        assert backend == "ThreadingBackend"
