@@ -377,7 +377,8 @@ class Timeouts(_Options):
     missing Secret) before its calls fail with ``PodStartError`` and its Job is deleted."""
 
     job_deadline: float | None = 24 * 3600.0
-    """``activeDeadlineSeconds`` of every Job: the longest a batch may run. ``None``
+    """``activeDeadlineSeconds`` of every Job: the longest a batch may run, not counting
+    time spent waiting (suspended) for worker slots held by earlier batches. ``None``
     for no limit."""
 
     ttl_after_finished: int = 300

@@ -252,6 +252,10 @@ def job_manifest(p: JobParams) -> dict[str, Any]:
         "completionMode": "Indexed",
         "completions": p.indexes,
         "parallelism": p.parallelism,
+        # A Job with no free worker slot waits suspended, not at parallelism 0: the
+        # activeDeadlineSeconds clock starts at startTime, which a suspended Job does not
+        # have yet and a resumed one gets anew, so waiting does not use up the deadline.
+        "suspend": p.parallelism == 0,
         "backoffLimitPerIndex": p.retries,
         # Never fail the whole Job because some indexes failed: the others still run,
         # and each failed index is reported on its own futures.

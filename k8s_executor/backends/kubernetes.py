@@ -491,7 +491,7 @@ class KubernetesBackend:
             for batch_id in [b for b in self._parallelism if self._demand(b) == 0]:
                 del self._parallelism[batch_id]
             free = self._max_workers - self._slots_in_use()
-            grown: list[str] = []
+            grown: list[tuple[str, bool]] = []
             for batch_id, parallelism in self._parallelism.items():
                 if free <= 0:
                     break
@@ -500,21 +500,24 @@ class KubernetesBackend:
                     # Only ever grow: lowering a running Job's parallelism deletes pods.
                     self._parallelism[batch_id] = parallelism + extra
                     free -= extra
-                    grown.append(batch_id)
-        for batch_id in grown:
+                    grown.append((batch_id, parallelism == 0))  # 0: created suspended
+        for batch_id, resume in grown:
             with self._patch_lock:  # in order, and always the latest value
                 with self._lock:
                     value = self._parallelism.get(batch_id)
                     name = self._jobs.get(batch_id)
                 if value is None or name is None or self._stop.is_set():
                     continue
+                patch: dict[str, Any] = {"parallelism": value}
+                if resume:
+                    patch["suspend"] = False
                 with contextlib.suppress(ClusterError):  # the Job may be gone already
                     self._call(
-                        f"raise the parallelism of Job {name}",
+                        f"{'resume' if resume else 'raise the parallelism of'} Job {name}",
                         self._batch.patch_namespaced_job,
                         name,
                         self.namespace,
-                        {"spec": {"parallelism": value}},
+                        {"spec": patch},
                     )
 
     def _stuck(self, event: Stuck) -> None:

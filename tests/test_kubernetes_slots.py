@@ -1,0 +1,62 @@
+"""Worker slots across batches: a Job that finds no free slot waits suspended.
+
+``max_workers`` bounds the run's pods over all its Jobs. A Job created while every slot
+is taken is created with ``suspend: true``, so its ``activeDeadlineSeconds`` clock (which
+starts at ``status.startTime``) does not run while it waits; it is resumed, with its
+share of the slots, when an earlier Job's indexes finish.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from k8s_executor import KubernetesExecutor
+from tests import helpers
+from tests.kube_helpers import kubesim_kwargs
+
+
+def _jobs(sim: Any, run_id: str) -> dict[str, dict[str, Any]]:
+    selector = f"k8s-executor.io/run={run_id}"
+    jobs = sim.store.list("jobs", "default", label_selector=selector)[0]
+    return {j["metadata"]["labels"]["k8s-executor.io/batch"]: j for j in jobs}
+
+
+def _when(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def test_job_without_free_slots_waits_suspended(kubesim: Any, tmp_path: Path) -> None:
+    started, release = tmp_path / "started", tmp_path / "release"
+    kw = kubesim_kwargs(kubesim, tmp_path / "storage")
+    with KubernetesExecutor(max_workers=1, **kw) as ex:
+        first = ex.submit(helpers.touch_then_wait, str(started), str(release))
+        helpers.wait_for(first.running, 60, "the first call to run")
+        second = ex.submit(helpers.square, 7)
+        helpers.wait_for(lambda: len(_jobs(kubesim, ex.run_id)) == 2, 30, "the second Job")
+        waiting = _jobs(kubesim, ex.run_id)["b00001"]
+        assert waiting["spec"]["suspend"] is True
+        assert waiting["spec"]["parallelism"] == 0
+        assert "startTime" not in waiting.get("status", {})
+
+        released_at = datetime.now(UTC).replace(microsecond=0)  # API times are in seconds
+        release.touch()
+        assert first.result(timeout=60) > 0
+        assert second.result(timeout=60) == 49
+        resumed = _jobs(kubesim, ex.run_id)["b00001"]
+    assert resumed["spec"]["suspend"] is False
+    assert resumed["spec"]["parallelism"] == 1
+    # Its deadline clock started when it resumed: after the first call was released,
+    # not when the Job was created (it had no startTime while it waited).
+    assert _when(resumed["status"]["startTime"]) >= released_at
+    assert "Suspended" in {c["type"] for c in resumed["status"].get("conditions", [])}
+
+
+def test_job_with_free_slots_is_not_suspended(kubesim: Any, tmp_path: Path) -> None:
+    kw = kubesim_kwargs(kubesim, tmp_path / "storage")
+    with KubernetesExecutor(max_workers=2, **kw) as ex:
+        assert list(ex.map(helpers.square, range(4))) == [0, 1, 4, 9]
+        (job,) = _jobs(kubesim, ex.run_id).values()
+    assert job["spec"]["suspend"] is False
+    assert job["spec"]["parallelism"] == 2
