@@ -206,7 +206,8 @@ class KubernetesExecutor(Executor):
         retries: (kubernetes) counted pod failures (OOM, crash) per worker before its
             calls fail; disruptions (eviction, preemption, node loss) are always retried.
         python: (kubernetes) the interpreter in the image that runs the worker. Default:
-            ``python``, or this venv's own ``bin/python`` with ``image="auto"``.
+            ``K8S_EXECUTOR_PYTHON``, else ``python``; with ``image="auto"`` always this
+            venv's own ``bin/python``.
         share_storage_options: (kubernetes) put ``storage_options`` into the run's Secret
             so workers can use them (off by default: give pods their own credentials).
         stream_logs: (kubernetes) print every worker's output here, prefixed
@@ -305,7 +306,7 @@ class KubernetesExecutor(Executor):
                         kubeconfig=kubeconfig,
                         context=context,
                         namespace=namespace,
-                        python=python or "python",
+                        python=python or os.environ.get("K8S_EXECUTOR_PYTHON") or "python",
                         retries=retries,
                         resources=resources or Resources(),
                         scheduling=scheduling or Scheduling(),

@@ -3,12 +3,15 @@ cluster; with none of them, an error that says how to choose (no silent fallback
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from k8s_executor import ConfigError, KubernetesExecutor
 from tests import helpers
+from tests.kube_helpers import kubesim_kwargs
 
 
 @pytest.fixture
@@ -55,3 +58,15 @@ def test_storage_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
         ex.submit(helpers.square, 1).result(timeout=60)
         assert (tmp_path / "store" / ex.run_id).is_dir()
     assert not (tmp_path / "store" / ex.run_id).exists()
+
+
+def test_workers_interpreter_from_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, kubesim: Any
+) -> None:
+    kw = kubesim_kwargs(kubesim, tmp_path / "storage")
+    del kw["python"]
+    monkeypatch.setenv("K8S_EXECUTOR_PYTHON", sys.executable)
+    with KubernetesExecutor(**kw) as ex:
+        assert ex.submit(helpers.square, 6).result(timeout=60) == 36
+        (pod,) = kubesim.store.list("pods", "default")[0]
+    assert pod["spec"]["containers"][0]["command"][0] == sys.executable
