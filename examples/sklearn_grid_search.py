@@ -8,11 +8,15 @@ On a cluster, name the backend, an image and a storage URL both sides reach:
 
     python examples/sklearn_grid_search.py --backend kubernetes \\
         --image registry.example.com/team/env:tag --storage s3://bucket/k8sx
+
+or give them as the environment variables K8S_EXECUTOR_BACKEND, K8S_EXECUTOR_IMAGE (or
+K8S_EXECUTOR_REGISTRY) and K8S_EXECUTOR_STORAGE, as for the other examples.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import joblib
@@ -25,7 +29,12 @@ import k8s_executor.joblib
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", default="local", choices=["local", "kubernetes"])
+    parser.add_argument(
+        "--backend",
+        default=os.environ.get("K8S_EXECUTOR_BACKEND", "local"),
+        choices=["local", "kubernetes"],
+        help="default: K8S_EXECUTOR_BACKEND, else local",
+    )
     parser.add_argument("--n-jobs", type=int, default=2, help="workers at once")
     parser.add_argument("--image", default=None, help="worker image (kubernetes)")
     parser.add_argument("--storage", default=None, help="fsspec URL (kubernetes)")
