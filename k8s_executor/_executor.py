@@ -194,6 +194,11 @@ class KubernetesExecutor(Executor):
         base_image: (kubernetes) the image the snapshot goes on top of; its Python must
             have this interpreter's major.minor. Default: ``K8S_EXECUTOR_BASE_IMAGE``, else
             the official ``python:<major>.<minor>-slim``.
+        platform: (kubernetes) the nodes' ``os/arch`` the ``image="auto"`` snapshot is for:
+            ``"linux/amd64"`` or ``"linux/arm64"``. When it is not this machine's (a Mac,
+            an arm64 laptop), platform-specific packages are installed for it with pip
+            instead of copied. Default: ``K8S_EXECUTOR_PLATFORM``, else this machine's
+            platform on Linux and ``"linux/amd64"`` elsewhere.
         namespace: (kubernetes) where Jobs, pods and the run's Secret go. Default: the
             kubeconfig context's namespace, or the pod's own namespace in-cluster.
         kubeconfig: (kubernetes) a kubeconfig file. Default: ``KUBECONFIG`` /
@@ -232,6 +237,7 @@ class KubernetesExecutor(Executor):
         image: str | None = None,
         registry: str | None = None,
         base_image: str | None = None,
+        platform: str | None = None,
         namespace: str | None = None,
         kubeconfig: str | None = None,
         context: str | None = None,
@@ -284,6 +290,9 @@ class KubernetesExecutor(Executor):
                 image = image or os.environ.get("K8S_EXECUTOR_IMAGE")
                 registry = registry or os.environ.get("K8S_EXECUTOR_REGISTRY")
                 base_image = base_image or os.environ.get("K8S_EXECUTOR_BASE_IMAGE")
+                from .image._platform import check_platform  # imports neither podman nor requests
+
+                platform = check_platform(platform or os.environ.get("K8S_EXECUTOR_PLATFORM"))
                 if image is None and registry:
                     image = "auto"
                 if not image:
@@ -303,6 +312,7 @@ class KubernetesExecutor(Executor):
                         image=image,
                         registry=registry,
                         base_image=base_image,
+                        platform=platform,
                         kubeconfig=kubeconfig,
                         context=context,
                         namespace=namespace,

@@ -90,6 +90,12 @@ def _parser() -> argparse.ArgumentParser:
         help="image to build on (default: K8S_EXECUTOR_BASE_IMAGE or python:X.Y-slim)",
     )
     build.add_argument("--repository", default="k8s-executor-env", help="repository name")
+    build.add_argument(
+        "--platform",
+        default=os.environ.get("K8S_EXECUTOR_PLATFORM"),
+        help="the cluster nodes' os/arch: linux/amd64 or linux/arm64 (default: "
+        "K8S_EXECUTOR_PLATFORM, else this machine's on Linux, linux/amd64 elsewhere)",
+    )
 
     rbac = sub.add_parser("rbac", help="print the Role and RoleBinding the executor needs")
     rbac.add_argument("-n", "--namespace", default="default")
@@ -125,7 +131,12 @@ def _build(args: argparse.Namespace) -> int:
         return 2
     from .image import build_image
 
-    ref = build_image(args.registry, repository=args.repository, base_image=args.base_image)
+    ref = build_image(
+        args.registry,
+        repository=args.repository,
+        base_image=args.base_image,
+        platform=args.platform,
+    )
     print(ref.summary())
     return 0
 

@@ -62,6 +62,8 @@ class KubernetesSettings:
     """An image reference, or ``"auto"``: a snapshot of this venv pushed to ``registry``."""
     registry: str | None = None
     base_image: str | None = None
+    platform: str | None = None
+    """``os/arch`` the ``"auto"`` image is built for (None: the builder's default)."""
     kubeconfig: str | None = None
     context: str | None = None
     namespace: str | None = None
@@ -215,7 +217,11 @@ class KubernetesBackend:
         from ..image import build_image
 
         assert self.settings.registry is not None
-        ref = build_image(self.settings.registry, base_image=self.settings.base_image)
+        ref = build_image(
+            self.settings.registry,
+            base_image=self.settings.base_image,
+            platform=self.settings.platform,
+        )
         self._image = ref.reference  # by digest: every pod runs exactly this snapshot
         # The venv sits at its own absolute path in the image; its python runs the base
         # image's interpreter with the venv's packages.

@@ -14,6 +14,7 @@ from ._errors import (
     BaseImageError,
     EnvironmentSnapshotError,
     ImageError,
+    PlatformError,
     PodmanUnavailableError,
     PythonMismatchError,
     RegistryAuthError,
@@ -21,14 +22,17 @@ from ._errors import (
     RegistryUnreachableError,
 )
 from ._fingerprint import LAYOUT_VERSION, fingerprint, platform_tag
+from ._platform import PLATFORMS, default_platform, local_platform
 from ._scan import scan_environment
 
 __all__ = [
     "LAYOUT_VERSION",
+    "PLATFORMS",
     "BaseImageError",
     "EnvironmentSnapshotError",
     "ImageError",
     "ImageRef",
+    "PlatformError",
     "PodmanUnavailableError",
     "PythonMismatchError",
     "RegistryAuthError",
@@ -36,7 +40,9 @@ __all__ = [
     "RegistryUnreachableError",
     "build_image",
     "default_base_image",
+    "default_platform",
     "fingerprint",
+    "local_platform",
     "platform_tag",
     "scan_environment",
 ]

@@ -28,6 +28,7 @@ from typing import IO, Any, Literal
 from ._cache import cache_dir, load_json, store_json
 from ._errors import BaseImageError, PythonMismatchError, RegistryError
 from ._layers import HashingWriter
+from ._platform import Libc
 from ._registry import (
     DOCKER_LIST,
     DOCKER_MANIFEST,
@@ -50,6 +51,12 @@ _OCI_LAYER_TYPE = {
 }
 _DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _INTERPRETER = re.compile(r"^(?:\./)?((?:usr/local/|usr/)?bin)/python(\d+)\.(\d+)$")
+_GLIBC = re.compile(r"^(?:usr/)?lib(?:64)?/(?:[a-z0-9_]+-linux-gnu/)?libc\.so\.6$")
+_GLIBC_VERSIONED = re.compile(
+    r"^(?:usr/)?lib(?:64)?/(?:[a-z0-9_]+-linux-gnu/)?libc-(\d+)\.(\d+)\.so$"
+)
+_MUSL_LOADER = re.compile(r"^(?:usr/)?lib/ld-musl-[a-z0-9_]+\.so\.1$")
+_ARCH_ALIASES = {"x86_64": "amd64", "aarch64": "arm64"}
 
 
 def is_local_reference(reference: str) -> bool:
@@ -197,25 +204,52 @@ class BaseImage:
         Raises:
             PythonMismatchError: The base has no Python ``local``.
         """
-        cached_path = cache_dir() / "base" / f"{self.digest.replace(':', '-')}.json"
-        cached = load_json(cached_path)
-        if isinstance(cached, dict) and "candidates" in cached:
-            candidates = [tuple(c) for c in cached["candidates"]]
-        else:
-            candidates = sorted(self._interpreters())
-            store_json(cached_path, {"candidates": candidates})
+        candidates = self._facts(need_libc=False)["candidates"]
         typed = [(str(p), int(a), int(b)) for p, a, b in candidates]
         return _pick(self.reference, self.env(), typed, local)
 
-    def _interpreters(self) -> set[tuple[str, int, int]]:
+    def libc(self) -> Libc | None:
+        """The base's C library (glibc with its version, or musl), from its files: which
+        manylinux wheels can load there. None when no libc was recognised."""
+        found = self._facts(need_libc=True)["libc"]
+        if not found:
+            return None
+        kind, major, minor = found
+        return Libc(str(kind), (int(major), int(minor)))
+
+    def platform(self) -> str:
+        """``os/architecture`` from the image config (``linux/amd64``)."""
+        arch = str(self.config.get("architecture") or "amd64")
+        return f"{self.config.get('os') or 'linux'}/{_ARCH_ALIASES.get(arch, arch)}"
+
+    def _facts(self, *, need_libc: bool) -> dict[str, Any]:
+        """What listing the layers tells: interpreters, and the libc (cached by digest;
+        older cache entries lack the libc, which is looked for when needed)."""
+        cached_path = cache_dir() / "base" / f"{self.digest.replace(':', '-')}.json"
+        cached = load_json(cached_path)
+        if (
+            isinstance(cached, dict)
+            and "candidates" in cached
+            and (not need_libc or "libc" in cached)
+        ):
+            return cached
+        candidates, libc = self._list_files()
+        facts = {"candidates": sorted(candidates), "libc": libc}
+        store_json(cached_path, facts)
+        return facts
+
+    def _list_files(self) -> tuple[set[tuple[str, int, int]], list[object] | None]:
         found: set[tuple[str, int, int]] = set()
+        libc: list[object] | None = None
         for i in range(len(self.layers)):
             with self._open_layer(i) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
                 for member in tar:
                     m = _INTERPRETER.match(member.name)
                     if m and (member.isfile() or member.issym() or member.islnk()):
                         found.add(("/" + m.group(0).lstrip("./"), int(m[2]), int(m[3])))
-        return found
+                        continue
+                    libc = _libc_of(tar, member) or libc
+        return found, libc
 
     # --- layers into the target registry ---------------------------------------------------
 
@@ -382,6 +416,23 @@ class _ResponseBody:
 
     def close(self) -> None:
         self._response.close()
+
+
+def _libc_of(tar: tarfile.TarFile, member: tarfile.TarInfo) -> list[object] | None:
+    """``["glibc", 2, 36]`` or ``["musl", 1, 2]`` when ``member`` tells the libc version."""
+    name = member.name.removeprefix("./")
+    if _MUSL_LOADER.match(name):
+        return ["musl", 1, 2]  # every musl of the last years; musllinux_1_1 wheels load too
+    m = _GLIBC_VERSIONED.match(name)  # older glibc: libc-2.31.so
+    if m and (member.isfile() or member.issym()):
+        return ["glibc", int(m[1]), int(m[2])]
+    if _GLIBC.match(name) and member.isfile() and member.size < 64 * 1024 * 1024:
+        f = tar.extractfile(member)
+        data = f.read() if f is not None else b""
+        v = re.search(rb"GNU C Library [^\n]*?release version (\d+)\.(\d+)", data)
+        if v:
+            return ["glibc", int(v[1]), int(v[2])]
+    return None
 
 
 def _extract(tar: tarfile.TarFile, name: str) -> IO[bytes]:

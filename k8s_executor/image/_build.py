@@ -12,6 +12,10 @@ The pipeline, in which every arrow is skipped when its result already exists::
                          write tar(.gz) ──▶ upload blob (skipped when present)
         ▼
     config + manifest ──▶ PUT <repo>:env-<fp> ──▶ ImageRef (by digest)
+
+For another platform than this machine's (``platform=``), the base image's variant for it
+is used, and before planning the layers the platform-specific packages are installed for
+it by pip (``_cross.py``); their files replace the local ones in the plan.
 """
 
 from __future__ import annotations
@@ -31,12 +35,14 @@ from typing import IO, Any, Literal
 
 from ._base import BaseImage, is_local_reference
 from ._cache import cache_dir, load_json, store_json
-from ._errors import ImageError
+from ._cross import Staged, Target, prepare
+from ._errors import BaseImageError, ImageError
 from ._fingerprint import LAYOUT_VERSION, fingerprint
 from ._layers import EPOCH, Compression, LayerBlob, LayerPlan, plan_layers, write_layer
+from ._platform import Libc, check_platform, default_platform, local_platform
 from ._podman import default_podman_url
 from ._registry import OCI_MANIFEST, Registry, is_loopback, split_reference
-from ._scan import scan_environment
+from ._scan import Environment, scan_environment
 
 __all__ = ["ImageRef", "build_image", "default_base_image"]
 
@@ -60,6 +66,8 @@ class ImageRef:
     layers_reused: int
     bytes_pushed: int
     seconds: float
+    platform: str = ""
+    """The platform the image is for (``linux/amd64``)."""
 
     @property
     def digest(self) -> str:
@@ -68,10 +76,12 @@ class ImageRef:
 
     def summary(self) -> str:
         """One line for humans (the ``k8s-executor build`` output)."""
+        # The platform only when it is not this machine's: the usual line stays as it was.
+        other = f"for {self.platform}; " if self.platform not in ("", local_platform()) else ""
         if not self.built:
-            return f"{self.reference} (unchanged environment: nothing built or pushed)"
+            return f"{self.reference} ({other}unchanged environment: nothing built or pushed)"
         return (
-            f"{self.reference} ({self.layers_pushed} layers pushed, "
+            f"{self.reference} ({other}{self.layers_pushed} layers pushed, "
             f"{self.bytes_pushed / 1e6:.1f} MB; {self.layers_reused} reused; "
             f"{self.seconds:.1f}s)"
         )
@@ -92,6 +102,7 @@ def build_image(
     compression: Compression = "gzip",
     podman_url: str | None = None,
     method: Literal["oci", "podman"] = "oci",
+    platform: str | None = None,
 ) -> ImageRef:
     """Make sure ``registry`` has an image of the local virtual environment.
 
@@ -115,6 +126,11 @@ def build_image(
             ``method="podman"``); default ``CONTAINER_HOST`` or the standard socket.
         method: ``"oci"`` uploads layers to the registry directly (fast, incremental);
             ``"podman"`` loads the image into podman and lets podman push it.
+        platform: The cluster nodes' ``os/arch``: ``"linux/amd64"`` or
+            ``"linux/arm64"``. Default: this machine's on Linux, else ``"linux/amd64"``.
+            When it differs from this machine's, the platform-specific packages are
+            installed for it by pip (with your pip configuration) instead of copied, and
+            the base image's variant for it is used (see docs/images.md, "Platforms").
 
     Returns:
         The image reference by digest, and what was pushed.
@@ -122,12 +138,16 @@ def build_image(
     Raises:
         ImageError: With the cause and the fix: podman missing or not running, registry
             unreachable or refusing our credentials, base image missing or with another
-            Python, venv not snapshottable.
+            Python or platform, venv not snapshottable, packages that cannot be had for
+            another platform (:class:`PlatformError`).
+        ConfigError: ``platform`` is not one of those allowed.
     """
     if compression not in ("gzip", "none"):
         raise ValueError(f"compression must be 'gzip' or 'none', not {compression!r}")
     if method not in ("oci", "podman"):
         raise ValueError(f"method must be 'oci' or 'podman', not {method!r}")
+    target_platform = check_platform(platform) or default_platform()
+    cross = target_platform != local_platform()
     started = time.perf_counter()
     if registry.startswith("http://"):
         insecure = True if insecure is None else insecure
@@ -139,9 +159,16 @@ def build_image(
 
     with (
         Registry(host, insecure=insecure) as target,
-        _resolve_base(base_image or default_base_image(), target, podman, insecure) as base,
+        _resolve_base(
+            base_image or default_base_image(), target, podman, insecure, target_platform
+        ) as base,
     ):
-        fp = fingerprint(env, base_digest=base.digest)
+        # Same platform: the local platform tag, as always (same fingerprints and digests
+        # as before platform= existed). Another one: the target, whatever the machine
+        # building it (a Mac on arm64 or on x86_64 give the same image).
+        fp = fingerprint(
+            env, base_digest=base.digest, platform=f"cross/{target_platform}" if cross else None
+        )
         job = _Job(target, repo, f"env-{fp}", fp, base, env.prefix, compression)
         existing = target.manifest_digest(repo, job.tag)
         if existing is not None:
@@ -149,7 +176,10 @@ def build_image(
             pushed = _Pushed(existing, 0, 0, 0)
         else:
             python = base.python(env.python)  # raises PythonMismatchError
-            plans = plan_layers(env, base_python=python.path, base_python_version=python.version)
+            staged = _stage(env, base, target_platform) if cross else None
+            plans = plan_layers(
+                env, base_python=python.path, base_python_version=python.version, staged=staged
+            )
             _log.info(
                 "building %s/%s:%s: %d layers on %s (Python %s at %s)",
                 host,
@@ -173,7 +203,25 @@ def build_image(
         layers_reused=pushed.reused,
         bytes_pushed=pushed.bytes,
         seconds=time.perf_counter() - started,
+        platform=target_platform,
     )
+
+
+_FALLBACK_LIBC = Libc("glibc", (2, 28))
+"""When the base's libc is not recognised: what current wheels (numpy's) target."""
+
+
+def _stage(env: Environment, base: BaseImage, platform: str) -> Staged:
+    """The platform-specific distributions, installed for ``platform`` (see _cross.py)."""
+    libc = base.libc()
+    if libc is None:
+        _log.warning(
+            "no libc recognised in the base image %s: resolving wheels for %s",
+            base.reference,
+            _FALLBACK_LIBC,
+        )
+        libc = _FALLBACK_LIBC
+    return prepare(env, Target(platform, env.python, libc, env.prefix))
 
 
 @dataclass(frozen=True)
@@ -223,20 +271,39 @@ def _push_directly(job: _Job, plans: list[LayerPlan], python_version: str) -> _P
 
 
 def _resolve_base(
-    reference: str, target: Registry, podman_url: str, insecure: bool | None
+    reference: str, target: Registry, podman_url: str, insecure: bool | None, platform: str
 ) -> BaseImage:
+    """The base image for ``platform`` (its variant, when ``reference`` is an index).
+
+    Raises:
+        BaseImageError: The base is for another platform.
+    """
     if is_local_reference(reference):
-        return BaseImage.from_podman(reference, podman_url)
-    host, _, _ = split_reference(reference)
-    if host == target.host:
-        return BaseImage.from_registry(reference, target)
-    # Another registry: its own session (and credentials), closed by base.close().
-    source = Registry(host, insecure=insecure)
-    try:
-        return BaseImage.from_registry(reference, source, owns_registry=True)
-    except BaseException:
-        source.close()
-        raise
+        base = BaseImage.from_podman(reference, podman_url)
+    else:
+        host, _, _ = split_reference(reference)
+        os_name, arch = platform.split("/", 1)
+        if host == target.host:
+            base = BaseImage.from_registry(reference, target, os=os_name, arch=arch)
+        else:
+            # Another registry: its own session (and credentials), closed by base.close().
+            source = Registry(host, insecure=insecure)
+            try:
+                base = BaseImage.from_registry(
+                    reference, source, os=os_name, arch=arch, owns_registry=True
+                )
+            except BaseException:
+                source.close()
+                raise
+    if base.platform() != platform:
+        base.close()
+        raise BaseImageError(
+            f"the base image {reference} is for {base.platform()}, and the image is built for "
+            f"{platform}: pass base_image= an image for {platform} (or a multi-platform one, "
+            "such as python:X.Y-slim), or platform= the cluster's platform if it is "
+            f"{base.platform()}"
+        )
+    return base
 
 
 def _push_layers(
@@ -307,6 +374,7 @@ def _image_config(job: _Job, blobs: list[LayerBlob], python_version: str) -> dic
         # A fixed date: the same environment must give the same config, hence digest.
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(EPOCH)),
         "architecture": base.config.get("architecture", "amd64"),
+        **({"variant": base.config["variant"]} if base.config.get("variant") else {}),
         "os": base.config.get("os", "linux"),
         "config": config,
         "rootfs": {

@@ -7,7 +7,9 @@ ImageError
  │    └── RegistryAuthError          the registry refused our credentials (or we had none)
  ├── BaseImageError              the base image is missing or unusable
  │    └── PythonMismatchError        its Python major.minor differs from the local one
- └── EnvironmentSnapshotError    the local environment cannot be snapshotted
+ ├── EnvironmentSnapshotError    the local environment cannot be snapshotted
+ └── PlatformError               the environment cannot be rebuilt for the cluster's
+                                 platform (compiled local code, no wheel for the target)
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ __all__ = [
     "BaseImageError",
     "EnvironmentSnapshotError",
     "ImageError",
+    "PlatformError",
     "PodmanUnavailableError",
     "PythonMismatchError",
     "RegistryAuthError",
@@ -56,3 +59,9 @@ class PythonMismatchError(BaseImageError):
 
 class EnvironmentSnapshotError(ImageError):
     """The local environment cannot be turned into an image (not a venv, unreadable files)."""
+
+
+class PlatformError(ImageError):
+    """The cluster's platform differs from this machine's, and the environment cannot be
+    installed again for it: a local package has compiled code, a distribution has no wheel
+    for the target, or pip (which resolves the target's wheels) is missing or failed."""

@@ -12,7 +12,9 @@ every ``*.dist-info`` (pip lists each installed file there, scripts in ``bin/`` 
                    editable installs: what changes most often goes last
 
 Files keep their absolute path, so the venv sits at the same place in the image as here
-(console scripts carry that path in their shebang; editable installs point at it).
+(console scripts carry that path in their shebang; editable installs point at it). For
+another platform, the files of the platform-specific distributions come from their copy
+installed for it (``_cross.py``), at the same paths and in the same layers.
 
 Tars are byte-for-byte reproducible: entries sorted by name, GNU format (no pax headers,
 so no atime/ctime records), every mtime set to :data:`EPOCH`, owner root with empty
@@ -36,6 +38,7 @@ import gzip
 import hashlib
 import importlib.util
 import io
+import logging
 import os
 import posixpath
 import stat
@@ -47,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Literal
 
+from ._cross import Staged, is_compiled
 from ._errors import EnvironmentSnapshotError
 from ._fingerprint import LAYOUT_VERSION
 from ._scan import Distribution, Environment, iter_source_tree
@@ -71,6 +75,7 @@ _DIR_MODE = 0o755
 _MB = 1024 * 1024
 _PYC_TAG = sys.implementation.cache_tag  # "cpython-311"
 _PYTHON_NAMES = ("python", "python3")
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -133,6 +138,7 @@ def plan_layers(
     base_python_version: str | None = None,
     big_threshold: int = 20 * _MB,
     buckets: int = 16,
+    staged: Staged | None = None,
 ) -> list[LayerPlan]:
     """Cut the environment into layers (see the module docstring).
 
@@ -143,12 +149,16 @@ def plan_layers(
         base_python_version: Its full version, written into pyvenv.cfg.
         big_threshold: Distributions larger than this many bytes get a layer of their own.
         buckets: Number of layers the small distributions are spread over.
+        staged: For another platform: distributions installed for it, whose files replace
+            the local ones (see ``_cross.py``); compiled files no distribution owns are
+            then left out.
 
     Returns:
         Non-empty layers, in image order (lowest first).
     """
     prefix = env.prefix
     files = _walk(prefix)
+    sources: dict[str, str] = {}
     owner: dict[str, Distribution] = {}
     for dist in env.distributions:
         for rel in _record_paths(dist, prefix):
@@ -167,6 +177,8 @@ def plan_layers(
         cut = rel.find(".dist-info/")
         if cut >= 0 and (meta := dist_infos.get(rel[: cut + len(".dist-info")])) is not None:
             owner[rel] = meta
+    if staged is not None:
+        files, owner, sources = _replace_staged(files, owner, staged)
 
     shell_names = {
         "pyvenv.cfg",
@@ -198,7 +210,9 @@ def plan_layers(
     base = prefix.as_posix().lstrip("/")
     plans: dict[str, LayerPlan] = {}
     for group, rels in groups.items():
-        entries = [e for rel in rels if (e := _entry(prefix, base, rel, files)) is not None]
+        entries = [
+            e for rel in rels if (e := _entry(prefix, base, rel, files, sources)) is not None
+        ]
         plans[group] = _plan(group, entries, sorted(group_dists[group]))
     plans["shell"] = _plan("shell", _shell_entries(env, base, base_python, base_python_version))
     local = list(plans.pop("local").entries) if "local" in plans else []
@@ -322,9 +336,47 @@ def _plan(name: str, entries: list[Entry], dists: Iterable[str] = ()) -> LayerPl
     return LayerPlan(name, tuple(entries), sum(e.size for e in entries), tuple(dists))
 
 
-def _entry(prefix: Path, base: str, rel: str, files: dict[str, os.stat_result]) -> Entry | None:
+def _replace_staged(
+    files: dict[str, os.stat_result], owner: dict[str, Distribution], staged: Staged
+) -> tuple[dict[str, os.stat_result], dict[str, Distribution], dict[str, str]]:
+    """The venv's files with those of the re-installed distributions swapped in, and
+    compiled files no distribution owns (built for this machine) left out."""
+    kept: dict[str, os.stat_result] = {}
+    dropped: list[str] = []
+    for rel, st in files.items():
+        found = owner.get(rel)
+        if found is not None and found.name in staged.replaced:
+            continue
+        if found is None and is_compiled(rel):
+            dropped.append(rel)
+            continue
+        kept[rel] = st
+    if dropped:
+        _log.warning(
+            "left out %d compiled files that no installed package owns (built for this "
+            "machine, not the target): %s",
+            len(dropped),
+            ", ".join(dropped[:5]) + (" ..." if dropped[5:] else ""),
+        )
+    new_owner = {rel: d for rel, d in owner.items() if rel in kept}
+    sources: dict[str, str] = {}
+    for rel, (source, st) in staged.files.items():
+        kept[rel] = st
+        sources[rel] = source
+        new_owner[rel] = staged.owners[rel]
+    return dict(sorted(kept.items())), new_owner, sources
+
+
+def _entry(
+    prefix: Path,
+    base: str,
+    rel: str,
+    files: dict[str, os.stat_result],
+    sources: dict[str, str] | None = None,
+) -> Entry | None:
     st = files[rel]
-    entry = _entry_from_stat(f"{base}/{rel}", f"{prefix.as_posix()}/{rel}", st)
+    source = (sources or {}).get(rel) or f"{prefix.as_posix()}/{rel}"
+    entry = _entry_from_stat(f"{base}/{rel}", source, st)
     if entry is None or entry.kind != "file" or f".{_PYC_TAG}." not in rel:
         return entry
     src_rel = _pyc_source(rel)

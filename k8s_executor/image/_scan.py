@@ -71,6 +71,24 @@ class Distribution:
     """For an editable install, the local source tree it points at."""
 
     @property
+    def version(self) -> str:
+        """The version, from the ``name-version.dist-info`` directory name (PEP 427)."""
+        stem = self.dist_info.name[: -len(".dist-info")]
+        return stem.split("-", 1)[1] if "-" in stem else ""
+
+    @property
+    def from_index(self) -> bool:
+        """Installed by name from a package index (or a wheelhouse, or a downloaded archive):
+        the same version can be asked for again, for another platform. Not so for local
+        source directories, editable installs and VCS checkouts (PEP 610 ``dir_info`` and
+        ``vcs_info``)."""
+        if not self.version:
+            return False
+        return self.direct_url is None or (
+            b'"dir_info"' not in self.direct_url and b'"vcs_info"' not in self.direct_url
+        )
+
+    @property
     def local(self) -> bool:
         """Installed from a local source directory (editable or not): the user's own code,
         likely to change often. A wheel file from a local path is not "local": wheelhouses

@@ -29,20 +29,32 @@ def _record_hash(data: bytes) -> str:
     return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
 
 
-def make_wheel(directory: Path, name: str, version: str, files: dict[str, str]) -> Path:
-    """A pure-Python wheel with the given files (path inside site-packages → text)."""
+def make_wheel(
+    directory: Path,
+    name: str,
+    version: str,
+    files: dict[str, str],
+    tag: str = "py3-none-any",
+    entry_points: str = "",
+) -> Path:
+    """A wheel with the given files (path inside site-packages → text), pure-Python by
+    default; another ``tag`` (``cp311-cp311-manylinux_2_17_aarch64``) makes a wheel for
+    that platform (files named ``*.so`` stand for compiled modules, never loaded)."""
     dist_info = f"{name}-{version}.dist-info"
     contents = {path: text.encode() for path, text in files.items()}
     contents[f"{dist_info}/METADATA"] = (
         f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode()
     )
+    purelib = "true" if tag.endswith("-none-any") else "false"
     contents[f"{dist_info}/WHEEL"] = (
-        b"Wheel-Version: 1.0\nGenerator: k8sx-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
-    )
+        f"Wheel-Version: 1.0\nGenerator: k8sx-tests\nRoot-Is-Purelib: {purelib}\nTag: {tag}\n"
+    ).encode()
+    if entry_points:
+        contents[f"{dist_info}/entry_points.txt"] = entry_points.encode()
     record = "".join(f"{p},{_record_hash(d)},{len(d)}\n" for p, d in contents.items())
     record += f"{dist_info}/RECORD,,\n"
     contents[f"{dist_info}/RECORD"] = record.encode()
-    wheel = directory / f"{name}-{version}-py3-none-any.whl"
+    wheel = directory / f"{name}-{version}-{tag}.whl"
     with zipfile.ZipFile(wheel, "w") as zf:
         for path, data in contents.items():
             zf.writestr(path, data)
