@@ -1,15 +1,32 @@
-"""The k8s-executor command's parts that need no cluster (the rest runs against kubesim)."""
+"""The k8s-executor command: its parts that need no cluster, then ``doctor`` and ``logs``
+against kubesim (``ls`` and ``cleanup`` are exercised in test_kubernetes_backend.py)."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import queue
+import shutil
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
 
 import kubernetes_validate
 import pytest
 import yaml
 
-from k8s_executor import cli
+from k8s_executor import KubernetesExecutor, cli
+from tests import helpers
+from tests.image import infra
+from tests.image.conftest import missing, need_tool
+from tests.image.infra import BASE_IMAGE, PodmanService, RegistryServer
+from tests.kube_helpers import kubesim_kwargs
+from tests.kubesim.kubeconfig import Kubesim
 
 
 def test_rbac_prints_valid_role_and_binding(capsys: pytest.CaptureFixture[str]) -> None:
@@ -36,7 +53,7 @@ def test_console_script_help() -> None:
         [sys.executable, "-m", "k8s_executor.cli", "--help"], capture_output=True, text=True
     )
     assert done.returncode == 0
-    for command in ("ls", "cleanup", "rbac"):
+    for command in ("doctor", "ls", "logs", "cleanup", "rbac", "build"):
         assert command in done.stdout
 
 
@@ -48,3 +65,518 @@ def test_no_cluster_config_is_a_clear_error(
     err = capsys.readouterr().err
     assert "no usable Kubernetes configuration" in err
     assert "KUBECONFIG" in err
+
+
+# -- doctor ------------------------------------------------------------------------------
+# Each test runs `doctor` against its own kubesim; registry and podman tests use real ones
+# (tests/image/infra.py), skipped locally and failing under CI=true when missing.
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
+    need_tool("docker-registry")
+    server = infra.start_registry(tmp_path_factory.mktemp("cli-registry"))
+    try:
+        yield server
+    finally:
+        infra.stop_process(server.process)
+
+
+@pytest.fixture(scope="session")
+def podman(
+    tmp_path_factory: pytest.TempPathFactory, registry: RegistryServer
+) -> Iterator[PodmanService]:
+    need_tool("podman")
+    try:
+        service = infra.start_podman_service(
+            tmp_path_factory.mktemp("cli-podman"), insecure_registries=(registry.host,)
+        )
+    except infra.Missing as exc:
+        missing(str(exc))
+        raise
+    try:
+        if service.cli("image", "exists", BASE_IMAGE, check=False).returncode != 0:
+            missing(f"the base image {BASE_IMAGE} is not in podman's store")
+        yield service
+    finally:
+        infra.stop_process(service.process)
+
+
+@dataclass
+class Doctor:
+    code: int
+    lines: dict[str, str]
+    """Check name -> its line (mark, name and text)."""
+    out: str
+
+    def mark(self, name: str) -> str:
+        return self.lines[name].split(" ", 1)[0]
+
+    def text(self, name: str) -> str:
+        return self.lines[name].split(" ", 1)[1].removeprefix(name).strip()
+
+
+CHECKS = ("cluster", "namespace", "permissions", "storage", "registry", "podman", "base Python")
+
+
+def doctor(capsys: pytest.CaptureFixture[str], *args: str) -> Doctor:
+    code = cli.main(["doctor", "--timeout", "3", *args])
+    out = capsys.readouterr().out
+    lines: dict[str, str] = {}
+    for line in out.splitlines():
+        for name in CHECKS:
+            if line[2:].startswith(name + " "):
+                lines[name] = line
+    assert list(lines) == list(CHECKS), out  # every check has its line, in order
+    return Doctor(code, lines, out)
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No option from this machine's environment, and a private image cache."""
+    for name in ("K8S_EXECUTOR_STORAGE", "K8S_EXECUTOR_REGISTRY", "K8S_EXECUTOR_BASE_IMAGE",
+                 "K8S_EXECUTOR_IMAGE", "CONTAINER_HOST", "KUBECONFIG"):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("K8SX_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def kubeconfig(sim: Kubesim) -> list[str]:
+    return ["--kubeconfig", str(sim.kubeconfig_path)]
+
+
+@pytest.mark.usefixtures("clean_env")
+@pytest.mark.podman
+def test_doctor_all_green(
+    kubesim: Kubesim,
+    registry: RegistryServer,
+    podman: PodmanService,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    storage = tmp_path / "storage"
+    result = doctor(
+        capsys,
+        *kubeconfig(kubesim),
+        "--storage", str(storage),
+        "--registry", f"{registry.host}/team",
+        "--base-image", BASE_IMAGE,
+        "--podman-url", podman.url,
+    )  # fmt: skip
+    assert result.code == 0, result.out
+    assert [result.mark(name) for name in CHECKS] == ["✓"] * len(CHECKS), result.out
+    assert "Kubernetes v1.33.0-kubesim" in result.text("cluster")
+    assert "(context kubesim)" in result.text("cluster")
+    assert result.text("namespace") == "default exists"
+    assert result.text("permissions").startswith("all 15 verbs the executor needs")
+    assert "pull and push allowed (anonymously)" in result.text("registry")
+    assert podman.url in result.text("podman")
+    assert "has Python 3.11" in result.text("base Python")
+    assert (
+        result.out.splitlines()[-1] == "all checks that ran passed (7 passed, 0 failed, 0 skipped)"
+    )
+    assert list(storage.iterdir()) == []  # the probe is gone
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_doctor_without_image_options_skips_them(
+    kubesim: Kubesim, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = doctor(capsys, *kubeconfig(kubesim), "--storage", f"file://{tmp_path}")
+    assert result.code == 0, result.out
+    assert [result.mark(n) for n in CHECKS] == ["✓"] * 4 + ["-"] * 3
+    assert result.text("registry") == (
+        "skipped (no --registry or K8S_EXECUTOR_REGISTRY; the executor needs one, or image=)"
+    )
+    assert result.text("podman") == "skipped (no registry: no image is built here)"
+    assert "a local path: pods see it only where the same directory is mounted" in result.text(
+        "storage"
+    )
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_doctor_reads_the_executor_environment(
+    kubesim: Kubesim,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("K8S_EXECUTOR_STORAGE", str(tmp_path))
+    monkeypatch.setenv("K8S_EXECUTOR_IMAGE", "registry.example/team/env:1")
+    result = doctor(capsys, *kubeconfig(kubesim))
+    assert result.code == 0, result.out
+    assert result.text("storage").startswith(f"{tmp_path}: wrote, read back and deleted")
+    for name in ("registry", "podman", "base Python"):
+        assert result.text(name) == (
+            "skipped (K8S_EXECUTOR_IMAGE=registry.example/team/env:1: pods run that image, "
+            "nothing is built here)"
+        )
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_doctor_unreachable_cluster(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "kubeconfig"
+    config.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: far\n"
+        "clusters: [{name: c, cluster: {server: 'http://127.0.0.1:9'}}]\n"
+        "users: [{name: u, user: {token: t}}]\n"
+        "contexts: [{name: far, context: {cluster: c, user: u}}]\n"
+    )
+    result = doctor(capsys, "--kubeconfig", str(config), "--storage", str(tmp_path / "s"))
+    assert result.code == 1
+    assert result.mark("cluster") == "✗"
+    text = result.text("cluster")
+    assert text.startswith(
+        "cannot talk to the Kubernetes API: nothing answers at http://127.0.0.1:9"
+    )
+    assert "(context far)" in text
+    assert "Connection refused" in text
+    assert "`kubectl cluster-info`" in text
+    assert result.text("namespace") == "skipped (the cluster did not answer)"
+    assert result.text("permissions") == "skipped (the cluster did not answer)"
+    assert result.mark("storage") == "✓"  # does not depend on the cluster
+    assert result.out.splitlines()[-1] == "some checks failed (1 passed, 1 failed, 5 skipped)"
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_doctor_refused_credentials(
+    kubesim: Kubesim, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "kubeconfig"
+    config.write_text(Path(kubesim.kubeconfig_path).read_text().replace(kubesim.token, "expired"))
+    result = doctor(capsys, "--kubeconfig", str(config))
+    assert result.code == 1
+    assert result.text("cluster").startswith(
+        "cannot talk to the Kubernetes API: the Kubernetes API did not accept our credentials "
+        "(401: Unauthorized)"
+    )
+    assert result.text("namespace") == "skipped (the cluster did not answer)"
+
+
+def test_a_check_that_hangs_fails_at_its_deadline() -> None:
+    stuck = threading.Event()
+    try:
+        status, text = cli._bounded(lambda: str(stuck.wait(30)), 0.2)
+    finally:
+        stuck.set()  # let the check's thread end
+    assert (status, text) == ("fail", "no answer within 0.2s")
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_doctor_without_kubeconfig(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KUBECONFIG", "/nonexistent/kubeconfig")
+    result = doctor(capsys)
+    assert result.code == 1
+    assert result.mark("cluster") == "✗"
+    assert "no usable Kubernetes configuration" in result.text("cluster")
+    assert result.text("namespace") == "skipped (no cluster)"
+    assert result.text("storage") == "skipped (no --storage or K8S_EXECUTOR_STORAGE)"
+
+
+@pytest.mark.usefixtures("clean_env")
+@pytest.mark.parametrize("can_read_namespaces", [True, False])
+def test_doctor_missing_namespace(
+    kubesim: Kubesim, capsys: pytest.CaptureFixture[str], can_read_namespaces: bool
+) -> None:
+    if not can_read_namespaces:
+        # Common outside admin accounts: then a dry-run create of a Secret tells.
+        kubesim.faults.deny("get", "namespaces")
+    result = doctor(capsys, *kubeconfig(kubesim), "-n", "ml")
+    assert result.code == 1
+    assert result.mark("cluster") == "✓"
+    assert result.mark("namespace") == "✗"
+    assert result.text("namespace").startswith(
+        "namespace 'ml' does not exist: create it (`kubectl create namespace ml`)"
+    )
+    assert result.text("permissions") == "skipped (namespace 'ml' is not usable)"
+    assert kubesim.store.list("secrets", None)[0] == []  # the dry run created nothing
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_doctor_namespace_it_cannot_read_but_exists(
+    kubesim: Kubesim, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kubesim.faults.deny("get", "namespaces")
+    result = doctor(capsys, *kubeconfig(kubesim))
+    assert result.code == 0, result.out
+    assert result.text("namespace") == "default exists"
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_doctor_forbidden_verbs(kubesim: Kubesim, capsys: pytest.CaptureFixture[str]) -> None:
+    kubesim.faults.deny("create", "jobs")
+    kubesim.faults.deny("get", "pods/log", "default")
+    kubesim.faults.deny("list", "secrets", "elsewhere")  # not where the executor runs
+    result = doctor(capsys, *kubeconfig(kubesim))
+    assert result.code == 1
+    assert result.mark("permissions") == "✗"
+    text = result.text("permissions")
+    assert text.startswith("not allowed in namespace 'default': create jobs.batch, get pods/log;")
+    assert "`k8s-executor rbac -n default --service-account ACCOUNT | kubectl apply -f -`" in text
+    assert "secrets" not in text.split(";")[0]
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_doctor_cannot_even_ask(kubesim: Kubesim, capsys: pytest.CaptureFixture[str]) -> None:
+    kubesim.faults.deny("create", "selfsubjectaccessreviews")
+    result = doctor(capsys, *kubeconfig(kubesim))
+    assert result.code == 1
+    assert result.mark("permissions") == "✗"
+    assert "cannot ask whether we may" in result.text("permissions")
+    assert "403" in result.text("permissions")
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_doctor_unwritable_storage(
+    kubesim: Kubesim, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")  # unwritable below it, even for root
+    result = doctor(capsys, *kubeconfig(kubesim), "--storage", str(blocker / "runs"))
+    assert result.code == 1
+    assert [result.mark(n) for n in CHECKS[:4]] == ["✓", "✓", "✓", "✗"]
+    text = result.text("storage")
+    assert text.startswith("cannot write probe at ")
+    assert "NotADirectoryError" in text
+    assert "the bucket or directory exists and is writable" in text
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_doctor_unreachable_registry(kubesim: Kubesim, capsys: pytest.CaptureFixture[str]) -> None:
+    result = doctor(
+        capsys,
+        *kubeconfig(kubesim),
+        "--registry", "127.0.0.1:9/team",
+        "--base-image", "127.0.0.1:9/team/python:3.11",
+    )  # fmt: skip
+    assert result.code == 1
+    assert result.mark("registry") == "✗"
+    assert result.text("registry").startswith(
+        "cannot reach the registry at http://127.0.0.1:9 (ConnectionError): is it running"
+    )
+    assert result.text("podman") == (
+        "skipped (not needed: the base image 127.0.0.1:9/team/python:3.11 is in a registry)"
+    )
+    assert result.text("base Python") == (
+        "skipped (the registry holding 127.0.0.1:9/team/python:3.11 failed its check)"
+    )
+
+
+@pytest.mark.usefixtures("clean_env")
+@pytest.mark.podman  # a real registry (Debian's docker-registry), with htpasswd
+def test_doctor_registry_refusing_anonymous_push(
+    kubesim: Kubesim,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    htpasswd_tool = need_tool("htpasswd")
+    need_tool("docker-registry")
+    line = subprocess.run(
+        [htpasswd_tool, "-Bbn", "k8sx", "s3cret"], check=True, capture_output=True, text=True
+    ).stdout
+    (tmp_path / "htpasswd").write_text(line.strip() + "\n")
+    server = infra.start_registry(tmp_path / "auth-registry", htpasswd=tmp_path / "htpasswd")
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(tmp_path / "no-auth.json"))
+    monkeypatch.setenv("HOME", str(tmp_path))  # no stored login of this machine
+    try:
+        result = doctor(
+            capsys,
+            *kubeconfig(kubesim),
+            "--registry", f"{server.host}/team",
+            "--base-image", f"{server.host}/team/python:3.11",
+        )  # fmt: skip
+    finally:
+        infra.stop_process(server.process)
+    assert result.code == 1
+    assert result.mark("registry") == "✗"
+    assert f"`podman login {server.host}`" in result.text("registry")
+    assert result.text("base Python") == (
+        f"skipped (the registry holding {server.host}/team/python:3.11 failed its check)"
+    )
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_doctor_podman_not_answering(kubesim: Kubesim, capsys: pytest.CaptureFixture[str]) -> None:
+    result = doctor(
+        capsys,
+        *kubeconfig(kubesim),
+        "--registry", "127.0.0.1:9/team",
+        "--base-image", BASE_IMAGE,
+        "--podman-url", "unix:///nonexistent/podman.sock",
+    )  # fmt: skip
+    assert result.code == 1
+    assert result.mark("registry") == "✗"
+    assert result.mark("podman") == "✗"  # a base image in podman's store needs podman
+    text = result.text("podman")
+    if shutil.which("podman"):
+        assert text.startswith(
+            "podman's service does not answer at unix:///nonexistent/podman.sock"
+        )
+        assert "podman system service --time=0" in text
+    else:
+        assert text.startswith("podman is not installed")
+    assert result.text("base Python") == f"skipped (podman is needed to read {BASE_IMAGE})"
+
+
+def test_doctor_help_says_what_it_checks() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "k8s_executor.cli", "doctor", "--help"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0
+    for option in ("--storage", "--registry", "--base-image", "--podman-url", "--timeout"):
+        assert option in done.stdout
+    assert "Exit code 0 when every check that ran passed" in " ".join(done.stdout.split())
+
+
+# -- logs --------------------------------------------------------------------------------
+
+
+def print_lines(n: int) -> int:
+    for i in range(n):
+        print(f"line {i} of {n}", flush=True)
+    return n
+
+
+def chat_until(release: str) -> str:
+    print("started", flush=True)
+    helpers.wait_for(lambda: os.path.exists(release), 60, "the release file")
+    print("released", flush=True)
+    return "done"
+
+
+def crash_once(marker: str) -> str:
+    if not os.path.exists(marker):
+        Path(marker).touch()
+        print("first attempt", flush=True)
+        os._exit(3)
+    print("second attempt", flush=True)
+    return "ok"
+
+
+def test_logs_of_finished_indexes(
+    kubesim: Kubesim, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = kubeconfig(kubesim)
+    with KubernetesExecutor(retries=1, **kubesim_kwargs(kubesim, tmp_path / "storage")) as ex:
+        assert list(ex.map(print_lines, [2, 3])) == [2, 3]
+        assert ex.submit(crash_once, str(tmp_path / "marker")).result(timeout=60) == "ok"
+        run = ex.run_id
+
+        assert cli.main(["logs", run, "b00000/1", *config]) == 0
+        assert capsys.readouterr().out == "line 0 of 3\nline 1 of 3\nline 2 of 3\n"
+
+        # Two attempts: the latest, with a note about the other.
+        assert cli.main(["logs", run, "b00001/0", *config]) == 0
+        captured = capsys.readouterr()
+        assert captured.out == "second attempt\n"
+        assert "note: b00001/0 ran 2 times; this is attempt 2" in captured.err
+        assert "attempt 1 (" in captured.err
+        assert "Failed (exit 3)" in captured.err
+        assert cli.main(["logs", run, "b00001/0", "--attempt", "1", *config]) == 0
+        assert capsys.readouterr().out == "first attempt\n"
+
+        # Without INDEX: the indexes and their states.
+        assert cli.main(["logs", run, *config]) == 0
+        table = [line.split() for line in capsys.readouterr().out.splitlines()]
+        assert table[0] == ["INDEX", "STATE", "ATTEMPTS", "POD"]
+        assert [row[:3] for row in table[1:]] == [
+            ["b00000/0", "Succeeded", "1"],
+            ["b00000/1", "Succeeded", "1"],
+            ["b00001/0", "Succeeded", "2"],
+        ]
+        assert all(row[3].startswith(f"k8sx-{run}-") for row in table[1:])
+
+        assert cli.main(["logs", run, "--all", "--tail", "1", *config]) == 0
+        assert capsys.readouterr().out == (
+            "[b00000/0] line 1 of 2\n[b00000/1] line 2 of 3\n[b00001/0] second attempt\n"
+        )
+
+        # A bare index is enough when only one batch has it.
+        assert cli.main(["logs", run, "1", *config]) == 0
+        assert capsys.readouterr().out.startswith("line 0 of 3")
+        assert cli.main(["logs", run, "0", *config]) == 1
+        assert "has an index 0 in batches b00000, b00001: name one" in capsys.readouterr().err
+        assert cli.main(["logs", run, "b00000/7", *config]) == 1
+        assert f"run {run} has no index b00000/7" in capsys.readouterr().err
+
+
+def _lines_of(stream: IO[str]) -> queue.Queue[str]:
+    """The lines of a child's pipe, as they come (read by a thread that ends with it)."""
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=_pump, args=(stream, lines), daemon=True).start()
+    return lines
+
+
+def _next_matching(lines: queue.Queue[str], text: str, timeout: float = 60) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        if text in line:
+            return line
+
+
+def _job_of(kubesim: Kubesim, batch: str) -> bool:
+    return bool(
+        kubesim.store.list("jobs", "default", label_selector=f"k8s-executor.io/batch={batch}")[0]
+    )
+
+
+def _running(kubesim: Kubesim, batch: str) -> bool:
+    pods = kubesim.store.list("pods", "default", label_selector=f"k8s-executor.io/batch={batch}")
+    return any((p.get("status") or {}).get("phase") == "Running" for p in pods[0])
+
+
+def test_logs_follow_waits_for_the_task_then_ends_with_its_pod(
+    kubesim: Kubesim, tmp_path: Path
+) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    kw = kubesim_kwargs(kubesim, tmp_path / "storage")
+    with KubernetesExecutor(max_workers=1, **kw) as ex:
+        busy = ex.submit(chat_until, str(first))
+        helpers.wait_for(lambda: _running(kubesim, "b00000"), 60, "the first task to run")
+        queued = ex.submit(chat_until, str(second))
+        # The second task's Job waits (suspended) for the only worker slot.
+        helpers.wait_for(lambda: _job_of(kubesim, "b00001"), 60, "the second task's Job")
+        command = [sys.executable, "-m", "k8s_executor.cli", "logs", ex.run_id, "b00001/0",
+                   "-f", *kubeconfig(kubesim)]  # fmt: skip
+        with subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        ) as follower:
+            assert follower.stdout is not None
+            assert follower.stderr is not None
+            out, err = _lines_of(follower.stdout), _lines_of(follower.stderr)
+            waiting = _next_matching(err, "has not started yet")
+            assert waiting.startswith("b00001/0 has not started yet: its Job waits for a free")
+            assert out.empty()
+            first.touch()  # the slot frees, the second task starts: -f follows it
+            assert out.get(timeout=60) == "started\n"
+            assert follower.poll() is None  # still following the running task
+            second.touch()
+            assert out.get(timeout=60) == "released\n"
+            # The pod ends, so does the stream, so does the command.
+            assert follower.wait(timeout=60) == 0
+        assert busy.result(timeout=60) == queued.result(timeout=60) == "done"
+
+
+def _pump(stream: IO[str], into: queue.Queue[str]) -> None:
+    with contextlib.suppress(ValueError, OSError):  # closed under us once the child ended
+        for line in stream:
+            into.put(line)
+
+
+def test_logs_of_a_missing_run(kubesim: Kubesim, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["logs", "rnosuchrun00", *kubeconfig(kubesim)]) == 1
+    err = capsys.readouterr().err
+    assert "no run rnosuchrun00 in namespace default" in err
+    assert "`k8s-executor ls`" in err
+
+
+def test_logs_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["logs", "r1", "-f"]) == 2
+    assert "-f follows one index: give INDEX" in capsys.readouterr().err
+    assert cli.main(["logs", "r1", "0", "--all"]) == 2
+    assert "give INDEX or --all, not both" in capsys.readouterr().err

@@ -12,6 +12,7 @@ import getpass
 import json
 import os
 import random
+import re
 import socket
 import sys
 import threading
@@ -796,6 +797,221 @@ class Cluster:
                 b._delete(kind, delete_fn, name)
                 names.append(name)
         return deleted
+
+    # -- checks and logs (`k8s-executor doctor` and `logs`) ---------------------------
+    # Doctor's calls are made once, without the backend's retries and with a short
+    # timeout, so that it answers quickly when something is down.
+
+    @property
+    def host(self) -> str:
+        """The API server's URL."""
+        return self._backend._host()
+
+    def context_name(self) -> str | None:
+        """The kubeconfig context in use (None when there is none, e.g. inside a pod)."""
+        from kubernetes import config
+
+        s = self._backend.settings
+        if s.context is not None:
+            return s.context
+        try:
+            _, active = config.list_kube_config_contexts(config_file=s.kubeconfig)
+        except (config.ConfigException, OSError, TypeError):
+            return None
+        name = (active or {}).get("name")
+        return str(name) if name else None
+
+    def version(self, timeout: float) -> str:
+        """The server's version (``gitVersion``): proof that it answers and accepts us."""
+        from kubernetes import client
+
+        api = client.VersionApi(self._backend._api)
+        info = self._once_json("talk to the Kubernetes API", api.get_code, timeout=timeout)
+        return str(info.get("gitVersion") or "?")
+
+    def namespace_exists(self, timeout: float) -> bool | None:
+        """Whether the namespace exists; None when these credentials cannot tell.
+
+        Reading a namespace is often not allowed outside admin accounts; then a dry-run
+        create of a Secret (which the executor must be allowed anyway) answers 404 in a
+        namespace that does not exist.
+        """
+        b = self._backend
+        try:
+            self._once_json(
+                f"read namespace {b.namespace}", b._core.read_namespace, b.namespace,
+                timeout=timeout,
+            )  # fmt: skip
+            return True
+        except ClusterError as exc:
+            if exc.status == 404:
+                return False
+            if exc.status != 403:
+                raise
+        try:
+            self._once_json(
+                f"create a Secret in namespace {b.namespace} (dry run)",
+                b._core.create_namespaced_secret,
+                b.namespace,
+                {"metadata": {"generateName": "k8sx-doctor-"}},
+                dry_run="All",
+                timeout=timeout,
+            )
+            return True
+        except ClusterError as exc:
+            if exc.status == 404:
+                return False
+            if exc.status == 403:
+                return None
+            raise
+
+    def missing_permissions(self, timeout: float) -> tuple[int, list[str]]:
+        """(how many verbs were checked, those not allowed) of the executor's Role.
+
+        The verbs are those of :func:`rbac_manifests` (one list for both), each asked with
+        a SelfSubjectAccessReview in the namespace: the server's own answer, for whatever
+        grants the current credentials (RoleBindings, ClusterRoleBindings, groups).
+        Missing ones read ``verb resource[.group]``, e.g. ``create jobs.batch``.
+        """
+        from kubernetes import client
+
+        b = self._backend
+        authz = client.AuthorizationV1Api(b._api)
+        rules = rbac_manifests(b.namespace)[0]["rules"]
+        wanted = [
+            (group, resource, verb)
+            for rule in rules
+            for group in rule["apiGroups"]
+            for resource in rule["resources"]
+            for verb in rule["verbs"]
+        ]
+
+        def allowed(item: tuple[str, str, str]) -> bool:
+            group, resource, verb = item
+            name, _, subresource = resource.partition("/")
+            attributes = {"namespace": b.namespace, "verb": verb, "group": group, "resource": name}
+            if subresource:
+                attributes["subresource"] = subresource
+            review = {
+                "apiVersion": "authorization.k8s.io/v1",
+                "kind": "SelfSubjectAccessReview",
+                "spec": {"resourceAttributes": attributes},
+            }
+            answer = self._once_json(
+                f"ask whether we may {verb} {resource}",
+                authz.create_self_subject_access_review,
+                review,
+                timeout=timeout,
+            )
+            return bool((answer.get("status") or {}).get("allowed"))
+
+        with ThreadPoolExecutor(4, thread_name_prefix="k8sx-access-review") as pool:
+            answers = list(pool.map(allowed, wanted))
+        missing = [
+            f"{verb} {resource}{'.' + group if group else ''}"
+            for (group, resource, verb), ok in zip(wanted, answers, strict=True)
+            if not ok
+        ]
+        return len(wanted), missing
+
+    def run_objects(self, run_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """A run's Jobs and pods, as the API returns them (JSON)."""
+        b = self._backend
+        selector = m.run_selector(run_id)
+        found: list[list[dict[str, Any]]] = []
+        for list_fn in (b._batch.list_namespaced_job, b._core.list_namespaced_pod):
+            listing = b._read_json(
+                list_fn, b.namespace, label_selector=selector, _preload_content=False
+            )
+            found.append(listing.get("items") or [])
+        return found[0], found[1]
+
+    def pod_log(
+        self,
+        name: str,
+        *,
+        follow: bool = False,
+        tail_lines: int | None = None,
+        timeout: float = 30.0,
+    ) -> Iterator[bytes]:
+        """The worker container's log, in chunks as they come; with ``follow``, until the
+        container ends (then without a timeout: a task may print nothing for a long while).
+
+        Raises:
+            ClusterError: ``status`` 400 while the container has not started, 404 when
+                the pod is gone.
+        """
+        b = self._backend
+        options: dict[str, Any] = {"container": m.CONTAINER, "follow": follow}
+        if tail_lines is not None:
+            options["tail_lines"] = tail_lines
+        from urllib3.exceptions import HTTPError
+
+        resp: Any = self._once(
+            f"read the log of pod {name}",
+            b._core.read_namespaced_pod_log,
+            name,
+            b.namespace,
+            _preload_content=False,
+            timeout=None if follow else (timeout, timeout),
+            **options,
+        )
+
+        def chunks() -> Iterator[bytes]:
+            try:
+                yield from resp.stream(4096, decode_content=True)
+            except HTTPError as exc:
+                raise ClusterError(
+                    f"the log of pod {name} was cut off ({type(exc).__name__}: {exc}); "
+                    "run the command again to read it from the start"
+                ) from exc
+            finally:
+                resp.release_conn()
+
+        return chunks()
+
+    def _once_json(
+        self, what: str, fn: Callable[..., Any], *args: Any, timeout: float, **kwargs: Any
+    ) -> dict[str, Any]:
+        resp = self._once(what, fn, *args, timeout=timeout, _preload_content=False, **kwargs)
+        try:
+            data: dict[str, Any] = json.loads(resp.data)
+        finally:
+            resp.release_conn()
+        return data
+
+    def _once(
+        self,
+        what: str,
+        fn: Callable[..., T],
+        *args: Any,
+        timeout: float | tuple[float, float] | None,
+        **kwargs: Any,
+    ) -> T:
+        """One call (no retries) bounded by ``timeout`` seconds (or (connect, read));
+        errors translated."""
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        b = self._backend
+        try:
+            if timeout is not None:
+                kwargs["_request_timeout"] = timeout
+            return fn(*args, **kwargs)
+        except ApiException as exc:
+            raise _api_error(what, exc, b.namespace) from exc
+        except HTTPError as exc:
+            # urllib3 wraps the cause (refused, timed out, unknown host) in layers of
+            # repr; the innermost message is the one a person can act on.
+            cause: Any = getattr(exc, "reason", None) or exc
+            detail = re.sub(r"^(<[^>]*>|\w+\(host=[^)]*\)): ", "", str(cause))
+            context = self.context_name()
+            raise ClusterError(
+                f"cannot {what}: nothing answers at {b._host()}"
+                + (f" (context {context})" if context else "")
+                + f": {detail}; check the kubeconfig context (--context, KUBECONFIG), "
+                "your network or VPN, and `kubectl cluster-info`"
+            ) from exc
 
 
 def rbac_manifests(namespace: str, service_account: str = "k8s-executor") -> list[dict[str, Any]]:

@@ -171,11 +171,18 @@ class Faults:
         """Sleep for an injected delay, cut short when the server shuts down."""
         self._closing.wait(seconds)
 
-    def is_denied(self, verb: str, resource: str, namespace: str | None) -> bool:
+    def is_denied(
+        self, verb: str, resource: str, namespace: str | None, *, all_namespaces: bool = False
+    ) -> bool:
+        """Whether a request is refused. ``all_namespaces``: a request on a namespaced
+        resource across every namespace (``GET /api/v1/pods``), which RBAC only grants
+        cluster-wide, so a denial in any one namespace refuses it too."""
         with self._lock:
-            return (verb, resource, None) in self._denied or (
-                namespace is not None and (verb, resource, namespace) in self._denied
-            )
+            if (verb, resource, None) in self._denied:
+                return True
+            if namespace is not None:
+                return (verb, resource, namespace) in self._denied
+            return all_namespaces and any(v == verb and r == resource for v, r, _ in self._denied)
 
 
 def _methods(methods: str | tuple[str, ...] | None) -> frozenset[str] | None:

@@ -1065,6 +1065,11 @@ class Kubelet:
         if tail_lines is not None:
             lines = lines[-tail_lines:] if tail_lines > 0 else []
         budget = limit_bytes
+        if follow:
+            # The server pulls the first chunk before it answers: this empty one lets it send
+            # the headers at once, as the kubelet does, even when the container is silent
+            # (a follow of `tailLines=0`, or of a task that prints nothing for a while).
+            yield b""
 
         def render(entry: LogLine) -> bytes:
             data = entry.data

@@ -73,6 +73,24 @@ def _method_not_allowed() -> ApiError:
     )
 
 
+_REVIEW_VERBS = ("get", "list", "watch", "create", "update", "patch", "delete", "deletecollection")
+
+
+class _GoStruct:
+    """A struct value as Go's ``%#v`` prints it in a field error (only the fields set)."""
+
+    def __init__(self, type_name: str, fields: dict[str, Any]) -> None:
+        self.text = (
+            type_name
+            + "{"
+            + ", ".join(f"{k[:1].upper()}{k[1:]}:{json.dumps(v)}" for k, v in fields.items())
+            + "}"
+        )
+
+    def __str__(self) -> str:
+        return self.text
+
+
 @dataclass(frozen=True)
 class RequestRecord:
     """One request as received, for tests that check what a client sent."""
@@ -524,9 +542,9 @@ class _Handler(BaseHTTPRequestHandler):
         return {"PUT": "update", "PATCH": "patch", "DELETE": "delete"}[method]
 
     def _authorize(self, verb: str, route: Route) -> None:
-        resource = route.info.name + (f"/{route.subresource}" if route.subresource else "")
-        if not self.api.faults.is_denied(verb, resource, route.namespace):
+        if not self._refused(verb, route.info, route.subresource, route.namespace):
             return
+        resource = route.info.name + (f"/{route.subresource}" if route.subresource else "")
         info = route.info
         subject = f'{info.qualified} "{route.name}"' if route.name else info.qualified
         where = (
@@ -547,22 +565,138 @@ class _Handler(BaseHTTPRequestHandler):
             details=details,
         )
 
-    def _access_review(self, body: bytes) -> None:
-        review = _decode(body)
-        attributes = (review.get("spec") or {}).get("resourceAttributes") or {}
-        resource = attributes.get("resource", "")
-        if attributes.get("subresource"):
-            resource += "/" + attributes["subresource"]
-        allowed = not self.api.faults.is_denied(
-            attributes.get("verb", ""), resource, attributes.get("namespace") or None
+    def _refused(
+        self, verb: str, info: ResourceInfo, subresource: str | None, namespace: str | None
+    ) -> bool:
+        """The authorization decision, one for requests and access reviews alike: kubesim's
+        users may do anything but what ``faults.deny`` took away (RBAC-style: a request
+        across all namespaces needs the grant in every one of them)."""
+        resource = info.name + (f"/{subresource}" if subresource else "")
+        return self.api.faults.is_denied(
+            verb, resource, namespace, all_namespaces=info.namespaced and namespace is None
         )
-        review["apiVersion"] = "authorization.k8s.io/v1"
+
+    def _access_review(self, body: bytes) -> None:
+        """``POST selfsubjectaccessreviews``: would *this* request be allowed?
+
+        As kube-apiserver: the review is validated (exactly one of ``resourceAttributes`` /
+        ``nonResourceAttributes``, empty ``metadata``; 422 otherwise), then answered ``201``
+        with the spec echoed and ``status.allowed`` from the same decision ``_authorize``
+        makes. A refusal is RBAC's "no opinion": ``allowed: false`` and nothing else (RBAC
+        has no deny rules, so never ``denied: true``); an allowed answer carries no reason,
+        as for a member of ``system:masters``. Wildcards are answered as RBAC would for an
+        admin less the denials: ``verb: "*"`` (or ``resource: "*"``) is allowed only when
+        no denial touches any verb of that resource (any resource of that group).
+        """
+        group = "authorization.k8s.io"
+        if self.api.faults.is_denied("create", "selfsubjectaccessreviews", None):
+            raise ApiError(
+                403,
+                "Forbidden",
+                f"selfsubjectaccessreviews.{group} is forbidden: User "
+                f'"{self.user}" cannot create resource "selfsubjectaccessreviews" in API group '
+                f'"{group}" at the cluster scope',
+                details={"group": group, "kind": "selfsubjectaccessreviews"},
+            )
+        review = _decode(body)
+        api_version, kind = review.get("apiVersion"), review.get("kind")
+        if api_version and api_version != f"{group}/v1":
+            raise ApiError(
+                400,
+                "BadRequest",
+                f"the API version in the data ({api_version}) does not match the expected API "
+                f"version ({group}/v1)",
+            )
+        if kind and kind != "SelfSubjectAccessReview":
+            raise ApiError(
+                400,
+                "BadRequest",
+                f"the kind in the data ({kind}) does not match the expected kind "
+                "(SelfSubjectAccessReview)",
+            )
+        spec = review.get("spec") or {}
+        if not isinstance(spec, dict):
+            raise ApiError(400, "BadRequest", "spec must be an object")
+        resource_attrs = spec.get("resourceAttributes")
+        non_resource_attrs = spec.get("nonResourceAttributes")
+        errors: list[FieldError] = []
+        if resource_attrs is not None and non_resource_attrs is not None:
+            errors.append(
+                FieldError(
+                    "spec.nonResourceAttributes",
+                    "Invalid",
+                    "cannot be specified in combination with resourceAttributes",
+                    value=_GoStruct("authorization.NonResourceAttributes", non_resource_attrs),
+                )
+            )
+        if resource_attrs is None and non_resource_attrs is None:
+            errors.append(
+                FieldError(
+                    "spec.resourceAttributes",
+                    "Invalid",
+                    "exactly one of nonResourceAttributes or resourceAttributes must be specified",
+                    value="null",
+                )
+            )
+        meta = review.get("metadata") or {}
+        set_meta = {
+            k: v
+            for k, v in (meta.items() if isinstance(meta, dict) else ())
+            if v not in (None, "", {}, []) and k != "managedFields"
+        }
+        if set_meta:
+            errors.append(
+                FieldError(
+                    "metadata",
+                    "Invalid",
+                    "must be empty",
+                    value=_GoStruct("v1.ObjectMeta", set_meta),
+                )
+            )
+        if errors:
+            texts = [str(e) for e in errors]
+            raise ApiError(
+                422,
+                "Invalid",
+                f'SelfSubjectAccessReview.{group} "" is invalid: '
+                + (texts[0] if len(texts) == 1 else "[" + ", ".join(texts) + "]"),
+                details={
+                    "group": group,
+                    "kind": "SelfSubjectAccessReview",
+                    "causes": [e.cause() for e in errors],
+                },
+            )
+        allowed = resource_attrs is None or not self._review_refused(resource_attrs)
+        review["apiVersion"] = f"{group}/v1"
         review["kind"] = "SelfSubjectAccessReview"
-        review.setdefault("metadata", {})["creationTimestamp"] = None
+        review["metadata"] = {"creationTimestamp": None}
         review["status"] = {"allowed": allowed}
-        if not allowed:
-            review["status"]["reason"] = ""
         self._send_json(201, review)
+
+    def _review_refused(self, attrs: dict[str, Any]) -> bool:
+        """Whether the request ``attrs`` describes would be refused (see _access_review)."""
+        verb = str(attrs.get("verb") or "")
+        group = str(attrs.get("group") or "")
+        resource = str(attrs.get("resource") or "")
+        subresource = attrs.get("subresource") or None
+        namespace = attrs.get("namespace") or None
+        verbs = _REVIEW_VERBS if verb == "*" else (verb,)
+        # Denials name resources kubesim serves; a resource of another group (or one it does
+        # not serve) is granted by the admin's wildcard rules.
+        infos = [
+            info
+            for info in RESOURCES.values()
+            if (resource in ("*", info.name)) and group in ("*", info.group)
+        ]
+        for info in infos:
+            subresources: tuple[str | None, ...] = (subresource,)
+            if resource == "*":
+                subresources = (None, *_SUBRESOURCES.get(info.name, ()))
+            for v in verbs:
+                for sub in subresources:
+                    if self._refused(v, info, sub, namespace):
+                        return True
+        return False
 
     # --- verbs -------------------------------------------------------------------------------
 
