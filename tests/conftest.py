@@ -1,1 +1,141 @@
+"""Suite-wide fixtures: kubesim, and the cluster the Kubernetes tests run against.
+
+By default that cluster is a fresh kubesim per test. ``K8SX_TEST_CLUSTER=cluster.json``
+switches to real-cluster mode (``docs/testing.md``): the ``cluster`` fixture is then the
+cluster that file describes, checked once per session, and the tests that need kubesim
+itself are deselected, with one summary line saying how many and why. A test is
+kubesim-only when it asks for the ``kubesim`` or ``kubesim_factory`` fixture (its store,
+fault injection, kubelet evictions, lost nodes, clock...) or is marked ``kubesim_only``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import SharedPath
+from tests.kube_helpers import (
+    CLUSTER_CONFIG,
+    ENV_VAR,
+    ClusterConfigError,
+    ClusterUnderTest,
+    KubesimCluster,
+    RealCluster,
+    load_cluster_config,
+    real_cluster_config,
+)
+from tests.kube_helpers import shared_dir as make_shared_dir
+
 pytest_plugins = ["tests.kubesim.fixture"]
+
+KUBESIM_ONLY = pytest.StashKey[list[str]]()
+KUBESIM_FIXTURES = frozenset({"kubesim", "kubesim_factory"})
+KUBESIM_OWN_TESTS = "tests/kubesim_tests/"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"kubesim_only: needs kubesim's internals; not run against a real cluster ({ENV_VAR})",
+    )
+    path = os.environ.get(ENV_VAR)
+    try:
+        config.stash[CLUSTER_CONFIG] = load_cluster_config(path) if path else None
+    except ClusterConfigError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    c = real_cluster_config(config)
+    if c is None:
+        return None
+    return (
+        f"{ENV_VAR}={c.path}: Kubernetes tests run on the real cluster of {c.kubeconfig} "
+        f"(context {c.context or '(current)'}, namespace {c.namespace}), storage {c.storage}"
+    )
+
+
+def is_kubesim_only(item: pytest.Item) -> bool:
+    fixtures = set(getattr(item, "fixturenames", ()))
+    return bool(fixtures & KUBESIM_FIXTURES) or item.get_closest_marker("kubesim_only") is not None
+
+
+@pytest.hookimpl(trylast=True)  # after -k / -m: count only what would have run
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if real_cluster_config(config) is None:
+        return
+    kubesim_only = [item for item in items if is_kubesim_only(item)]
+    config.stash[KUBESIM_ONLY] = [item.nodeid for item in kubesim_only]
+    if kubesim_only:
+        config.hook.pytest_deselected(items=kubesim_only)
+        items[:] = [item for item in items if not is_kubesim_only(item)]
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
+) -> None:
+    if real_cluster_config(config) is None:
+        return
+    skipped = config.stash.get(KUBESIM_ONLY, [])
+    own = sum(nodeid.startswith(KUBESIM_OWN_TESTS) for nodeid in skipped)
+    internals = len(skipped) - own
+    why = []
+    if internals:
+        why.append(
+            f"{internals} {'needs' if internals == 1 else 'need'} kubesim's internals "
+            "(its store, fault injection, kubelet evictions, lost nodes, its kubelet's processes)"
+        )
+    if own:
+        why.append(f"{own} {'tests' if own == 1 else 'test'} kubesim itself")
+    noun = "test" if len(skipped) == 1 else "tests"
+    terminalreporter.write_line(
+        f"{ENV_VAR}: {len(skipped)} kubesim-only {noun} not run on the real cluster"
+        + (f": {', '.join(why)}" if why else ""),
+        yellow=bool(skipped),
+    )
+    if config.option.verbose > 0:
+        for nodeid in skipped:
+            terminalreporter.write_line(f"  kubesim-only: {nodeid}")
+
+
+@pytest.fixture(scope="session")
+def real_cluster(request: pytest.FixtureRequest) -> Iterator[RealCluster]:
+    """The real cluster of ``K8SX_TEST_CLUSTER``, checked end to end on first use. When
+    it is not usable, that first test errors with the reason and the session stops."""
+    config = real_cluster_config(request.config)
+    assert config is not None, f"real_cluster is only for real-cluster mode ({ENV_VAR})"
+    cluster = RealCluster(config)
+    problem = None
+    try:
+        cluster.prepare()
+    except ClusterConfigError as exc:
+        problem = str(exc)
+    if problem is not None:
+        cluster.close()
+        request.session.shouldstop = f"{ENV_VAR}: the cluster of {config.path} is not usable"
+        pytest.fail(f"{ENV_VAR}={config.path}: {problem}", pytrace=False)
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture
+def cluster(request: pytest.FixtureRequest) -> Iterator[ClusterUnderTest]:
+    """The cluster of a Kubernetes test: a fresh kubesim, or the real one (real-cluster
+    mode). Tests reach it through the API only, so they run on either."""
+    if real_cluster_config(request.config) is not None:
+        yield request.getfixturevalue("real_cluster")
+        return
+    target = KubesimCluster(request.getfixturevalue("kubesim"))
+    yield target
+    target.close()
+
+
+@pytest.fixture
+def shared_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SharedPath]:
+    """A directory this test and the workers of ``cluster`` both reach: ``tmp_path``, or
+    a fresh prefix under the real cluster's storage (removed afterwards)."""
+    with make_shared_dir(tmp_path, real_cluster_config(request.config)) as shared:
+        yield shared

@@ -1,8 +1,14 @@
 """What only the Kubernetes backend does, against kubesim through the real API flow:
-Kubernetes failure reasons, stuck pods, API storms, cleanup, credentials, logs."""
+Kubernetes failure reasons, stuck pods, API storms, cleanup, credentials, logs.
+
+The tests that take ``cluster`` and ``shared_dir`` also run on a real cluster
+(``K8SX_TEST_CLUSTER``, ``docs/testing.md``): they look at objects through the Kubernetes
+API and meet their workers through the shared directory. Those that take ``kubesim`` need
+its internals (evictions, a lost node, injected API faults) and run on kubesim only."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -24,7 +30,8 @@ from k8s_executor import (
     cli,
 )
 from tests import helpers
-from tests.kube_helpers import kubesim_kwargs, run_objects
+from tests.helpers import SharedPath
+from tests.kube_helpers import ClusterUnderTest
 
 
 def hold_memory(megabytes: int) -> int:
@@ -40,13 +47,20 @@ def print_lines(n: int) -> int:
 
 
 @pytest.fixture
-def kw(kubesim: Any, tmp_path: Path) -> dict[str, Any]:
-    return kubesim_kwargs(kubesim, tmp_path / "storage")
+def kw(cluster: ClusterUnderTest, shared_dir: SharedPath) -> dict[str, Any]:
+    return cluster.executor_kwargs(shared_dir / "storage")
 
 
-def test_oom_killed_worker_is_reported_with_reason(kw: dict[str, Any]) -> None:
-    with KubernetesExecutor(resources=Resources(memory="64Mi"), **kw) as ex:
-        future = ex.submit(hold_memory, 256)
+def test_oom_killed_worker_is_reported_with_reason(
+    cluster: ClusterUnderTest, kw: dict[str, Any]
+) -> None:
+    # A real pod's worker imports more (an S3 client, say) than fits in kubesim's 64Mi.
+    limit, megabytes = ("64Mi", 256) if cluster.local_workers else ("256Mi", 1024)
+    kw["resources"] = dataclasses.replace(
+        kw.get("resources", Resources()), memory=limit, memory_limit=None
+    )
+    with KubernetesExecutor(**kw) as ex:
+        future = ex.submit(hold_memory, megabytes)
         with pytest.raises(WorkerLostError, match="OOMKilled.*give it more") as info:
             future.result(timeout=90)
         assert info.value.reason == "OOMKilled"
@@ -54,42 +68,42 @@ def test_oom_killed_worker_is_reported_with_reason(kw: dict[str, Any]) -> None:
 
 
 def test_evicted_worker_is_retried_not_failed(
-    kubesim: Any, kw: dict[str, Any], tmp_path: Path
+    kubesim: Any, kw: dict[str, Any], shared_dir: SharedPath
 ) -> None:
-    calls, release = tmp_path / "calls", tmp_path / "release"
+    calls, release = shared_dir / "calls", shared_dir / "release"
     calls.mkdir()
     with KubernetesExecutor(max_workers=1, **kw) as ex:
-        future = ex.submit(helpers.record_then_wait, str(calls), str(release))
-        helpers.wait_for(lambda: len(list(calls.iterdir())) == 1, 60, "the first attempt")
+        future = ex.submit(helpers.record_then_wait, calls, release)
+        helpers.wait_for(lambda: len(calls.listdir()) == 1, 60, "the first attempt")
         (pod,) = kubesim.store.list("pods", "default", field_selector="status.phase=Running")[0]
         kubesim.kubelet.evict("default", pod["metadata"]["name"])
         # DisruptionTarget -> the pod failure policy ignores it -> the index runs again.
-        helpers.wait_for(lambda: len(list(calls.iterdir())) == 2, 60, "the retry")
+        helpers.wait_for(lambda: len(calls.listdir()) == 2, 60, "the retry")
         release.touch()
         assert isinstance(future.result(timeout=60), int)
 
 
 def test_lost_node_is_a_disruption_and_retried(
-    kubesim: Any, kw: dict[str, Any], tmp_path: Path
+    kubesim: Any, kw: dict[str, Any], shared_dir: SharedPath
 ) -> None:
-    calls, release = tmp_path / "calls", tmp_path / "release"
+    calls, release = shared_dir / "calls", shared_dir / "release"
     calls.mkdir()
     with KubernetesExecutor(max_workers=1, **kw) as ex:
-        future = ex.submit(helpers.record_then_wait, str(calls), str(release))
-        helpers.wait_for(lambda: len(list(calls.iterdir())) == 1, 60, "the first attempt")
+        future = ex.submit(helpers.record_then_wait, calls, release)
+        helpers.wait_for(lambda: len(calls.listdir()) == 1, 60, "the first attempt")
         kubesim.kubelet.lose_node()  # DisruptionTarget DeletionByPodGC: not counted
-        helpers.wait_for(lambda: len(list(calls.iterdir())) == 2, 60, "the retry")
+        helpers.wait_for(lambda: len(calls.listdir()) == 2, 60, "the retry")
         release.touch()
         assert isinstance(future.result(timeout=60), int)
 
 
-def test_crash_is_retried_when_retries_allow(kw: dict[str, Any], tmp_path: Path) -> None:
-    calls = tmp_path / "calls"
+def test_crash_is_retried_when_retries_allow(kw: dict[str, Any], shared_dir: SharedPath) -> None:
+    calls = shared_dir / "calls"
     calls.mkdir()
     with KubernetesExecutor(retries=1, **kw) as ex:
         # Dies on its first run (no outcome, counted failure), succeeds on the retry.
-        assert ex.submit(helpers.crash_first_time, str(calls)).result(timeout=60) == "second try"
-    assert len(list(calls.iterdir())) == 2
+        assert ex.submit(helpers.crash_first_time, calls).result(timeout=60) == "second try"
+    assert len(calls.listdir()) == 2
 
 
 @pytest.mark.parametrize(
@@ -100,23 +114,30 @@ def test_crash_is_retried_when_retries_allow(kw: dict[str, Any], tmp_path: Path)
     ],
 )
 def test_pod_that_cannot_start_fails_its_batch(
-    kubesim: Any, tmp_path: Path, options: dict[str, Any], reason: str, text: str
+    cluster: ClusterUnderTest,
+    shared_dir: SharedPath,
+    options: dict[str, Any],
+    reason: str,
+    text: str,
 ) -> None:
+    options = dict(options)
     secrets = options.pop("pod_secrets", ())
-    kw = kubesim_kwargs(kubesim, tmp_path / "storage", secrets=secrets)
+    kw = cluster.executor_kwargs(shared_dir / "storage", secrets=secrets)
     kw["timeouts"] = Timeouts(startup=2, heartbeat=1, heartbeat_grace=30)
-    with KubernetesExecutor(**kw, **options) as ex:
+    with KubernetesExecutor(**{**kw, **options}) as ex:
         future = ex.submit(helpers.square, 2)
         with pytest.raises(PodStartError, match=text) as info:
             future.result(timeout=60)
         assert info.value.reason == reason
         helpers.wait_for(
-            lambda: not run_objects(kubesim, ex.run_id)["jobs"], 30, "the stuck Job deleted"
+            lambda: not cluster.run_objects(ex.run_id)["jobs"], 30, "the stuck Job deleted"
         )
 
 
-def test_unpullable_image_breaks_the_executor(kubesim: Any, tmp_path: Path) -> None:
-    kw = kubesim_kwargs(kubesim, tmp_path / "storage")
+def test_unpullable_image_breaks_the_executor(
+    cluster: ClusterUnderTest, shared_dir: SharedPath
+) -> None:
+    kw = cluster.executor_kwargs(shared_dir / "storage")
     kw.update(image="registry.example/team/unpullable:1")
     kw["timeouts"] = Timeouts(startup=2, heartbeat=1, heartbeat_grace=30)
     with KubernetesExecutor(**kw) as ex:
@@ -130,10 +151,10 @@ def test_unpullable_image_breaks_the_executor(kubesim: Any, tmp_path: Path) -> N
             ex.submit(helpers.square, 3)
 
 
-def test_job_deadline_reported(kw: dict[str, Any], tmp_path: Path) -> None:
+def test_job_deadline_reported(kw: dict[str, Any], shared_dir: SharedPath) -> None:
     kw["timeouts"] = Timeouts(job_deadline=2, heartbeat=1, heartbeat_grace=30)
     with KubernetesExecutor(**kw) as ex:
-        future = ex.submit(helpers.touch_then_block, str(tmp_path / "started"))
+        future = ex.submit(helpers.touch_then_block, shared_dir / "started")
         with pytest.raises(WorkerLostError, match="DeadlineExceeded") as info:
             future.result(timeout=60)
         assert info.value.reason == "DeadlineExceeded"
@@ -155,54 +176,57 @@ def test_api_storm_and_dropped_watches_lose_no_future(kubesim: Any, kw: dict[str
 
 
 def test_shutdown_leaves_no_job_pod_secret_or_storage(
-    kubesim: Any, kw: dict[str, Any], tmp_path: Path
+    cluster: ClusterUnderTest, kw: dict[str, Any], shared_dir: SharedPath
 ) -> None:
     with KubernetesExecutor(**kw) as ex:
         assert list(ex.map(helpers.square, range(6))) == [0, 1, 4, 9, 16, 25]
         run_id = ex.run_id
-        seen = run_objects(kubesim, run_id)
+        seen = cluster.run_objects(run_id)
         assert seen["jobs"]
         assert seen["secrets"] == [f"k8sx-{run_id}"]
     helpers.wait_for(
-        lambda: run_objects(kubesim, run_id) == {"jobs": [], "pods": [], "secrets": []},
+        lambda: cluster.run_objects(run_id) == {"jobs": [], "pods": [], "secrets": []},
         30,
         "the run's objects to be gone",
     )
-    assert not (tmp_path / "storage" / run_id).exists()
+    assert not (shared_dir / "storage" / run_id).exists()
 
 
 def test_max_workers_bounds_pods_across_batches(
-    kubesim: Any, kw: dict[str, Any], tmp_path: Path
+    cluster: ClusterUnderTest, kw: dict[str, Any], shared_dir: SharedPath
 ) -> None:
-    calls, release = tmp_path / "calls", tmp_path / "release"
+    calls, release = shared_dir / "calls", shared_dir / "release"
     calls.mkdir()
 
-    def live_pods() -> list[dict[str, Any]]:
-        pods = kubesim.store.list("pods", "default")[0]
-        return [p for p in pods if p.get("status", {}).get("phase") in ("Pending", "Running")]
-
     with KubernetesExecutor(max_workers=2, **kw) as ex:
-        blocking = ex.map(helpers.record_then_wait, [str(calls)] * 2, [str(release)] * 2)
-        helpers.wait_for(lambda: len(list(calls.iterdir())) == 2, 60, "two workers busy")
+
+        def live_pods() -> list[Any]:
+            pods = cluster.pods(ex.run_id)
+            return [p for p in pods if p.status and p.status.phase in ("Pending", "Running")]
+
+        blocking = ex.map(helpers.record_then_wait, [calls] * 2, [release] * 2)
+        helpers.wait_for(lambda: len(calls.listdir()) == 2, 60, "two workers busy")
         later = ex.map(helpers.square, range(4))  # a second batch, two more indexes
-        helpers.wait_for(lambda: len(kubesim.store.list("jobs", "default")[0]) == 2, 30, "Job 2")
+        helpers.wait_for(lambda: len(cluster.jobs(ex.run_id)) == 2, 30, "Job 2")
         second = next(
             j
-            for j in kubesim.store.list("jobs", "default")[0]
-            if j["metadata"]["labels"]["k8s-executor.io/batch"] != "b00000"
+            for j in cluster.jobs(ex.run_id)
+            if j.metadata.labels["k8s-executor.io/batch"] != "b00000"
         )
         # No slot is free: the second Job is created paused, and no pod of it exists.
-        assert second["spec"]["parallelism"] == 0
+        assert second.spec.parallelism == 0
         assert len(live_pods()) == 2
         release.touch()
         assert list(later) == [0, 1, 4, 9]
         assert len(list(blocking)) == 2
 
 
-def test_kill_workers_ends_running_pods(kubesim: Any, kw: dict[str, Any], tmp_path: Path) -> None:
-    started = tmp_path / "started"
+def test_kill_workers_ends_running_pods(
+    cluster: ClusterUnderTest, kw: dict[str, Any], shared_dir: SharedPath
+) -> None:
+    started = shared_dir / "started"
     ex = KubernetesExecutor(**kw)
-    future = ex.submit(helpers.touch_then_block, str(started))
+    future = ex.submit(helpers.touch_then_block, started)
     helpers.wait_for(started.exists, 60, "the task to start")
     # The executor learns of the start from the watch (pod Running), maybe after the
     # task has begun; until then a kill would count the call as not started: cancelled.
@@ -211,8 +235,9 @@ def test_kill_workers_ends_running_pods(kubesim: Any, kw: dict[str, Any], tmp_pa
     ex.shutdown(wait=True, kill_workers=True)
     with pytest.raises(WorkerLostError):
         future.result(timeout=0)
-    assert run_objects(kubesim, ex.run_id)["pods"] == []
-    helpers.wait_for(lambda: not _alive(pid), 10, "the worker process to be gone")
+    assert cluster.run_objects(ex.run_id)["pods"] == []
+    if cluster.local_workers:
+        helpers.wait_for(lambda: not _alive(pid), 10, "the worker process to be gone")
 
 
 def test_forbidden_create_says_which_verbs(kubesim: Any, kw: dict[str, Any]) -> None:
@@ -292,17 +317,20 @@ import threading; threading.Event().wait()
 
 
 def test_killed_client_leaves_nothing_running_then_cleanup(
-    kubesim: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    cluster: ClusterUnderTest,
+    shared_dir: SharedPath,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     import pickle
 
-    kw = kubesim_kwargs(kubesim, tmp_path / "storage")
+    kw = cluster.executor_kwargs(shared_dir / "storage")
     kw["timeouts"] = Timeouts(heartbeat=0.5, heartbeat_grace=3)
     (tmp_path / "kw").write_bytes(pickle.dumps(kw))
-    started = tmp_path / "started"
+    started = shared_dir / "started"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p or os.getcwd() for p in sys.path)}
     client = subprocess.Popen(
-        [sys.executable, "-c", CLIENT, str(tmp_path / "kw"), str(started)],
+        [sys.executable, "-c", CLIENT, str(tmp_path / "kw"), started.url],
         env=env,
         stdout=subprocess.PIPE,
         text=True,
@@ -316,29 +344,28 @@ def test_killed_client_leaves_nothing_running_then_cleanup(
     client.stdout.close()
     # No heartbeat for 3 s: the worker gives up (exit 87), the pod failure policy fails
     # the Job, and nothing of the run is running any more.
-    helpers.wait_for(lambda: not _alive(worker_pid), 30, "the abandoned worker to exit")
+    if cluster.local_workers:
+        helpers.wait_for(lambda: not _alive(worker_pid), 30, "the abandoned worker to exit")
 
     def job_failed() -> bool:
-        jobs = kubesim.store.list(
-            "jobs", "default", label_selector=f"k8s-executor.io/run={run_id}"
-        )[0]
-        conditions = jobs[0].get("status", {}).get("conditions", []) if jobs else []
-        return any(c["type"] == "Failed" and c["reason"] == "PodFailurePolicy" for c in conditions)
+        jobs = cluster.jobs(run_id)
+        conditions = (jobs[0].status.conditions or []) if jobs and jobs[0].status else []
+        return any(c.type == "Failed" and c.reason == "PodFailurePolicy" for c in conditions)
 
     helpers.wait_for(job_failed, 30, "the Job to fail by the pod failure policy")
     # What is left (the failed Job, the Secret) is what `k8s-executor cleanup` is for.
-    config = ["--kubeconfig", str(kubesim.kubeconfig_path)]
+    config = cluster.cli_args()
     assert cli.main(["ls", *config]) == 0
     listing = capsys.readouterr().out
     assert run_id in listing
     assert "finished" in listing
     assert cli.main(["cleanup", run_id, *config]) == 0
     assert "would delete run" in capsys.readouterr().out
-    assert run_objects(kubesim, run_id)["jobs"]  # dry run deleted nothing
+    assert cluster.run_objects(run_id)["jobs"]  # dry run deleted nothing
     assert cli.main(["cleanup", run_id, "--yes", *config]) == 0
     assert f"deleted run {run_id}" in capsys.readouterr().out
     helpers.wait_for(
-        lambda: run_objects(kubesim, run_id) == {"jobs": [], "pods": [], "secrets": []},
+        lambda: cluster.run_objects(run_id) == {"jobs": [], "pods": [], "secrets": []},
         30,
         "cleanup to remove everything",
     )

@@ -2,9 +2,13 @@
 
 Every test runs once per backend: ``local`` (subprocesses) and ``kubernetes`` against
 kubesim with its process kubelet (pods run as local processes, through the real
-Kubernetes API flow: Job, controller, pods, watch). A test that only makes sense on some
-backends says so with ``@pytest.mark.backends("local")``; it is then not generated for
-the others (not skipped).
+Kubernetes API flow: Job, controller, pods, watch), or, in real-cluster mode
+(``K8SX_TEST_CLUSTER``, see ``docs/testing.md``), against that cluster. A test that only
+makes sense on some backends says so with ``@pytest.mark.backends("local")``; it is then
+not generated for the others (not skipped).
+
+Tests and workers meet through ``shared_dir`` (files both reach), never through paths of
+this machine: on a real cluster the workers are elsewhere.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from typing import Any
 import pytest
 
 from k8s_executor import KubernetesExecutor
-from tests.kube_helpers import kubesim_kwargs
+from tests.helpers import SharedPath
+from tests.kube_helpers import ClusterUnderTest, real_cluster_config
+from tests.kube_helpers import shared_dir as make_shared_dir
 
 BACKENDS = ["local", "kubernetes"]
 
@@ -40,13 +46,31 @@ def backend_name(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def executor_kwargs(
+def shared_dir(
     backend_name: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[SharedPath]:
+    """A directory the test and its workers both reach: ``tmp_path`` unless the workers
+    are pods of a real cluster (then a prefix under its storage, removed afterwards)."""
+    config = real_cluster_config(request.config) if backend_name == "kubernetes" else None
+    with make_shared_dir(tmp_path, config) as shared:
+        yield shared
+
+
+@pytest.fixture
+def local_workers(backend_name: str, request: pytest.FixtureRequest) -> bool:
+    """Workers are processes of this machine (their pids and CLOCK_MONOTONIC are ours)."""
+    return backend_name == "local" or real_cluster_config(request.config) is None
+
+
+@pytest.fixture
+def executor_kwargs(
+    backend_name: str, request: pytest.FixtureRequest, shared_dir: SharedPath
 ) -> dict[str, Any]:
     """What a test passes to KubernetesExecutor to run on the current backend."""
     if backend_name == "local":
         return {"backend": "local"}
-    return kubesim_kwargs(request.getfixturevalue("kubesim"), tmp_path / "storage")
+    cluster: ClusterUnderTest = request.getfixturevalue("cluster")
+    return cluster.executor_kwargs(shared_dir / "storage")
 
 
 @pytest.fixture

@@ -26,11 +26,12 @@ from k8s_executor import (
 )
 from tests import helpers
 from tests.behaviour.conftest import ExecutorFactory
+from tests.helpers import SharedPath
 
 
 @dataclass(frozen=True)
 class Case:
-    submit: Callable[[KubernetesExecutor, Path], cf.Future[Any]]
+    submit: Callable[[KubernetesExecutor], cf.Future[Any]]
     raises: type[BaseException]
     match: str | None
     check: Callable[[BaseException], None] = lambda exc: None
@@ -77,61 +78,61 @@ def _remote_error(exc: BaseException) -> None:
 
 CASES = {
     "unpicklable function": Case(
-        lambda ex, _: ex.submit(_lock_closure()),
+        lambda ex: ex.submit(_lock_closure()),
         FunctionPicklingError,
         "cannot pickle the function .*lock",
         _what("function"),
     ),
     "unpicklable argument": Case(
-        lambda ex, _: ex.submit(print, threading.Lock()),
+        lambda ex: ex.submit(print, threading.Lock()),
         ArgumentsPicklingError,
         "cannot pickle the arguments of a call to print",
         _what("arguments"),
     ),
     "unpicklable result": Case(
-        lambda ex, _: ex.submit(helpers.return_lock),
+        lambda ex: ex.submit(helpers.return_lock),
         ResultPicklingError,
         "cannot pickle the result of tests.helpers.return_lock in the worker",
         _what("result"),
     ),
     "argument fails to unpickle in worker": Case(
-        lambda ex, _: ex.submit(print, helpers.BadUnpickle()),
+        lambda ex: ex.submit(print, helpers.BadUnpickle()),
         UnpicklingError,
         "could not load the arguments of a call to print: RuntimeError: cannot rebuild",
         _what("arguments"),
     ),
     "user exception": Case(
-        lambda ex, _: ex.submit(helpers.fail_with_value_error, "nope"),
+        lambda ex: ex.submit(helpers.fail_with_value_error, "nope"),
         ValueError,
         "^nope$",
         _remote_traceback_mentions("fail_with_value_error"),
     ),
     "exception that cannot be pickled": Case(
-        lambda ex, _: ex.submit(helpers.raise_unpicklable_error),
+        lambda ex: ex.submit(helpers.raise_unpicklable_error),
         RemoteError,
         "tests.helpers.UnpicklableError: this one stays in the worker",
         _remote_traceback_mentions("raise_unpicklable_error"),
     ),
     "exception type missing locally": Case(
-        lambda ex, tmp: ex.submit(helpers.raise_exception_missing_locally, str(tmp)),
+        lambda ex: ex.submit(helpers.raise_exception_missing_locally),
         RemoteError,
         "WorkerOnlyError: only the worker knows this class",
         _remote_error,
     ),
     "worker killed by SIGKILL": Case(
-        lambda ex, _: ex.submit(helpers.kill_self),
+        lambda ex: ex.submit(helpers.kill_self),
         WorkerLostError,
         "was killed by SIGKILL .*before reporting its results; it may have run out of memory",
         _killed,
     ),
     "worker calls os._exit": Case(
-        lambda ex, _: ex.submit(helpers.exit_hard, 7),
+        lambda ex: ex.submit(helpers.exit_hard, 7),
         WorkerLostError,
         "exited with code 7",
         _exited,
     ),
     "memory exhausted inside the task": Case(
-        lambda ex, _: ex.submit(bytearray, 1 << 62),
+        lambda ex: ex.submit(bytearray, 1 << 62),
         MemoryError,
         None,
     ),
@@ -139,9 +140,9 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", CASES.values(), ids=list(CASES))
-def test_failure_table(case: Case, tmp_path: Path, make_executor: ExecutorFactory) -> None:
+def test_failure_table(case: Case, make_executor: ExecutorFactory) -> None:
     ex = make_executor(max_workers=2)
-    future = case.submit(ex, tmp_path)
+    future = case.submit(ex)
     with pytest.raises(case.raises, match=case.match) as info:
         future.result(timeout=60)
     case.check(info.value)
@@ -186,11 +187,14 @@ def test_function_unpicklable_in_worker(make_executor: ExecutorFactory, tmp_path
 
 
 def test_shutdown_kill_workers_ends_running_workers(
-    make_executor: ExecutorFactory, tmp_path: Path
+    make_executor: ExecutorFactory,
+    shared_dir: SharedPath,
+    local_workers: bool,
+    request: pytest.FixtureRequest,
 ) -> None:
     ex = make_executor(max_workers=2)
-    started = [tmp_path / "a", tmp_path / "b"]
-    running = [ex.submit(helpers.touch_then_block, str(p)) for p in started]
+    started = [shared_dir / "a", shared_dir / "b"]
+    running = [ex.submit(helpers.touch_then_block, p) for p in started]
     helpers.wait_for(lambda: all(p.exists() for p in started), 60, "both calls to start")
     queued = ex.submit(helpers.square, 3)  # no free worker: it cannot start
     pids = [int(p.read_text()) for p in started]
@@ -199,6 +203,9 @@ def test_shutdown_kill_workers_ends_running_workers(
     for future in running:
         with pytest.raises(WorkerLostError):
             future.result(timeout=0)
-    for pid in pids:  # killed and reaped: no such process any more
-        with pytest.raises(ProcessLookupError):
-            os.kill(pid, 0)
+    if local_workers:
+        for pid in pids:  # killed and reaped: no such process any more
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+    else:  # pods elsewhere: their pids mean nothing here, but the API lists them
+        assert request.getfixturevalue("cluster").run_objects(ex.run_id)["pods"] == []

@@ -16,6 +16,7 @@ import pytest
 from k8s_executor import Batching, ConfigError, KubernetesExecutor
 from tests import helpers
 from tests.behaviour.conftest import ExecutorFactory
+from tests.helpers import SharedPath
 
 
 def test_submit_returns_plain_future_with_result(make_executor: ExecutorFactory) -> None:
@@ -156,11 +157,13 @@ def test_done_callbacks_run(make_executor: ExecutorFactory) -> None:
     assert seen == [9]
 
 
-def test_cancel_pending_future_before_start(tmp_path: Path, make_executor: ExecutorFactory) -> None:
+def test_cancel_pending_future_before_start(
+    shared_dir: SharedPath, make_executor: ExecutorFactory
+) -> None:
     # One worker slot, held by a blocking task: the second batch cannot start.
     ex = make_executor(max_workers=1)
-    started, release = tmp_path / "started", tmp_path / "release"
-    blocker = ex.submit(helpers.touch_then_wait, str(started), str(release))
+    started, release = shared_dir / "started", shared_dir / "release"
+    blocker = ex.submit(helpers.touch_then_wait, started, release)
     helpers.wait_for(started.exists, 60, "the blocking task to start")
     queued = ex.submit(helpers.square, 2)
     assert queued.cancel()
@@ -173,10 +176,12 @@ def test_cancel_pending_future_before_start(tmp_path: Path, make_executor: Execu
         queued.result()
 
 
-def test_running_future_cannot_be_cancelled(tmp_path: Path, make_executor: ExecutorFactory) -> None:
+def test_running_future_cannot_be_cancelled(
+    shared_dir: SharedPath, make_executor: ExecutorFactory
+) -> None:
     ex = make_executor(max_workers=1)
-    started, release = tmp_path / "started", tmp_path / "release"
-    future = ex.submit(helpers.touch_then_wait, str(started), str(release))
+    started, release = shared_dir / "started", shared_dir / "release"
+    future = ex.submit(helpers.touch_then_wait, started, release)
     helpers.wait_for(started.exists, 60, "the task to start")
     helpers.wait_for(future.running, 60, "the future to be running")
     assert not future.cancel()
@@ -185,21 +190,21 @@ def test_running_future_cannot_be_cancelled(tmp_path: Path, make_executor: Execu
 
 
 def test_map_timeout_raises_and_cancels_not_started(
-    tmp_path: Path, make_executor: ExecutorFactory
+    shared_dir: SharedPath, make_executor: ExecutorFactory
 ) -> None:
     ex = make_executor(max_workers=1, batching=Batching(max_indexes=10))
-    calls, release = tmp_path / "calls", tmp_path / "release"
+    calls, release = shared_dir / "calls", shared_dir / "release"
     calls.mkdir()
-    it = ex.map(helpers.record_then_wait, [str(calls)] * 3, [str(release)] * 3, timeout=0.5)
+    it = ex.map(helpers.record_then_wait, [calls] * 3, [release] * 3, timeout=0.5)
     with pytest.raises(TimeoutError):
         next(it)
     release.touch()
     ex.shutdown(wait=True)
     # Only the first call (one worker slot) had started; the other two were cancelled.
-    assert len(list(calls.iterdir())) == 1
+    assert len(calls.listdir()) == 1
 
 
-def test_initializer_runs_in_every_worker(tmp_path: Path, make_executor: ExecutorFactory) -> None:
+def test_initializer_runs_in_every_worker(make_executor: ExecutorFactory) -> None:
     ex = make_executor(max_workers=2, initializer=helpers.set_global, initargs=("ready",))
     assert list(ex.map(lambda _: helpers.read_global(), range(4))) == ["ready"] * 4
 
@@ -251,11 +256,11 @@ def test_shutdown_no_wait_finishes_in_background(make_executor: ExecutorFactory)
 
 
 def test_shutdown_cancel_futures_cancels_not_started(
-    tmp_path: Path, make_executor: ExecutorFactory
+    shared_dir: SharedPath, make_executor: ExecutorFactory
 ) -> None:
     ex = make_executor(max_workers=1)
-    started, release = tmp_path / "started", tmp_path / "release"
-    running = ex.submit(helpers.touch_then_wait, str(started), str(release))
+    started, release = shared_dir / "started", shared_dir / "release"
+    running = ex.submit(helpers.touch_then_wait, started, release)
     helpers.wait_for(started.exists, 60, "the first task to start")
     # On Kubernetes the executor learns of the start from the watch, maybe after the task
     # began; only calls it knows to be running are spared by cancel_futures.
@@ -268,9 +273,12 @@ def test_shutdown_cancel_futures_cancels_not_started(
     assert all(f.cancelled() for f in queued)
 
 
-def test_shutdown_deletes_run_storage(tmp_path: Path, make_executor: ExecutorFactory) -> None:
-    storage = tmp_path / "storage"
-    ex = make_executor(storage=str(storage))
+def test_shutdown_deletes_run_storage(
+    shared_dir: SharedPath, executor_kwargs: dict[str, Any], make_executor: ExecutorFactory
+) -> None:
+    storage = shared_dir / "storage"
+    options = executor_kwargs.get("storage_options", {})
+    ex = make_executor(storage=storage.url, storage_options=options)
     ex.submit(helpers.square, 2).result(timeout=60)
     run_dir = storage / ex.run_id
     assert run_dir.is_dir()
@@ -299,12 +307,20 @@ def test_context_manager_returns_executor_and_shuts_down(
         ex.submit(helpers.square, 1)
 
 
-def test_max_workers_bounds_concurrency(make_executor: ExecutorFactory) -> None:
+def test_max_workers_bounds_concurrency(
+    shared_dir: SharedPath, local_workers: bool, make_executor: ExecutorFactory
+) -> None:
     ex = make_executor(max_workers=2, batching=Batching(max_indexes=6))
-    spans = list(ex.map(helpers.timed_work, [0.2] * 6))
+    # The first two calls meet before working, so they overlap even when their pods
+    # start far apart. Local processes share CLOCK_MONOTONIC; pods on several nodes
+    # only share (synchronised) wall clocks.
+    clock = "monotonic" if local_workers else "wall"
+    meet = shared_dir / "meet"
+    meet.mkdir()
+    spans = list(ex.map(helpers.timed_work, [0.2] * 6, [clock] * 6, [meet] * 6, [2] * 6))
     # Six indexes, each its own worker process...
-    assert len({pid for pid, _, _ in spans}) == 6
-    # ...never more than two at once (CLOCK_MONOTONIC is shared by all processes).
+    assert len({worker for worker, _, _ in spans}) == 6
+    # ...never more than two at once.
     events = sorted([(start, 1) for _, start, _ in spans] + [(end, -1) for _, _, end in spans])
     running = peak = 0
     for _, delta in events:
@@ -315,9 +331,9 @@ def test_max_workers_bounds_concurrency(make_executor: ExecutorFactory) -> None:
 
 def test_many_submits_are_coalesced_into_few_workers(make_executor: ExecutorFactory) -> None:
     ex = make_executor(max_workers=2, batching=Batching(window=0.5))
-    futures = [ex.submit(helpers.pid) for _ in range(50)]
-    pids = {f.result(timeout=60) for f in futures}
-    assert 1 <= len(pids) <= 2
+    futures = [ex.submit(helpers.worker_id) for _ in range(50)]
+    workers = {f.result(timeout=60) for f in futures}
+    assert 1 <= len(workers) <= 2
 
 
 @pytest.mark.parametrize("bad", [0, -1])
