@@ -5,7 +5,7 @@
     k8s-executor logs RUN                 the run's indexes: state, attempts, pod
     k8s-executor logs RUN INDEX [-f]      one index's log (latest attempt); -f follows it
     k8s-executor logs RUN --all           every index's log, lines prefixed [batch/index]
-    k8s-executor cleanup RUN...           delete those runs' Jobs, pods and Secrets
+    k8s-executor cleanup RUN...           delete those runs' Jobs, pods, Secrets and storage
     k8s-executor cleanup --older-than 1h  ... of every run older than that
     k8s-executor rbac                     the Role and RoleBinding the executor needs
     k8s-executor build --registry R       snapshot this venv into an image, push it
@@ -170,6 +170,18 @@ def _parser() -> argparse.ArgumentParser:
         "--finished", action="store_true", help="only runs whose Jobs have all finished"
     )
     cleanup.add_argument("--yes", action="store_true", help="delete (default: only show)")
+    cleanup.add_argument(
+        "--keep-storage",
+        action="store_true",
+        help="leave the runs' storage prefixes (default: delete them too, with this "
+        "machine's credentials)",
+    )
+    cleanup.add_argument(
+        "--storage-options",
+        metavar="JSON",
+        help='fsspec options to open the storage, e.g. \'{"profile": "team"}\' '
+        "(default: credentials from the environment)",
+    )
 
     build = sub.add_parser(
         "build", help="snapshot this virtualenv into an image and push it (if changed)"
@@ -305,17 +317,52 @@ def _cleanup(cluster: object, args: argparse.Namespace) -> int:
     missing = set(args.runs) - {r.run_id for r in chosen}
     for run_id in sorted(missing):
         print(f"{run_id}: no such run in namespace {cluster.namespace} (or filtered out)")
+    failed = False
     for run in chosen:
+        storage = "" if args.keep_storage else run.storage
         if not args.yes:
-            print(f"would delete run {run.run_id} ({run.jobs} Jobs, owner {run.owner or '?'})")
+            also = f" and storage {storage}" if storage else ""
+            print(
+                f"would delete run {run.run_id} ({run.jobs} Jobs, owner {run.owner or '?'})" + also
+            )
             continue
         jobs, secrets = cluster.delete_run(run.run_id)
         print(
             f"deleted run {run.run_id}: {len(jobs)} Jobs (and their pods), {len(secrets)} Secrets"
         )
+        if storage:
+            failed |= not _delete_storage(run.run_id, storage, args.storage_options)
     if chosen and not args.yes:
         print("dry run: add --yes to delete")
-    return 0
+    return 1 if failed else 0
+
+
+def _delete_storage(run_id: str, url: str, options_json: str | None) -> bool:
+    """Delete a run's storage prefix (what a killed client left); False on failure."""
+    import json
+
+    from ._store import RunStore
+
+    # The URL comes from an annotation anyone allowed to edit Secrets could change:
+    # delete only what is shaped like a run prefix, <storage>/<run-id>.
+    if url.rstrip("/").rsplit("/", 1)[-1] != run_id:
+        print(
+            f"  not deleting storage {url!r}: it does not end with the run id {run_id}",
+            file=sys.stderr,
+        )
+        return False
+    try:
+        options = json.loads(options_json) if options_json else {}
+        RunStore(url, options).delete_all()
+    except (K8sExecutorError, ValueError) as exc:
+        print(
+            f"  could not delete storage {url}: {exc} (this machine needs credentials for "
+            "it: the environment's, or --storage-options JSON)",
+            file=sys.stderr,
+        )
+        return False
+    print(f"  deleted storage {url}")
+    return True
 
 
 # -- doctor ------------------------------------------------------------------------------

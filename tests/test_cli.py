@@ -580,3 +580,47 @@ def test_logs_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert "-f follows one index: give INDEX" in capsys.readouterr().err
     assert cli.main(["logs", "r1", "0", "--all"]) == 2
     assert "give INDEX or --all, not both" in capsys.readouterr().err
+
+
+def test_cleanup_deletes_only_a_run_shaped_storage_prefix(
+    kubesim: Kubesim, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The storage annotation is data anyone allowed to edit Secrets could change:
+    cleanup deletes a prefix only if it ends with the run id."""
+    from k8s_executor.backends import _manifest as m
+
+    victim = tmp_path / "precious"
+    victim.mkdir()
+    (victim / "data").write_text("keep me")
+    run_prefix = tmp_path / "storage" / "rcleanme0001"
+    run_prefix.mkdir(parents=True)
+    (run_prefix / "heartbeat").write_text("1")
+
+    def leave_run(run_id: str, url: Path) -> None:
+        secret = m.secret_manifest(run_id, b"k" * 32, run_url=str(url), owner="me@host")
+        kubesim.store.create("secrets", "default", secret)
+
+    leave_run("rcleanme0001", run_prefix)
+    leave_run("rforged00001", victim)
+
+    config = kubeconfig(kubesim)
+    assert cli.main(["cleanup", "rcleanme0001", "rforged00001", *config]) == 0
+    out = capsys.readouterr().out
+    assert f"would delete run rcleanme0001 (0 Jobs, owner me@host) and storage {run_prefix}" in out
+    assert run_prefix.exists()  # a dry run
+
+    assert cli.main(["cleanup", "rcleanme0001", "rforged00001", "--yes", *config]) == 1
+    out, err = capsys.readouterr()
+    assert f"deleted storage {run_prefix}" in out
+    assert not run_prefix.exists()
+    assert "does not end with the run id rforged00001" in err
+    assert (victim / "data").read_text() == "keep me"
+
+    # --keep-storage: the Kubernetes objects only.
+    run_prefix.mkdir()
+    leave_run("rcleanme0001", run_prefix)
+    assert cli.main(["cleanup", "rcleanme0001", "--yes", "--keep-storage", *config]) == 0
+    out = capsys.readouterr().out
+    assert "deleted run rcleanme0001: 0 Jobs (and their pods), 1 Secrets" in out
+    assert "deleted storage" not in out
+    assert run_prefix.exists()

@@ -9,6 +9,7 @@ its internals (evictions, a lost node, injected API faults) and run on kubesim o
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -362,8 +363,15 @@ def test_killed_client_leaves_nothing_running_then_cleanup(
     assert cli.main(["cleanup", run_id, *config]) == 0
     assert "would delete run" in capsys.readouterr().out
     assert cluster.run_objects(run_id)["jobs"]  # dry run deleted nothing
-    assert cli.main(["cleanup", run_id, "--yes", *config]) == 0
-    assert f"deleted run {run_id}" in capsys.readouterr().out
+    # The killed client could not delete its storage prefix either: cleanup does.
+    prefix = shared_dir / "storage" / run_id
+    assert prefix.exists()
+    storage_options = ["--storage-options", json.dumps(dict(prefix.storage_options or {}))]
+    assert cli.main(["cleanup", run_id, "--yes", *config, *storage_options]) == 0
+    out = capsys.readouterr().out
+    assert f"deleted run {run_id}" in out
+    assert f"deleted storage {prefix.url}" in out
+    assert not prefix.exists()
     helpers.wait_for(
         lambda: cluster.run_objects(run_id) == {"jobs": [], "pods": [], "secrets": []},
         30,

@@ -19,6 +19,9 @@ LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
 LABEL_RUN: Final = "k8s-executor.io/run"
 LABEL_BATCH: Final = "k8s-executor.io/batch"
 ANNOTATION_OWNER: Final = "k8s-executor.io/owner"
+ANNOTATION_STORAGE: Final = "k8s-executor.io/storage"
+"""On the run's Secret: the run's storage prefix, so that ``k8s-executor cleanup`` can
+delete what a killed client left there (a URL, never credentials)."""
 CONTAINER: Final = "worker"
 ENTRY_KEY: Final = "key"
 ENTRY_STORAGE_OPTIONS: Final = "storage-options"
@@ -74,18 +77,28 @@ class JobParams:
 
 
 def secret_manifest(
-    run_id: str, key: bytes, storage_options: Mapping[str, Any] | None = None
+    run_id: str,
+    key: bytes,
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    run_url: str = "",
+    owner: str = "",
 ) -> dict[str, Any]:
-    """The run's Secret: the signing key and, opted in, the storage options (JSON)."""
+    """The run's Secret: the signing key and, opted in, the storage options (JSON).
+    Annotated with the run's storage prefix and owner for ``k8s-executor cleanup``."""
     import json
 
     data = {ENTRY_KEY: key.hex()}
     if storage_options is not None:
         data[ENTRY_STORAGE_OPTIONS] = json.dumps(dict(storage_options))
+    metadata: dict[str, Any] = {"name": secret_name(run_id), "labels": run_labels(run_id)}
+    annotations = {k: v for k, v in ((ANNOTATION_STORAGE, run_url), (ANNOTATION_OWNER, owner)) if v}
+    if annotations:
+        metadata["annotations"] = annotations
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": secret_name(run_id), "labels": run_labels(run_id)},
+        "metadata": metadata,
         "type": "Opaque",
         "stringData": data,
     }

@@ -129,7 +129,9 @@ class KubernetesBackend:
             self._build_image()
         self._connect()
         options = run.storage_options if self.settings.share_storage_options else None
-        secret = m.secret_manifest(run.run_id, run.key, options)
+        secret = m.secret_manifest(
+            run.run_id, run.key, options, run_url=run.run_url, owner=_owner()
+        )
         self._call(
             f"create Secret {m.secret_name(run.run_id)}",
             self._core.create_namespaced_secret,
@@ -686,6 +688,8 @@ class RunSummary:
     succeeded: int
     failed: int
     finished_jobs: int
+    storage: str = ""
+    """The run's storage prefix (from its Secret), or "" when unknown."""
 
     @property
     def finished(self) -> bool:
@@ -752,13 +756,16 @@ class Cluster:
                     "succeeded": 0,
                     "failed": 0,
                     "finished_jobs": 0,
+                    "storage": "",
                 },
             )
             entry["created"] = min(entry["created"] or "~", meta.get("creationTimestamp") or "~")
+            annotations = meta.get("annotations") or {}
+            entry["owner"] = annotations.get(m.ANNOTATION_OWNER, entry["owner"])
             if obj.get("kind", "Job") == "Secret" or "spec" not in obj:
+                entry["storage"] = annotations.get(m.ANNOTATION_STORAGE, entry["storage"])
                 continue
             status = obj.get("status") or {}
-            entry["owner"] = (meta.get("annotations") or {}).get(m.ANNOTATION_OWNER, entry["owner"])
             entry["jobs"] += 1
             for key in ("active", "succeeded", "failed"):
                 entry[key] += int(status.get(key) or 0)
