@@ -621,6 +621,8 @@ class KubernetesExecutor(Executor):
 
     def _dispatch(self) -> None:
         window = self._batching.window
+        if window is None:
+            window = getattr(self._backend, "batch_window", 0.01)
         limit = self._batching.max_calls
         while True:
             with self._cond:

@@ -83,6 +83,10 @@ class Backend(Protocol):
     """How often the executor must refresh the run's heartbeat, or None if the backend
     needs none (local workers watch their parent process instead)."""
 
+    batch_window: float
+    """Seconds submits wait for others to join their batch unless ``Batching.window``
+    says otherwise: about what starting a batch costs on this backend, in proportion."""
+
     def start(self, listener: Listener, max_workers: int, run: RunContext) -> None:
         """Begin serving; ``listener`` receives every event from now on."""
 

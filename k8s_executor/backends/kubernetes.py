@@ -94,6 +94,7 @@ class KubernetesBackend:
     def __init__(self, settings: KubernetesSettings) -> None:
         self.settings = settings
         self.heartbeat_interval: float | None = settings.timeouts.heartbeat
+        self.batch_window: float = 0.2
         self.namespace = settings.namespace or "default"
         self._lock = threading.Lock()
         self._stop = threading.Event()

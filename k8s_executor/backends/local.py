@@ -50,6 +50,7 @@ class LocalBackend:
 
     name = "local"
     heartbeat_interval: float | None = None
+    batch_window: float = 0.01
 
     def __init__(self, *, python: str | None = None, forward_stderr: bool = True) -> None:
         self._python = python or sys.executable
