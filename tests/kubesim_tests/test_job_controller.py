@@ -211,12 +211,16 @@ def test_s9_07_deleted_pod_counts_failed_and_is_replaced(fake: Any, tmp_path: An
 def test_s9_07_failed_policy_waits_for_terminal_phase(fake: Any, tmp_path: Any) -> None:
     batch, core, sim = fake
     gate = tmp_path / "go"
-    # Ignore SIGTERM so the pod stays terminating for the whole grace period.
-    code = "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n" + BLOCK.format(
-        path=str(gate)
+    ready = tmp_path / "ready"
+    # Ignore SIGTERM so the pod stays terminating for the whole grace period; say so in a
+    # file, since "Running" only means the process started, not that the handler is set.
+    code = (
+        "import signal, pathlib\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        f"pathlib.Path({str(ready)!r}).touch()\n" + BLOCK.format(path=str(gate))
     )
     job = _create(batch, job_body("waitf", code, podReplacementPolicy="Failed"))
     pod = wait_for(lambda: [p for p in job_pods(core, job) if phase(p) == "Running"], 10)[0]
+    wait_for(ready.exists, 20, "SIGTERM ignored")
     core.delete_namespaced_pod(pod["metadata"]["name"], NS, grace_period_seconds=30)
     wait_for(lambda: get_job(batch, "waitf")["status"]["terminating"] == 1, 10, "terminating=1")
     status = get_job(batch, "waitf")["status"]

@@ -46,6 +46,16 @@ def _start(core: Any, name: str, release: Path, code: int = 0) -> None:
     )
 
 
+def _log_so_far(core: Any, name: str) -> str | None:
+    """The log without following, or None while the container has not started."""
+    try:
+        return str(core.read_namespaced_pod_log(name, NS))
+    except ApiException as exc:
+        if exc.status != 400:
+            raise
+        return None
+
+
 def _open_follow(core: Any, name: str, **options: Any) -> Any:
     """The follow response, once the container has started (before, the API answers 400)."""
 
@@ -102,6 +112,8 @@ def test_follow_a_finished_container_returns_everything(core: Any, tmp_path: Pat
 def test_follow_with_tail_then_new_lines(core: Any, tmp_path: Path) -> None:
     release = tmp_path / "release"
     _start(core, "tail", release)
+    # "before" must be in the log before the follow opens, or it is a new line for tail 0.
+    wait_for(lambda: _log_so_far(core, "tail") == "before\n", 20, "first line logged")
     response = _open_follow(core, "tail", tail_lines=0)
     try:
         chunks = response.stream(64)
