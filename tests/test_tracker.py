@@ -67,11 +67,24 @@ def test_running_then_completed(tracker: RunTracker) -> None:
     assert tracker.on_pod("ADDED", pod(0, "Pending"), 0) == []
     assert tracker.on_pod("MODIFIED", pod(0, "Running"), 1) == [Started("b00000", 0)]
     assert tracker.on_pod("MODIFIED", pod(0, "Running"), 2) == []  # reported once
-    tracker.on_pod("MODIFIED", pod(0, "Succeeded", **terminated(0, "Completed")), 3)
-    events = tracker.on_job("MODIFIED", job(completedIndexes="0", failedIndexes=""))
+    # A succeeded pod settles its index without waiting for the Job's status ...
+    events = tracker.on_pod("MODIFIED", pod(0, "Succeeded", **terminated(0, "Completed")), 3)
     assert [type(e) for e in events] == [Finished]
     assert events[0].exit.exit_code == 0  # type: ignore[union-attr]
     assert sorted(tracker.unfinished()) == [("b00000", 1), ("b00000", 2)]
+    # ... which, when it comes, reports nothing twice.
+    assert tracker.on_job("MODIFIED", job(completedIndexes="0", failedIndexes="")) == []
+    assert tracker.on_pod("DELETED", pod(0, "Succeeded"), 4) == []
+
+
+def test_failed_pod_waits_for_the_job_controller(tracker: RunTracker) -> None:
+    # A failed pod may be retried: only the Job's failedIndexes settles the index.
+    failed = pod(1, "Failed", **terminated(1, "Error"))
+    assert tracker.on_pod("MODIFIED", failed, 1) == [Started("b00000", 1)]
+    assert ("b00000", 1) in set(tracker.unfinished())
+    events = tracker.on_job("MODIFIED", job(failedIndexes="1"))
+    assert [type(e) for e in events] == [Finished]
+    assert events[0].exit.exit_code == 1  # type: ignore[union-attr]
 
 
 def test_fast_pod_gets_started_before_finished(tracker: RunTracker) -> None:

@@ -5,8 +5,12 @@ back what happened to each index: it started, it finished (and how), or it is st
 before starting. Keeping this free of I/O lets the tests drive every Kubernetes state
 directly, and keeps the backend a thin layer of API calls.
 
-When is an index finished? The Job controller decides (retries, pod failure policy,
-disruptions), and says so in ``status.completedIndexes`` / ``status.failedIndexes`` and in
+When is an index finished? A pod that Succeeded settles its index at once: the worker
+exits 0 only after its outcome is stored, and the Job controller never retries a
+succeeded index (kubernetes-jobs.md §4), so there is nothing to wait for — and waiting
+for ``status.completedIndexes`` would cost the controller's status batching (about a
+second per update on a real cluster). Every failure is the Job controller's to decide
+(retries, pod failure policy, disruptions): it says so in ``status.failedIndexes`` and in
 the Job's terminal conditions; the pods say why (exit code, OOMKilled, evicted, logs).
 """
 
@@ -179,7 +183,9 @@ class RunTracker:
         if phase in ("Running", "Succeeded", "Failed") and not entry.started:
             entry.started = True
             events.append(Started(job.batch_id, index))
-        if phase in ("Succeeded", "Failed"):
+        if phase == "Succeeded":
+            events.extend(self._finish(job, index, entry, IndexExit(exit_code=0)))
+        elif phase == "Failed":
             entry.last_exit = pod_exit(pod)
             entry.stuck_since = entry.stuck = None
         elif phase == "Pending" and event_type != "DELETED":
