@@ -137,6 +137,28 @@ def _open_k8sx(workers: int) -> Executor:
     return KubernetesExecutor(max_workers=workers, backend=_counting_backend_class()())
 
 
+def _open_k8sx_progress(workers: int) -> Executor:
+    from k8s_executor import KubernetesExecutor, _progress
+
+    # The bar as a terminal would get it (redrawn every 0.2 s), drawn into /dev/null so
+    # the benchmark's own output stays readable (stderr is restored by _close_progress).
+    _progress._PIPE_INTERVAL = _progress._INTERVAL
+    _saved_stderr.append(sys.stderr)
+    sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - closed by _close_progress
+    return KubernetesExecutor(
+        max_workers=workers, backend=_counting_backend_class()(), progress=True
+    )
+
+
+_saved_stderr: list[Any] = []
+
+
+def _close_progress(ex: Executor) -> None:
+    ex.shutdown(wait=True)
+    devnull, sys.stderr = sys.stderr, _saved_stderr.pop()
+    devnull.close()
+
+
 def _k8sx_stats(ex: Executor) -> Stats:
     backend = ex._backend  # type: ignore[attr-defined]
     return Stats(backend.batches, backend.workers, backend.stored_bytes)
@@ -165,6 +187,12 @@ def contenders() -> list[Contender]:
     """The executor configurations, in table order."""
     return [
         Contender("KubernetesExecutor(local)", _open_k8sx, _close, stats=_k8sx_stats),
+        Contender(
+            "KubernetesExecutor(local), progress=True",
+            _open_k8sx_progress,
+            _close_progress,
+            stats=_k8sx_stats,
+        ),
         Contender(
             "KubernetesExecutor(local), chunksize=N/(4w)",
             _open_k8sx,
