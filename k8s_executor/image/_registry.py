@@ -7,6 +7,13 @@ and configuration layer for the same few calls. podman can't be used to ask "doe
 exist?" (its 4.3 API only looks at local storage), and uploading blobs directly is what
 makes an incremental build take a fraction of a second (docs/images.md has the numbers).
 
+Transient answers (429 and 5xx) are retried with exponential backoff, honouring
+``Retry-After``, by urllib3's ``Retry`` (mounted on the session); an unreachable registry
+is not retried, so that a wrong address fails at once. Every request here may be
+repeated: HEAD/GET read, a manifest PUT replaces the same content, an upload POST opens a
+fresh session, and a blob PUT whose answer was lost is recognised by asking whether the
+blob now exists.
+
 Auth: a request answered 401 is retried once with what ``WWW-Authenticate`` asks for —
 ``Basic`` with the stored credentials, or ``Bearer`` with a token fetched from the realm
 (with the stored credentials when there are any, anonymously otherwise). Credentials come
@@ -132,6 +139,34 @@ def find_credentials(host: str, repo: str = "") -> Credentials | None:
     return None
 
 
+# Statuses worth another try: rate limiting and server-side trouble (a registry behind a
+# load balancer answers 502/503/504 while it restarts or scales).
+_TRANSIENT_STATUSES = (429, 500, 502, 503, 504)
+_RETRIES = 4
+
+
+def _transient_retry() -> Any:
+    """urllib3's retry policy for the registry: 4 more tries on a transient status, at once
+    and then after about 1, 2 and 4 s (``Retry-After`` wins); connection failures are not
+    retried."""
+    from urllib3.util.retry import Retry
+
+    return Retry(
+        total=_RETRIES,
+        connect=0,
+        read=0,
+        other=0,
+        status=_RETRIES,
+        status_forcelist=_TRANSIENT_STATUSES,
+        allowed_methods=frozenset({"HEAD", "GET", "PUT", "POST"}),
+        backoff_factor=0.5,
+        backoff_jitter=0.25,
+        backoff_max=8.0,
+        raise_on_status=False,  # the last answer reaches _request, which explains it
+        respect_retry_after_header=True,
+    )
+
+
 _CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
 
 
@@ -154,6 +189,7 @@ class Registry:
         timeout: float = 60.0,
     ) -> None:
         import requests
+        from requests.adapters import HTTPAdapter
 
         self.host = host
         api_host = _DOCKER_HUB_API if host == DOCKER_HUB else host
@@ -162,6 +198,9 @@ class Registry:
         self._credentials = credentials
         self._timeout = timeout
         self._session = requests.Session()
+        adapter = HTTPAdapter(max_retries=_transient_retry())
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
         self._tokens: dict[str, str] = {}  # scope → Authorization header value
 
     def close(self) -> None:
@@ -260,16 +299,22 @@ class Registry:
         parts = urlsplit(url)
         query = f"{parts.query}&" if parts.query else ""
         url = urlunsplit(parts._replace(query=query + urlencode({"digest": digest})))
-        self._request(
-            "PUT",
-            url,
-            repo,
-            push=True,
-            # requests sets Content-Length from the body (bytes, file or sized stream).
-            headers={"Content-Type": "application/octet-stream"},
-            body=open_body,
-            ok=(201,),
-        )
+        try:
+            self._request(
+                "PUT",
+                url,
+                repo,
+                push=True,
+                # requests sets Content-Length from the body (bytes, file or sized stream).
+                headers={"Content-Type": "application/octet-stream"},
+                body=open_body,
+                ok=(201,),
+            )
+        except RegistryError:
+            # A retried PUT whose first attempt was stored finds its upload session
+            # closed (404): the blob being there is what counts.
+            if not self.blob_exists(repo, digest):
+                raise
 
     # --- transport -----------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ import hashlib
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from k8s_executor.image import RegistryAuthError, RegistryUnreachableError
+from k8s_executor.image import RegistryAuthError, RegistryError, RegistryUnreachableError
 from k8s_executor.image._registry import (
     OCI_MANIFEST,
     Credentials,
@@ -22,6 +23,7 @@ from k8s_executor.image._registry import (
     is_loopback,
     split_reference,
 )
+from tests.faultproxy import Faults, fault_proxy
 from tests.image.conftest import AuthRegistry, RegistryServer, write_auth_file
 
 pytestmark = pytest.mark.podman
@@ -220,3 +222,54 @@ def test_credentials_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert find_credentials("r.example.com", "other/app") == Credentials("host", "p2")
     assert find_credentials("elsewhere.example.com", "x") is None
     assert "p1" not in repr(find_credentials("r.example.com", "team/app"))
+
+
+@pytest.fixture
+def flaky_registry(oci_registry: RegistryServer) -> Iterator[tuple[str, Faults]]:
+    """The real registry behind the fault-injecting proxy: (host, faults)."""
+    host, port = oci_registry.host.rsplit(":", 1)
+    with fault_proxy((host, int(port))) as (url, faults):
+        yield url.removeprefix("http://"), faults
+
+
+@pytest.mark.parametrize(
+    ("status", "method", "path"),
+    [
+        (503, "HEAD", "/manifests/"),  # the "is it built already?" question
+        (502, "POST", "/blobs/uploads/"),  # starting an upload
+        (500, "PUT", "/blobs/uploads/"),  # sending a layer
+        (504, "PUT", "/manifests/"),  # tagging the image
+        (429, None, ".*"),  # rate limited, anything
+    ],
+)
+def test_transient_answers_are_retried(
+    flaky_registry: tuple[str, Faults], status: int, method: str | None, path: str
+) -> None:
+    host, faults = flaky_registry
+    faults.status, faults.method, faults.path_regex, faults.count = status, method, path, 2
+    repo = f"flaky/s{status}"
+    with Registry(host) as registry:
+        assert registry.manifest_digest(repo, "v1") is None
+        digest = push_small_image(registry, repo, "v1")
+        assert registry.manifest_digest(repo, "v1") == digest
+    assert faults.seen == 2  # both injected failures were met, and absorbed
+
+
+def test_retry_after_is_honoured(flaky_registry: tuple[str, Faults]) -> None:
+    host, faults = flaky_registry
+    faults.status, faults.count, faults.headers = 429, 1, {"Retry-After": "1"}
+    with Registry(host) as registry:
+        started = time.monotonic()
+        assert registry.manifest_digest("flaky/retry-after", "v1") is None
+        waited = time.monotonic() - started
+    assert faults.seen == 1
+    assert waited >= 0.9  # the registry asked for a second before the next try
+
+
+def test_persistent_server_errors_are_reported(flaky_registry: tuple[str, Faults]) -> None:
+    host, faults = flaky_registry
+    faults.status, faults.count = 503, 100
+    with Registry(host) as registry, pytest.raises(RegistryError) as info:
+        registry.manifest_digest("flaky/down", "v1")
+    assert faults.seen == 5  # one try and four retries, then the answer is explained
+    assert "answered 503" in str(info.value)
