@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import json
 import pickle
 import struct
@@ -23,7 +24,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import IO, Any, Final, Literal
 
 import cloudpickle
 
@@ -179,6 +180,29 @@ def dump_calls(fn: object, calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]
     return blob
 
 
+class _SharingPickler(cloudpickle.Pickler):  # type: ignore[misc]
+    """cloudpickle, plus: a large NumPy array that is neither C- nor Fortran-contiguous (a
+    column slice, such as scikit-learn's ``load_digits`` data) is pickled as a contiguous
+    copy. NumPy pickles such an array in band, so it would never be shared; unpickled,
+    both ways give the same fresh C-ordered array."""
+
+    def __init__(self, file: IO[bytes], min_bytes: int, **kwargs: Any) -> None:
+        super().__init__(file, **kwargs)
+        self._min_bytes = min_bytes
+
+    def reducer_override(self, obj: Any) -> Any:
+        cls = type(obj)
+        if (
+            cls.__name__ == "ndarray"
+            and cls.__module__ == "numpy"  # exactly ndarray: subclasses pickle their way
+            and obj.nbytes >= self._min_bytes
+            and not obj.dtype.hasobject
+            and not (obj.flags.c_contiguous or obj.flags.f_contiguous)
+        ):
+            return obj.copy(order="C").__reduce_ex__(pickle.HIGHEST_PROTOCOL)
+        return super().reducer_override(obj)
+
+
 def dump_calls_sharing(
     fn: object, calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]], min_bytes: int
 ) -> tuple[bytes, list[memoryview]]:
@@ -195,10 +219,12 @@ def dump_calls_sharing(
         large.append(view)
         return False
 
+    out = io.BytesIO()
     try:
-        blob: bytes = cloudpickle.dumps(
-            list(calls), protocol=pickle.HIGHEST_PROTOCOL, buffer_callback=keep_in_band
-        )
+        _SharingPickler(
+            out, min_bytes, protocol=pickle.HIGHEST_PROTOCOL, buffer_callback=keep_in_band
+        ).dump(list(calls))
+        blob = out.getvalue()
     except Exception as exc:
         raise ArgumentsPicklingError(
             f"cannot pickle the arguments of a call to {callable_name(fn)}: "

@@ -58,6 +58,26 @@ def test_array_given_to_many_calls_is_stored_once(tmp_path: Path, big: np.ndarra
     assert sum(v for k, v in files.items() if k not in shared) < MB
 
 
+def column_sum(x: np.ndarray, column: int) -> float:
+    return float(x[:, column].sum())
+
+
+def test_sliced_array_is_shared_too(tmp_path: Path) -> None:
+    # A column slice is neither C- nor F-contiguous (scikit-learn's load_digits data is
+    # one): NumPy pickles it in band, so it is shared as a contiguous copy.
+    table = np.arange(2 * MB // 8 * 9, dtype=np.float64).reshape(-1, 9)
+    view = table[:, :8]
+    assert not (view.flags.c_contiguous or view.flags.f_contiguous)
+    with KubernetesExecutor(backend="local", max_workers=2, storage=str(tmp_path)) as ex:
+        results = list(ex.map(column_sum, [view] * 8, range(8)))
+        files = _files(tmp_path / ex.run_id)
+    assert results == [float(view[:, c].sum()) for c in range(8)]
+    contiguous = np.ascontiguousarray(view)
+    shared = {k: v for k, v in files.items() if k.startswith("shared/")}
+    assert shared == {f"shared/{wire.buffer_key(contiguous.tobytes())}": contiguous.nbytes}
+    assert sum(v for k, v in files.items() if k not in shared) < MB
+
+
 def test_array_given_once_travels_inside_its_input(tmp_path: Path, big: np.ndarray) -> None:
     with KubernetesExecutor(backend="local", storage=str(tmp_path)) as ex:
         assert ex.submit(checksum, big, 1).result() == float(big.sum()) + 1
