@@ -106,6 +106,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     doctor.add_argument("--repository", default="k8s-executor-env", help="repository name")
     doctor.add_argument(
+        "--image",
+        default=os.environ.get("K8S_EXECUTOR_IMAGE"),
+        help="an image pods run as is (default: K8S_EXECUTOR_IMAGE); with one, nothing is "
+        "built here and the registry, podman and base Python checks are skipped",
+    )
+    doctor.add_argument(
         "--base-image",
         default=os.environ.get("K8S_EXECUTOR_BASE_IMAGE"),
         help="image the environment image is built on (default: K8S_EXECUTOR_BASE_IMAGE or "
@@ -433,7 +439,13 @@ def _doctor(args: argparse.Namespace) -> int:
     if args.storage:
         doctor.run("storage", lambda: _check_storage(args.storage), deadline)
     else:
-        doctor.report("storage", _SKIP, "no --storage or K8S_EXECUTOR_STORAGE")
+        doctor.report(
+            "storage",
+            _FAIL,
+            "not set: the client and the pods exchange calls and results through it; set "
+            "K8S_EXECUTOR_STORAGE (storage= in code, --storage here) to a URL both reach, "
+            "e.g. s3://BUCKET/k8s-executor (see the storage page of the docs)",
+        )
     _doctor_image(doctor, args, timeout, deadline)
     failed = doctor.outcomes.count(_FAIL)
     skipped = doctor.outcomes.count(_SKIP)
@@ -602,17 +614,21 @@ def _doctor_image(
     from .image._podman import default_podman_url
     from .image._registry import split_reference
 
-    image = os.environ.get("K8S_EXECUTOR_IMAGE")
+    image = args.image
     if image and image != "auto":
-        why = f"K8S_EXECUTOR_IMAGE={image}: pods run that image, nothing is built here"
+        why = f"image {image}: pods run it as is, nothing is built here"
         for name in ("registry", "podman", "base Python"):
             doctor.report(name, _SKIP, why)
         return
     if not args.registry:
         doctor.report(
             "registry",
-            _SKIP,
-            "no --registry or K8S_EXECUTOR_REGISTRY; the executor needs one, or image=",
+            _FAIL,
+            "not set: your environment is copied into an image pushed there, which the "
+            "nodes pull; set K8S_EXECUTOR_REGISTRY (registry= in code, --registry here) to "
+            "host[:port]/namespace, e.g. ghcr.io/ORG (the quickstart shows a local one), "
+            "or name an image that has your environment with K8S_EXECUTOR_IMAGE (image=, "
+            "--image)",
         )
         doctor.report("podman", _SKIP, "no registry: no image is built here")
         doctor.report("base Python", _SKIP, "no registry: no image is built here")

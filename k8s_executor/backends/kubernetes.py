@@ -256,10 +256,13 @@ class KubernetesBackend:
                 if s.namespace is None:
                     self.namespace = _context_namespace(s.kubeconfig, s.context)
         except (config.ConfigException, FileNotFoundError, TypeError) as exc:
+            where = s.kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
             raise ConfigError(
-                f"no usable Kubernetes configuration: {exc}. Point KUBECONFIG (or "
-                "kubeconfig=) at a kubeconfig file, pick a context with context=, or run "
-                "inside a pod; to run without a cluster, pass backend='local'"
+                f"no usable Kubernetes configuration in {where} ({str(exc).rstrip('.')}), "
+                "and not inside a pod. Point KUBECONFIG (or kubeconfig=) at a kubeconfig "
+                "file, pick a context with context=, or run inside a pod (the quickstart "
+                "shows how to make a kind or k3d cluster to try on); to run without a "
+                "cluster, pass backend='local'"
             ) from exc
         self._api = api
         self._core = client.CoreV1Api(api)
