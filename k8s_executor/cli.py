@@ -329,12 +329,14 @@ def _cleanup(cluster: object, args: argparse.Namespace) -> int:
         if not args.yes:
             also = f" and storage {storage}" if storage else ""
             print(
-                f"would delete run {run.run_id} ({run.jobs} Jobs, owner {run.owner or '?'})" + also
+                f"would delete run {run.run_id} ({_count(run.jobs, 'Job')}, owner "
+                f"{run.owner or '?'})" + also
             )
             continue
         jobs, secrets = cluster.delete_run(run.run_id)
         print(
-            f"deleted run {run.run_id}: {len(jobs)} Jobs (and their pods), {len(secrets)} Secrets"
+            f"deleted run {run.run_id}: {_count(len(jobs), 'Job')} (and their pods), "
+            f"{_count(len(secrets), 'Secret')}"
         )
         if storage:
             failed |= not _delete_storage(run.run_id, storage, args.storage_options)
@@ -369,6 +371,10 @@ def _delete_storage(run_id: str, url: str, options_json: str | None) -> bool:
         return False
     print(f"  deleted storage {url}")
     return True
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 # -- doctor ------------------------------------------------------------------------------

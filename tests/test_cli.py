@@ -636,6 +636,6 @@ def test_cleanup_deletes_only_a_run_shaped_storage_prefix(
     leave_run("rcleanme0001", run_prefix)
     assert cli.main(["cleanup", "rcleanme0001", "--yes", "--keep-storage", *config]) == 0
     out = capsys.readouterr().out
-    assert "deleted run rcleanme0001: 0 Jobs (and their pods), 1 Secrets" in out
+    assert "deleted run rcleanme0001: 0 Jobs (and their pods), 1 Secret" in out
     assert "deleted storage" not in out
     assert run_prefix.exists()
