@@ -8,11 +8,12 @@ exist?" (its 4.3 API only looks at local storage), and uploading blobs directly 
 makes an incremental build take a fraction of a second (docs/images.md has the numbers).
 
 Transient answers (429 and 5xx) are retried with exponential backoff, honouring
-``Retry-After``, by urllib3's ``Retry`` (mounted on the session); an unreachable registry
-is not retried, so that a wrong address fails at once. Every request here may be
-repeated: HEAD/GET read, a manifest PUT replaces the same content, an upload POST opens a
-fresh session, and a blob PUT whose answer was lost is recognised by asking whether the
-blob now exists.
+``Retry-After`` (capped), by the rules of urllib3's ``Retry``: mounted on the session for
+HEAD and GET, and applied here to PUT and POST, whose bodies urllib3 cannot always rewind
+(a layer copied from another registry is a stream, re-opened with ``open_body``). A blob
+upload that meets a transient answer starts over with a fresh upload session, unless the
+blob turns out to be stored already (an answer lost on the way back). An unreachable
+registry is not retried, so that a wrong address fails at once.
 
 Auth: a request answered 401 is retried once with what ``WWW-Authenticate`` asks for —
 ``Basic`` with the stored credentials, or ``Bearer`` with a token fetched from the realm
@@ -145,26 +146,45 @@ _TRANSIENT_STATUSES = (429, 500, 502, 503, 504)
 _RETRIES = 4
 
 
-def _transient_retry() -> Any:
-    """urllib3's retry policy for the registry: 4 more tries on a transient status, at once
-    and then after about 1, 2 and 4 s (``Retry-After`` wins); connection failures are not
-    retried."""
+_MAX_RETRY_AFTER = 60.0  # seconds: a registry asking for longer fails the build instead
+
+
+def _transient_retry(methods: frozenset[str] = frozenset({"HEAD", "GET"})) -> Any:
+    """urllib3's retry policy for the registry: 4 more tries of ``methods`` on a transient
+    status, at once and then after about 1, 2 and 4 s, or after ``Retry-After`` (at most
+    a minute); connection failures are not retried. (Parameters of urllib3 1.26 and 2.x.)
+    """
     from urllib3.util.retry import Retry
 
-    return Retry(
+    class _Retry(Retry):
+        def parse_retry_after(self, retry_after: str) -> float:
+            return min(float(super().parse_retry_after(retry_after)), _MAX_RETRY_AFTER)
+
+    return _Retry(
         total=_RETRIES,
         connect=0,
         read=0,
         other=0,
         status=_RETRIES,
         status_forcelist=_TRANSIENT_STATUSES,
-        allowed_methods=frozenset({"HEAD", "GET", "PUT", "POST"}),
+        allowed_methods=methods,
         backoff_factor=0.5,
-        backoff_jitter=0.25,
-        backoff_max=8.0,
         raise_on_status=False,  # the last answer reaches _request, which explains it
         respect_retry_after_header=True,
     )
+
+
+def _retry_later(policy: Any, method: str, url: str, response: Any) -> Any:
+    """``policy`` after a transient answer, having slept as it says; None when spent."""
+    from urllib3.exceptions import MaxRetryError
+
+    try:
+        policy = policy.increment(method, url, response=response.raw)
+    except MaxRetryError:
+        return None
+    response.close()
+    policy.sleep(response.raw)
+    return policy
 
 
 _CHALLENGE = re.compile(r'(\w+)="([^"]*)"')
@@ -289,18 +309,19 @@ class Registry:
         """Upload one blob in a single request (POST to start, PUT with the bytes).
 
         ``open_body`` is called to (re)open the content, so that a request that must be
-        repeated after an auth challenge can send it again.
+        repeated (after an auth challenge, or a transient answer) can send it again.
         """
-        r = self._request("POST", f"/v2/{repo}/blobs/uploads/", repo, push=True, ok=(202,))
-        location = r.headers.get("Location")
-        if not location:
-            raise RegistryError(f"{self.host}: upload start for {repo} returned no Location")
-        url = urljoin(self.base_url + "/", location)
-        parts = urlsplit(url)
-        query = f"{parts.query}&" if parts.query else ""
-        url = urlunsplit(parts._replace(query=query + urlencode({"digest": digest})))
-        try:
-            self._request(
+        policy = _transient_retry(frozenset({"PUT"}))
+        while True:
+            r = self._request("POST", f"/v2/{repo}/blobs/uploads/", repo, push=True, ok=(202,))
+            location = r.headers.get("Location")
+            if not location:
+                raise RegistryError(f"{self.host}: upload start for {repo} returned no Location")
+            url = urljoin(self.base_url + "/", location)
+            parts = urlsplit(url)
+            query = f"{parts.query}&" if parts.query else ""
+            url = urlunsplit(parts._replace(query=query + urlencode({"digest": digest})))
+            r = self._request(
                 "PUT",
                 url,
                 repo,
@@ -308,13 +329,23 @@ class Registry:
                 # requests sets Content-Length from the body (bytes, file or sized stream).
                 headers={"Content-Type": "application/octet-stream"},
                 body=open_body,
-                ok=(201,),
+                ok=(201, *_TRANSIENT_STATUSES),
+                retry=False,  # a failed upload session is not reused: start a new one
             )
-        except RegistryError:
-            # A retried PUT whose first attempt was stored finds its upload session
-            # closed (404): the blob being there is what counts.
-            if not self.blob_exists(repo, digest):
-                raise
+            if r.status_code == 201:
+                r.close()
+                return
+            # The answer may have been lost after the blob was stored.
+            if self.blob_exists(repo, digest):
+                r.close()
+                return
+            policy = _retry_later(policy, "PUT", url, r)
+            if policy is None:
+                r.close()
+                raise RegistryError(
+                    f"{self.host}: PUT {urlsplit(url).path} answered {r.status_code} on "
+                    f"every try (upload of {digest} to {repo})"
+                )
 
     # --- transport -----------------------------------------------------------------------
 
@@ -329,10 +360,41 @@ class Registry:
         body: Callable[[], IO[bytes] | bytes] | None = None,
         ok: tuple[int, ...] = (200,),
         stream: bool = False,
+        retry: bool = True,
     ) -> Any:
+        url = path if path.startswith(("http://", "https://")) else self.base_url + path
+        # HEAD and GET are retried inside the session (see _transient_retry); the others
+        # here, re-opening their bodies.
+        policy = (
+            _transient_retry(frozenset({method}))
+            if retry and method not in ("HEAD", "GET")
+            else None
+        )
+        while True:
+            r = self._send(
+                method, url, repo=repo, push=push, headers=headers, body=body, stream=stream
+            )
+            if policy is None or r.status_code in ok or r.status_code not in _TRANSIENT_STATUSES:
+                break
+            policy = _retry_later(policy, method, url, r)
+            if policy is None:
+                break
+        return self._check(r, method, url, repo=repo, push=push, ok=ok, stream=stream)
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        repo: str,
+        push: bool,
+        headers: Mapping[str, str] | None,
+        body: Callable[[], IO[bytes] | bytes] | None,
+        stream: bool,
+    ) -> Any:
+        """One request, and once more when a 401 asks for credentials we can supply."""
         import requests
 
-        url = path if path.startswith(("http://", "https://")) else self.base_url + path
         scope = f"repository:{repo}:{'pull,push' if push else 'pull'}"
         for attempt in range(2):
             hdrs = dict(headers or {})
@@ -367,6 +429,20 @@ class Registry:
                 self._tokens[scope] = self._authorize(challenge, repo, scope)
                 continue
             break
+        return r
+
+    def _check(
+        self,
+        r: Any,
+        method: str,
+        url: str,
+        *,
+        repo: str,
+        push: bool,
+        ok: tuple[int, ...],
+        stream: bool,
+    ) -> Any:
+        """``r`` if its status is one of ``ok``; otherwise the error that explains it."""
         if r.status_code in (401, 403):
             r.close()
             who = self._creds(repo)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import socket
 import threading
@@ -253,6 +254,47 @@ def test_transient_answers_are_retried(
         digest = push_small_image(registry, repo, "v1")
         assert registry.manifest_digest(repo, "v1") == digest
     assert faults.seen == 2  # both injected failures were met, and absorbed
+
+
+class _OneShotBody:
+    """A sized stream that cannot be rewound, like a layer copied from another registry."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+        self._size = len(data)
+
+    def __len__(self) -> int:
+        return self._size
+
+    def read(self, size: int = -1) -> bytes:
+        return self._data.read(size)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(lambda: self._data.read(1 << 16), b"")
+
+    def close(self) -> None:
+        self._data.close()
+
+
+def test_streamed_upload_starts_over_after_a_transient_answer(
+    flaky_registry: tuple[str, Faults],
+) -> None:
+    host, faults = flaky_registry
+    faults.status, faults.method, faults.path_regex, faults.count = 503, "PUT", "/blobs/", 2
+    blob = b"layer bytes " * 5000
+    opened: list[_OneShotBody] = []
+
+    def open_body() -> Any:
+        opened.append(_OneShotBody(blob))
+        return opened[-1]
+
+    with Registry(host) as registry:
+        registry.upload_blob("flaky/stream", digest_of(blob), len(blob), open_body)
+        assert registry.blob_exists("flaky/stream", digest_of(blob))
+        with registry.get_blob("flaky/stream", digest_of(blob)) as r:
+            assert r.content == blob
+    assert faults.seen == 2
+    assert len(opened) == 3  # a fresh body (and upload session) for each try
 
 
 def test_retry_after_is_honoured(flaky_registry: tuple[str, Faults]) -> None:
