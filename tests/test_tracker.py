@@ -77,6 +77,25 @@ def test_running_then_completed(tracker: RunTracker) -> None:
     assert tracker.on_pod("DELETED", pod(0, "Succeeded"), 4) == []
 
 
+def test_late_succeeded_pods_report_nothing(tracker: RunTracker) -> None:
+    # Index 1 failed for good, then the Job hit its deadline: a Succeeded pod seen after
+    # that (a duplicate, or a relist's ADDED replaying old pods) changes nothing.
+    tracker.on_pod("MODIFIED", pod(1, "Failed", **terminated(1, "Error")), 1)
+    tracker.on_job("MODIFIED", job(failedIndexes="1"))
+    deadline = {"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}
+    finished = tracker.on_job("MODIFIED", job(failedIndexes="1", conditions=[deadline]))
+    assert {e.index for e in finished if isinstance(e, Finished)} == {0, 2}
+    for index in (0, 1, 2):
+        assert tracker.on_pod("ADDED", pod(index, "Succeeded"), 2) == []
+    assert list(tracker.unfinished()) == []
+
+
+def test_relisted_succeeded_pod_is_reported_once(tracker: RunTracker) -> None:
+    first = tracker.on_pod("MODIFIED", pod(2, "Succeeded"), 1)
+    assert [type(e) for e in first] == [Started, Finished]
+    assert tracker.on_pod("ADDED", pod(2, "Succeeded"), 2) == []  # after a 410 relist
+
+
 def test_failed_pod_waits_for_the_job_controller(tracker: RunTracker) -> None:
     # A failed pod may be retried: only the Job's failedIndexes settles the index.
     failed = pod(1, "Failed", **terminated(1, "Error"))

@@ -7,11 +7,12 @@ directly, and keeps the backend a thin layer of API calls.
 
 When is an index finished? A pod that Succeeded settles its index at once: the worker
 exits 0 only after its outcome is stored, and the Job controller never retries a
-succeeded index (kubernetes-jobs.md §4), so there is nothing to wait for — and waiting
-for ``status.completedIndexes`` would cost the controller's status batching (about a
-second per update on a real cluster). Every failure is the Job controller's to decide
-(retries, pod failure policy, disruptions): it says so in ``status.failedIndexes`` and in
-the Job's terminal conditions; the pods say why (exit code, OOMKilled, evicted, logs).
+succeeded index (kubernetes-jobs.md §3: only its first success counts), so there is
+nothing to wait for — and waiting for ``status.completedIndexes`` would cost the
+controller's status batching (about a second per update on a real cluster). Every
+failure is the Job controller's to decide (retries, pod failure policy, disruptions): it
+says so in ``status.failedIndexes`` and in the Job's terminal conditions; the pods say
+why (exit code, OOMKilled, evicted, logs).
 """
 
 from __future__ import annotations

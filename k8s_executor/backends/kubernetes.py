@@ -53,6 +53,11 @@ _RBAC_TEXT = "; ".join(
 )
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 _WATCH_SECONDS = 240  # below every apiserver's --min-request-timeout
+# Indexes that finish within this many seconds of each other hand their worker slots on in
+# one PATCH per waiting Job (pods often end together; a pod start takes far longer).
+_REBALANCE_DELAY = 0.1
+# How long a finished index waits for its streamed log to be printed (stream_logs=True).
+_LOG_DRAIN_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,8 @@ class KubernetesBackend:
         self._jobs: dict[str, str] = {}  # batch id -> Job name
         # Worker slots per unfinished Job (its spec.parallelism), in launch order.
         self._parallelism: dict[str, int] = {}
+        self._sent_parallelism: dict[str, int] = {}  # what the cluster was last told
+        self._rebalance_pending = False
         self._patch_lock = threading.Lock()
         self._secret_created = False
         self._log_threads: dict[str, threading.Thread] = {}
@@ -158,6 +165,7 @@ class KubernetesBackend:
             # (0 pauses it) and grows as earlier Jobs finish (see _rebalance).
             parallelism = min(spec.indexes, max(0, self._max_workers - self._slots_in_use()))
             self._parallelism[spec.batch_id] = parallelism
+            self._sent_parallelism[spec.batch_id] = parallelism
         params = m.JobParams(
             run_id=spec.run_id,
             batch_id=spec.batch_id,
@@ -203,15 +211,22 @@ class KubernetesBackend:
             self._delivery.shutdown(wait=True)
         if self._api is None:
             return
+        if not kill:
+            # Let streamed logs finish printing before the pods they come from are deleted.
+            self._join_log_threads(5.0)
         for name in jobs:
             self._delete("Job", self._batch.delete_namespaced_job, name)
         if kill and jobs:
             self._wait_pods_gone()
         if self._secret_created:
             self._delete("Secret", self._core.delete_namespaced_secret, m.secret_name(self._run_id))
-        for thread in list(self._log_threads.values()):
-            thread.join(timeout=5)
+        self._join_log_threads(5.0)
         self._api.close()
+
+    def _join_log_threads(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        for thread in list(self._log_threads.values()):
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
     # -- connection and errors ------------------------------------------------------
 
@@ -238,13 +253,14 @@ class KubernetesBackend:
         from kubernetes import client, config
 
         s = self.settings
+        in_cluster = bool(
+            s.kubeconfig is None
+            and not os.environ.get("KUBECONFIG")
+            and os.environ.get("KUBERNETES_SERVICE_HOST")
+            and not os.path.exists(os.path.expanduser("~/.kube/config"))
+        )
         try:
-            if (
-                s.kubeconfig is None
-                and not os.environ.get("KUBECONFIG")
-                and os.environ.get("KUBERNETES_SERVICE_HOST")
-                and not os.path.exists(os.path.expanduser("~/.kube/config"))
-            ):
+            if in_cluster:
                 configuration = client.Configuration()
                 config.load_incluster_config(client_configuration=configuration)
                 api = client.ApiClient(configuration)
@@ -256,13 +272,20 @@ class KubernetesBackend:
                 if s.namespace is None:
                     self.namespace = _context_namespace(s.kubeconfig, s.context)
         except (config.ConfigException, FileNotFoundError, TypeError) as exc:
-            where = s.kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+            detail = str(exc).rstrip(".")
+            if in_cluster:
+                found = (
+                    "KUBERNETES_SERVICE_HOST is set but the in-cluster configuration is not "
+                    f"usable ({detail}; is a service account token mounted in this pod?)"
+                )
+            else:
+                where = s.kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+                found = f"no usable Kubernetes configuration in {where} ({detail})"
             raise ConfigError(
-                f"no usable Kubernetes configuration in {where} ({str(exc).rstrip('.')}), "
-                "and not inside a pod. Point KUBECONFIG (or kubeconfig=) at a kubeconfig "
-                "file, pick a context with context=, or run inside a pod (the quickstart "
-                "shows how to make a kind or k3d cluster to try on); to run without a "
-                "cluster, pass backend='local'"
+                f"{found}. Point KUBECONFIG (or kubeconfig=) at a kubeconfig file, pick a "
+                "context with context=, or run inside a pod (the quickstart shows how to "
+                "make a kind or k3d cluster to try on); to run without a cluster, pass "
+                "backend='local'"
             ) from exc
         self._api = api
         self._core = client.CoreV1Api(api)
@@ -486,7 +509,26 @@ class KubernetesBackend:
     def _finish(self, event: Finished) -> None:
         assert self._listener is not None
         exit = self._with_log_tail(event.batch_id, event.index, event.exit)
+        if self.settings.stream_logs:
+            self._drain_logs(event.batch_id, event.index)
         self._listener.index_finished(event.batch_id, event.index, exit)
+        self._rebalance_soon()
+
+    def _rebalance_soon(self) -> None:
+        """Rebalance after a short pause, once for every index finishing meanwhile.
+
+        Runs on a delivery thread: the first finished index waits _REBALANCE_DELAY and
+        rebalances for all; the others (delivered meanwhile by the other threads) return
+        at once. Without this, every pod that succeeds would cost one PATCH per waiting
+        Job (the Job status used to batch them, at the cost of its latency).
+        """
+        with self._lock:
+            if self._rebalance_pending:
+                return
+            self._rebalance_pending = True
+        self._stop.wait(_REBALANCE_DELAY)
+        with self._lock:
+            self._rebalance_pending = False
         self._rebalance()
 
     def _demand(self, batch_id: str) -> int:
@@ -521,6 +563,8 @@ class KubernetesBackend:
                     name = self._jobs.get(batch_id)
                 if value is None or name is None or self._stop.is_set():
                     continue
+                if not resume and value == self._sent_parallelism.get(batch_id):
+                    continue  # an earlier PATCH already carried this value
                 patch: dict[str, Any] = {"parallelism": value}
                 if resume:
                     patch["suspend"] = False
@@ -532,6 +576,8 @@ class KubernetesBackend:
                         self.namespace,
                         {"spec": patch},
                     )
+                    with self._lock:
+                        self._sent_parallelism[batch_id] = value
 
     def _stuck(self, event: Stuck) -> None:
         assert self._listener is not None
@@ -602,6 +648,15 @@ class KubernetesBackend:
         return exit
 
     # -- logs ------------------------------------------------------------------------
+
+    def _drain_logs(self, batch_id: str, index: int) -> None:
+        """Let the streamed logs of an index's pods finish printing (their containers
+        have ended, so their follow streams are ending too) before its futures resolve."""
+        prefix = f"{m.job_name(self._run_id, batch_id)}-{index}-"
+        with self._lock:
+            threads = [t for name, t in self._log_threads.items() if name.startswith(prefix)]
+        for thread in threads:
+            thread.join(timeout=_LOG_DRAIN_SECONDS)
 
     def _follow_log(self, pod: Mapping[str, Any]) -> None:
         meta = pod.get("metadata") or {}
