@@ -96,6 +96,9 @@ class RunStore:
             # Plain file operations, not fsspec's LocalFileSystem: importing fsspec costs a
             # worker ~50 ms of its start-up, and local files need nothing it adds.
             self.root = os.path.abspath(self.url.removeprefix("file://"))
+            # Absolute in the URL too: workers get it, and they may start elsewhere (a
+            # pod's working directory is the image's, a subprocess may be given another).
+            self.url = self.root
             return
         import fsspec
 

@@ -193,6 +193,17 @@ def test_shutdown_leaves_no_job_pod_secret_or_storage(
     assert not (shared_dir / "storage" / run_id).exists()
 
 
+@pytest.mark.kubesim_only  # a local directory the pods see: kubesim's process kubelet
+def test_relative_storage_path_reaches_the_pods(
+    kw: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Pods start in another working directory: they must get the path made absolute.
+    monkeypatch.chdir(tmp_path)
+    with KubernetesExecutor(**{**kw, "storage": "relative-runs"}) as ex:
+        assert list(ex.map(helpers.square, range(4))) == [0, 1, 4, 9]
+        assert (tmp_path / "relative-runs" / ex.run_id).is_dir()
+
+
 def test_max_workers_bounds_pods_across_batches(
     cluster: ClusterUnderTest, kw: dict[str, Any], shared_dir: SharedPath
 ) -> None:
