@@ -185,7 +185,8 @@ class KubernetesExecutor(Executor):
             backend, a private temporary directory.
         storage_options: options of the fsspec filesystem (credentials, endpoint).
         batching: how calls are coalesced into batches and packed into workers.
-        storage_retry: how transient storage errors are retried.
+        storage_retry: how transient storage errors are retried, by this process and by
+            the workers.
         image: (kubernetes) the workers' image. ``"auto"`` (the default when a registry is
             configured) snapshots this virtualenv into ``registry`` on first use and
             reuses it while the environment is unchanged. Default: ``K8S_EXECUTOR_IMAGE``.
@@ -714,6 +715,7 @@ class KubernetesExecutor(Executor):
             indexes=len(groups),
             key=self._key,
             storage_options=self._storage_options,
+            storage_retry=self._retry,
         )
         try:
             self._backend.launch(spec)

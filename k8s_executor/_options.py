@@ -7,6 +7,7 @@ the value and what is allowed.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -121,6 +122,30 @@ class StorageRetry(_Options):
         check_positive_int("StorageRetry.attempts", self.attempts)
         check_seconds("StorageRetry.initial_delay", self.initial_delay)
         check_seconds("StorageRetry.max_delay", self.max_delay)
+
+    def to_env(self) -> str:
+        """This policy as the value of the workers' ``K8S_EXECUTOR_STORAGE_RETRY``."""
+        return json.dumps(
+            {
+                "attempts": self.attempts,
+                "initial_delay": self.initial_delay,
+                "max_delay": self.max_delay,
+            }
+        )
+
+    @classmethod
+    def from_env(cls, text: str | None) -> StorageRetry:
+        """The policy :meth:`to_env` wrote (the default when ``text`` is empty); a value
+        that is not one raises ``ConfigError``."""
+        if not text:
+            return cls()
+        try:
+            values = json.loads(text)
+            return cls(**values)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(
+                f"K8S_EXECUTOR_STORAGE_RETRY={text!r} is not a StorageRetry: {exc}"
+            ) from exc
 
 
 # -- Kubernetes options ----------------------------------------------------------------

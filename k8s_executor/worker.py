@@ -14,6 +14,9 @@ reads ``URL/fn`` and ``URL/in/3``, runs the tasks of index 3 in order, writes
     names a file holding it instead.
 ``K8S_EXECUTOR_STORAGE_OPTIONS``
     optional JSON object of fsspec storage options.
+``K8S_EXECUTOR_STORAGE_RETRY``
+    optional JSON of the executor's ``StorageRetry`` (attempts, initial_delay, max_delay),
+    so that workers ride out storage trouble as the client does.
 ``K8S_EXECUTOR_PARENT_PID``
     optional; the worker exits when this process is no longer its parent (local backend:
     no worker outlives a killed client).
@@ -42,8 +45,9 @@ import cloudpickle
 
 from . import _exitcodes as codes
 from . import _payload as wire
+from ._options import StorageRetry
 from ._store import RunStore
-from .errors import PayloadError, StorageError, VersionMismatchError
+from .errors import ConfigError, PayloadError, StorageError, VersionMismatchError
 
 EXIT_OK: Final = codes.OK
 EXIT_TASK_FAILED: Final = codes.TASK_FAILED
@@ -223,12 +227,16 @@ def main(argv: list[str] | None = None) -> NoReturn:
     if parent:
         _watch_parent(int(parent))
     options = json.loads(os.environ.get("K8S_EXECUTOR_STORAGE_OPTIONS") or "{}")
+    try:
+        retry = StorageRetry.from_env(os.environ.get("K8S_EXECUTOR_STORAGE_RETRY"))
+    except ConfigError as exc:
+        _usage(str(exc))
     key = _read_key()
-    run = RunStore(args[0].rstrip("/").rsplit("/", 1)[0], options)
+    run = RunStore(args[0].rstrip("/").rsplit("/", 1)[0], options, retry)
     grace = os.environ.get("K8S_EXECUTOR_HEARTBEAT_GRACE")
     if grace:
         _watch_heartbeat(run, float(grace))
-    code = run_index(RunStore(args[0], options), key, int(index_text), run)
+    code = run_index(RunStore(args[0], options, retry), key, int(index_text), run)
     sys.stdout.flush()
     sys.stderr.flush()
     # The outcome is written: nothing a task left behind (a non-daemon thread, a hung

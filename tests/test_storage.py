@@ -100,6 +100,28 @@ def test_s3_persistent_errors_become_storage_error(s3: S3Server) -> None:
         store.put("b0/fn", b"x")
 
 
+@pytest.mark.parametrize("attempts", [1, 3])
+def test_workers_retry_storage_as_told(s3: S3Server, attempts: int) -> None:
+    # The worker cannot read its input: it gives up after the executor's StorageRetry
+    # attempts (not its own default of 5), and says so.
+    s3.faults.status, s3.faults.code, s3.faults.count = 500, "InternalError", 1000
+    s3.faults.method, s3.faults.path_regex = "GET", r"/in/0"
+    retry = StorageRetry(attempts=attempts, initial_delay=0.01, max_delay=0.05)
+    try:
+        with KubernetesExecutor(
+            backend="local",
+            max_workers=1,
+            storage="s3://bucket/k8sx",
+            storage_options=s3.storage_options(),
+            storage_retry=retry,
+        ) as ex:
+            future = ex.submit(helpers.add, 2, b=3)
+            with pytest.raises(StorageError, match=rf"cannot read in/0 .* after {attempts} tries"):
+                future.result(timeout=60)
+    finally:
+        s3.faults.method, s3.faults.path_regex, s3.faults.count = None, ".*", 0
+
+
 def test_executor_over_s3_with_transient_errors(s3: S3Server) -> None:
     s3.faults.seen = 0
     s3.faults.status, s3.faults.code, s3.faults.count = 503, "SlowDown", 4

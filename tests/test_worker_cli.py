@@ -89,6 +89,11 @@ def test_version_mismatch_reported_to_client(tmp_path: Path) -> None:
             {"JOB_COMPLETION_INDEX": "0"},
             "K8S_EXECUTOR_KEY (or K8S_EXECUTOR_KEY_FILE) is not set",
         ),
+        (
+            "x",
+            {"JOB_COMPLETION_INDEX": "0", "K8S_EXECUTOR_STORAGE_RETRY": '{"attempts": 0}'},
+            "K8S_EXECUTOR_STORAGE_RETRY='{\"attempts\": 0}' is not a StorageRetry",
+        ),
     ],
 )
 def test_bad_invocation(args: str | None, env: dict[str, str], message: str) -> None:

@@ -11,6 +11,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from .._options import StorageRetry
+
 __all__ = ["Backend", "IndexExit", "LaunchSpec", "Listener", "RunContext"]
 
 
@@ -38,6 +40,8 @@ class LaunchSpec:
     key: bytes
     """The run's signing key; the backend delivers it to workers without exposing it."""
     storage_options: Mapping[str, Any] = field(default_factory=dict)
+    storage_retry: StorageRetry = field(default_factory=StorageRetry)
+    """How workers retry transient storage errors (``K8S_EXECUTOR_STORAGE_RETRY``)."""
 
 
 @dataclass(frozen=True)

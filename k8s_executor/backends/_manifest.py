@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from .. import _exitcodes as codes
-from .._options import PodOptions, Resources, Scheduling, Timeouts
+from .._options import PodOptions, Resources, Scheduling, StorageRetry, Timeouts
 
 MANAGED_BY: Final = "k8s-executor"
 LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
@@ -74,6 +74,7 @@ class JobParams:
     scheduling: Scheduling = field(default_factory=Scheduling)
     pod: PodOptions = field(default_factory=PodOptions)
     timeouts: Timeouts = field(default_factory=Timeouts)
+    storage_retry: StorageRetry = field(default_factory=StorageRetry)
 
 
 def secret_manifest(
@@ -139,6 +140,7 @@ def _env(p: JobParams) -> list[dict[str, Any]]:
             "valueFrom": {"secretKeyRef": {"name": secret, "key": ENTRY_KEY}},
         },
         {"name": "K8S_EXECUTOR_HEARTBEAT_GRACE", "value": str(p.timeouts.heartbeat_grace)},
+        {"name": "K8S_EXECUTOR_STORAGE_RETRY", "value": p.storage_retry.to_env()},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
     if p.storage_options_in_secret:

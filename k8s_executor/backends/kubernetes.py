@@ -181,6 +181,7 @@ class KubernetesBackend:
             scheduling=self.settings.scheduling,
             pod=self.settings.pod,
             timeouts=self.settings.timeouts,
+            storage_retry=spec.storage_retry,
         )
         job = m.job_manifest(params)
         with self._lock:

@@ -137,6 +137,7 @@ class LocalBackend:
             JOB_COMPLETION_INDEX=str(item.index),
             K8S_EXECUTOR_KEY=spec.key.hex(),
             K8S_EXECUTOR_STORAGE_OPTIONS=json.dumps(dict(spec.storage_options)),
+            K8S_EXECUTOR_STORAGE_RETRY=spec.storage_retry.to_env(),
             K8S_EXECUTOR_PARENT_PID=str(os.getpid()),
             PYTHONPATH=_python_path(),
         )
