@@ -30,6 +30,7 @@ import contextlib
 import enum
 import functools
 import itertools
+import json
 import os
 import shutil
 import sys
@@ -355,6 +356,11 @@ class KubernetesExecutor(Executor):
         self._broken: BaseException | None = None
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
+        # (batch, index) with calls cancelled since their skip marker was last written.
+        self._skip_pending: set[tuple[str, int]] = set()
+        self._skip_written: dict[tuple[str, int], float] = {}  # when, by time.monotonic()
+        self._skip_timer: threading.Timer | None = None
+        self._bulk_cancel = False
         self._queue: list[_Task] = []
         self._flush = False
         self._batches: dict[str, _Batch] = {}
@@ -735,8 +741,8 @@ class KubernetesExecutor(Executor):
         list(self._writer.map(lambda kv: store.put(*kv), writes))
 
     def _task_done(self, task: _Task, _future: Future[Any]) -> None:
-        """A future is done; if cancelled, and its whole index is, keep the index from
-        starting: a skip marker the worker checks first, and a hint to the backend."""
+        """A future is done; if it was cancelled before its index started, tell the
+        worker not to run it (see _write_skip_markers)."""
         cancelled = task.future.cancelled()
         for bar in task.bars:
             bar.finished(
@@ -747,21 +753,65 @@ class KubernetesExecutor(Executor):
             )
         if not cancelled:
             return
+        key = (task.batch_id, task.index)
         with self._lock:
-            batch = self._batches.get(task.batch_id)
-            if batch is None:
-                return
-            entry = batch.indexes[task.index]
-            if entry.started or entry.skipped:
-                return
-            if not all(t.future.cancelled() for t in entry.tasks):
-                return
-            entry.skipped = True
+            if task.batch_id not in self._batches:
+                return  # not launched yet: it will never be
+            self._skip_pending.add(key)
+            if self._bulk_cancel:
+                return  # _cancel_not_started writes the markers once at the end
+            last = self._skip_written.get(key)
+            write_now = last is None or time.monotonic() - last >= _SKIP_MARKER_DELAY
+            if not write_now:
+                if self._skip_timer is not None:
+                    return
+                # The index's marker was written a moment ago: a loop is cancelling many
+                # of its calls. Write once for all of them shortly, not once per call.
+                timer = threading.Timer(_SKIP_MARKER_DELAY, self._write_skip_markers)
+                timer.daemon = True
+                self._skip_timer = timer
+        if write_now:
+            # Written before cancel() returns, so the worker sees it if it starts later.
+            self._write_skip_markers()
+        else:
+            timer.start()
+
+    def _write_skip_markers(self) -> None:
+        """Write ``skip/<index>`` for indexes with calls cancelled before they started.
+
+        A cancelled call must not run, as with ProcessPoolExecutor, even when it shares a
+        worker with calls that were not cancelled. The worker reads the marker before its
+        first call: empty means every call of the index was cancelled (and the backend is
+        told, so it can avoid starting the worker at all); otherwise it lists the task ids
+        to leave out. Written under the lock, so that markers for one index are written in
+        order, each with everything cancelled so far.
+        """
+        cancelled_indexes: list[tuple[str, int]] = []
+        with self._lock:
+            if self._skip_timer is not None and self._skip_timer is not threading.current_thread():
+                self._skip_timer.cancel()
+            self._skip_timer = None
+            pending, self._skip_pending = self._skip_pending, set()
             store = self._store
-        if store is not None:
-            with contextlib.suppress(StorageError):
-                store.put(f"{task.batch_id}/skip/{task.index}", b"")
-        self._backend.cancel(task.batch_id, [task.index])
+            for batch_id, index in sorted(pending):
+                batch = self._batches.get(batch_id)
+                if batch is None or store is None:
+                    continue
+                entry = batch.indexes[index]
+                if entry.started or entry.skipped:
+                    continue
+                ids = [t.task_id for t in entry.tasks if t.future.cancelled()]
+                if all(t.future.done() for t in entry.tasks):  # nothing left to run
+                    entry.skipped = True
+                    marker = b""
+                    cancelled_indexes.append((batch_id, index))
+                else:
+                    marker = json.dumps({"tasks": ids}).encode()
+                with contextlib.suppress(StorageError):
+                    store.put(f"{batch_id}/skip/{index}", marker)
+                self._skip_written[(batch_id, index)] = time.monotonic()
+        for batch_id, index in cancelled_indexes:
+            self._backend.cancel(batch_id, [index])
 
     def _beat(self, interval: float) -> None:
         """Refresh the run's heartbeat: workers of a vanished client give up."""
@@ -902,16 +952,16 @@ class KubernetesExecutor(Executor):
         # Called with the lock held.
         for t in self._queue:
             t.future.cancel()
-        not_started: dict[str, list[int]] = {}
-        for batch in self._batches.values():
-            for i, entry in enumerate(batch.indexes):
-                if entry.started:
-                    continue
-                for t in entry.tasks:
-                    t.future.cancel()
-                not_started.setdefault(batch.batch_id, []).append(i)
-        for batch_id, indexes in not_started.items():
-            self._backend.cancel(batch_id, indexes)
+        self._bulk_cancel = True  # one skip marker per index, not one per call
+        try:
+            for batch in self._batches.values():
+                for entry in batch.indexes:
+                    if not entry.started:
+                        for t in entry.tasks:
+                            t.future.cancel()
+        finally:
+            self._bulk_cancel = False
+        self._write_skip_markers()
 
     def _finish(self) -> None:
         """Wait for the work (or kill it), then release the backend and storage."""
@@ -953,6 +1003,9 @@ class KubernetesExecutor(Executor):
         self.shutdown(wait=True, kill_workers=True)
 
 
+# Seconds between a call's cancellation and its index's skip marker being written; the
+# cancellations that come meanwhile share the write.
+_SKIP_MARKER_DELAY = 0.02
 _SHUT_DOWN_MESSAGE = "the executor was shut down (killing its workers) before this call finished"
 
 

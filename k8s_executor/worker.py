@@ -184,13 +184,28 @@ class _Runner:
         return wire.TaskOutcome(task.task_id, blob, None)
 
 
+def _cancelled_tasks(marker: bytes | None) -> frozenset[int]:
+    """The task ids a skip marker lists (calls cancelled before this worker started)."""
+    if marker is None:
+        return frozenset()
+    try:
+        ids = json.loads(marker)["tasks"]
+        return frozenset(int(i) for i in ids)
+    except (ValueError, TypeError, KeyError) as exc:
+        # Not written by the executor (markers are not signed): run every call.
+        print(f"k8s_executor.worker: ignoring a malformed skip marker: {exc}", file=sys.stderr)
+        return frozenset()
+
+
 def run_index(store: RunStore, key: bytes, index: int, run: RunStore | None = None) -> int:
     """Run one index of a batch (``store``: the batch's storage, ``run``: the run's, for
     shared buffers); return the process exit code."""
     out_key = f"out/{index}"
-    if store.get_or_none(f"skip/{index}") is not None:
+    marker = store.get_or_none(f"skip/{index}")
+    if marker == b"":
         # Every call of this index was cancelled before the worker started.
         return EXIT_OK
+    cancelled = _cancelled_tasks(marker)
     try:
         table = wire.FunctionTable.open(key, store.get("fn"))
         tasks = wire.open_inputs(key, store.get(f"in/{index}"))
@@ -210,7 +225,7 @@ def run_index(store: RunStore, key: bytes, index: int, run: RunStore | None = No
         return EXIT_INDEX_FAILED
     runner = _Runner(table, run)
     runner.initialize()
-    outcomes = [runner.run(task) for task in tasks]
+    outcomes = [runner.run(task) for task in tasks if task.task_id not in cancelled]
     store.put(out_key, wire.seal_outcomes(key, outcomes))
     return EXIT_OK if all(o.error is None for o in outcomes) else EXIT_TASK_FAILED
 

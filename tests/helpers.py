@@ -242,6 +242,12 @@ def set_global(value: object) -> None:
     globals()["INITIALIZED"] = value
 
 
+def record_name(record_dir: PathArg, name: str) -> str:
+    """Leave a trace named ``name`` that this call ran."""
+    (as_shared(record_dir) / name).touch()
+    return name
+
+
 def record_then_wait(record_dir: PathArg, release: PathArg, timeout: float = 60.0) -> int:
     """Leave a trace that this call ran, then wait for the release file."""
     (as_shared(record_dir) / f"{worker_id()}-{uuid.uuid4().hex}").touch()

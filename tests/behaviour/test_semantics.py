@@ -176,6 +176,61 @@ def test_cancel_pending_future_before_start(
         queued.result()
 
 
+def test_cancelled_call_does_not_run_beside_calls_that_do(
+    shared_dir: SharedPath, make_executor: ExecutorFactory
+) -> None:
+    # Three calls share one worker (one slot, one index), held back by a blocking task;
+    # the middle one is cancelled after its batch was handed to the backend. As with
+    # ProcessPoolExecutor, a call whose cancel() returned True never runs.
+    ex = make_executor(max_workers=1)
+    started, release, calls = shared_dir / "started", shared_dir / "release", shared_dir / "calls"
+    calls.mkdir()
+    blocker = ex.submit(helpers.touch_then_wait, started, release)
+    helpers.wait_for(started.exists, 60, "the blocking task to start")
+    queued = [ex.submit(helpers.record_name, calls, name) for name in ("a", "b", "c")]
+    # The three are launched as one batch, which waits for the slot.
+    helpers.wait_for(lambda: len(ex._batches) == 2, 60, "the second batch to be launched")
+    assert queued[1].cancel()
+    release.touch()
+    blocker.result(timeout=60)
+    assert [queued[0].result(timeout=60), queued[2].result(timeout=60)] == ["a", "c"]
+    assert queued[1].cancelled()
+    assert sorted(calls.listdir()) == ["a", "c"]
+
+
+@pytest.mark.backends("local")
+def test_cancelling_many_calls_writes_each_marker_a_few_times(
+    shared_dir: SharedPath, make_executor: ExecutorFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from k8s_executor._store import RunStore
+
+    markers: list[str] = []
+    put = RunStore.put
+
+    def counting_put(self: RunStore, key: str, data: bytes) -> None:
+        if "/skip/" in key:
+            markers.append(key)
+        put(self, key, data)
+
+    monkeypatch.setattr(RunStore, "put", counting_put)
+    ex = make_executor(max_workers=1)
+    started, release, calls = shared_dir / "started", shared_dir / "release", shared_dir / "calls"
+    calls.mkdir()
+    blocker = ex.submit(helpers.touch_then_wait, started, release)
+    helpers.wait_for(started.exists, 60, "the blocking task to start")
+    queued = [ex.submit(helpers.record_name, calls, f"c{i}") for i in range(300)]
+    helpers.wait_for(lambda: len(ex._batches) == 2, 60, "the second batch to be launched")
+    assert all(f.cancel() for f in queued[:-1])  # a loop cancelling all but the last
+    # The last marker is written a moment after the loop (the worker could start first
+    # only if its slot freed within that moment; here the test holds the slot).
+    helpers.wait_for(lambda: ex._skip_timer is None, 60, "the skip marker to be written")
+    release.touch()
+    blocker.result(timeout=60)
+    assert queued[-1].result(timeout=60) == "c299"
+    assert calls.listdir() == ["c299"]
+    assert 1 <= len(markers) <= 3  # one index: written at once, then once for the rest
+
+
 def test_running_future_cannot_be_cancelled(
     shared_dir: SharedPath, make_executor: ExecutorFactory
 ) -> None:
