@@ -31,6 +31,7 @@ import enum
 import functools
 import itertools
 import json
+import logging
 import os
 import shutil
 import sys
@@ -714,6 +715,13 @@ class KubernetesExecutor(Executor):
             self._shared.update(k for k, v in placed.items() if isinstance(v, str))
         with self._lock:
             self._batches[batch.batch_id] = batch
+            # Calls cancelled while the inputs were being written: their markers now,
+            # before the backend can start a worker.
+            for i, entry in enumerate(batch.indexes):
+                if any(t.future.cancelled() for t in entry.tasks):
+                    self._skip_pending.add((batch.batch_id, i))
+            if self._skip_pending:
+                self._write_skip_markers()
         spec = LaunchSpec(
             run_id=self._run_id,
             batch_id=batch.batch_id,
@@ -807,8 +815,11 @@ class KubernetesExecutor(Executor):
                     cancelled_indexes.append((batch_id, index))
                 else:
                     marker = json.dumps({"tasks": ids}).encode()
-                with contextlib.suppress(StorageError):
+                try:
                     store.put(f"{batch_id}/skip/{index}", marker)
+                except StorageError as exc:
+                    # The calls stay cancelled; only the worker will not know to skip them.
+                    _log.warning("cannot tell batch %s index %s to skip: %s", batch_id, index, exc)
                 self._skip_written[(batch_id, index)] = time.monotonic()
         for batch_id, index in cancelled_indexes:
             self._backend.cancel(batch_id, [index])
@@ -833,6 +844,10 @@ class KubernetesExecutor(Executor):
             if batch is None:
                 return False
             entry = batch.indexes[index]
+            if (batch_id, index) in self._skip_pending:
+                # A marker still waiting for its delayed write: write it before the worker
+                # may read it (the local backend starts the worker after this returns).
+                self._write_skip_markers()
             entry.started = True
             for t in entry.tasks:
                 if not t.settled and t.future.set_running_or_notify_cancel():
@@ -944,6 +959,8 @@ class KubernetesExecutor(Executor):
         batch.unfinished -= 1
         if batch.unfinished == 0:
             del self._batches[batch.batch_id]
+            for i in range(len(batch.indexes)):
+                self._skip_written.pop((batch.batch_id, i), None)
             self._cond.notify_all()
 
     # -- shutdown ------------------------------------------------------------------
@@ -1003,6 +1020,7 @@ class KubernetesExecutor(Executor):
         self.shutdown(wait=True, kill_workers=True)
 
 
+_log = logging.getLogger(__name__)
 # Seconds between a call's cancellation and its index's skip marker being written; the
 # cancellations that come meanwhile share the write.
 _SKIP_MARKER_DELAY = 0.02

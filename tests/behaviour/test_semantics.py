@@ -181,8 +181,9 @@ def test_cancelled_call_does_not_run_beside_calls_that_do(
 ) -> None:
     # Three calls share one worker (one slot, one index), held back by a blocking task;
     # the middle one is cancelled after its batch was handed to the backend. As with
-    # ProcessPoolExecutor, a call whose cancel() returned True never runs.
-    ex = make_executor(max_workers=1)
+    # ProcessPoolExecutor, a call whose cancel() returned True never runs. (A wide batching
+    # window keeps the three in one batch however slow the machine.)
+    ex = make_executor(max_workers=1, batching=Batching(window=0.5))
     started, release, calls = shared_dir / "started", shared_dir / "release", shared_dir / "calls"
     calls.mkdir()
     blocker = ex.submit(helpers.touch_then_wait, started, release)
@@ -213,7 +214,7 @@ def test_cancelling_many_calls_writes_each_marker_a_few_times(
         put(self, key, data)
 
     monkeypatch.setattr(RunStore, "put", counting_put)
-    ex = make_executor(max_workers=1)
+    ex = make_executor(max_workers=1, batching=Batching(window=0.5))
     started, release, calls = shared_dir / "started", shared_dir / "release", shared_dir / "calls"
     calls.mkdir()
     blocker = ex.submit(helpers.touch_then_wait, started, release)
@@ -228,7 +229,9 @@ def test_cancelling_many_calls_writes_each_marker_a_few_times(
     blocker.result(timeout=60)
     assert queued[-1].result(timeout=60) == "c299"
     assert calls.listdir() == ["c299"]
-    assert 1 <= len(markers) <= 3  # one index: written at once, then once for the rest
+    # One index: written by the first cancel, then once more for the rest (or a few
+    # times, if the loop outlasts the 20 ms delay on a slow machine) — not 299 times.
+    assert 1 <= len(markers) <= 10
 
 
 def test_running_future_cannot_be_cancelled(
