@@ -114,6 +114,7 @@ class KubernetesBackend:
         # Worker slots per unfinished Job (its spec.parallelism), in launch order.
         self._parallelism: dict[str, int] = {}
         self._sent_parallelism: dict[str, int] = {}  # what the cluster was last told
+        self._created: set[str] = set()  # batches whose Job the API server accepted
         self._rebalance_pending = False
         self._patch_lock = threading.Lock()
         self._secret_created = False
@@ -185,6 +186,8 @@ class KubernetesBackend:
         )
         job = m.job_manifest(params)
         with self._lock:
+            # Known before it is created, so that close() deletes it even if the answer
+            # to the create is lost; PATCHed only once it exists (_created).
             self._jobs[spec.batch_id] = job["metadata"]["name"]
         self._call(
             f"create Job {job['metadata']['name']}",
@@ -192,6 +195,13 @@ class KubernetesBackend:
             self.namespace,
             job,
         )
+        with self._lock:
+            self._created.add(spec.batch_id)
+            # Slots freed while the Job was being created were planned for it, but could
+            # not be sent to a Job that did not exist yet.
+            late = self._parallelism.get(spec.batch_id) != parallelism
+        if late:
+            self._rebalance()
 
     def cancel(self, batch_id: str, indexes: Collection[int]) -> None:
         """Nothing to do: workers honour the skip markers the executor writes."""
@@ -335,7 +345,7 @@ class KubernetesBackend:
             )
         except ClusterError as exc:
             if not isinstance(exc.__cause__, ApiException) or exc.__cause__.status != 404:
-                print(f"k8s_executor: could not {exc}", file=sys.stderr)
+                print(f"k8s_executor: {exc}", file=sys.stderr)
 
     def _wait_pods_gone(self, timeout: float = 90.0) -> None:
         """After a kill, return once no pod of the run is left (or say it is not)."""
@@ -499,11 +509,14 @@ class KubernetesBackend:
                 listener.index_started(event.batch_id, event.index)
             elif isinstance(event, Finished):
                 # Reading the outcome (and, for a failure, the log tail) takes round
-                # trips: keep the watch flowing while they happen.
+                # trips: keep the watch flowing while they happen. The freed slot is
+                # handed on meanwhile (the tracker already counts the index finished).
                 if self._delivery is not None and not self._stop.is_set():
                     self._delivery.submit(self._finish, event)
+                    self._delivery.submit(self._rebalance_soon)
                 else:
                     self._finish(event)
+                    self._rebalance()
             elif isinstance(event, Stuck):
                 self._stuck(event)
 
@@ -513,7 +526,6 @@ class KubernetesBackend:
         if self.settings.stream_logs:
             self._drain_logs(event.batch_id, event.index)
         self._listener.index_finished(event.batch_id, event.index, exit)
-        self._rebalance_soon()
 
     def _rebalance_soon(self) -> None:
         """Rebalance after a short pause, once for every index finishing meanwhile.
@@ -547,7 +559,6 @@ class KubernetesBackend:
             for batch_id in [b for b in self._parallelism if self._demand(b) == 0]:
                 del self._parallelism[batch_id]
             free = self._max_workers - self._slots_in_use()
-            grown: list[tuple[str, bool]] = []
             for batch_id, parallelism in self._parallelism.items():
                 if free <= 0:
                     break
@@ -556,29 +567,35 @@ class KubernetesBackend:
                     # Only ever grow: lowering a running Job's parallelism deletes pods.
                     self._parallelism[batch_id] = parallelism + extra
                     free -= extra
-                    grown.append((batch_id, parallelism == 0))  # 0: created suspended
-        for batch_id, resume in grown:
+            # Every Job whose planned slots the cluster has not been told yet (grown now,
+            # or earlier by a PATCH that failed or found no Job yet).
+            behind = [b for b, p in self._parallelism.items() if p != self._sent_parallelism.get(b)]
+        for batch_id in behind:
             with self._patch_lock:  # in order, and always the latest value
                 with self._lock:
                     value = self._parallelism.get(batch_id)
                     name = self._jobs.get(batch_id)
-                if value is None or name is None or self._stop.is_set():
+                    sent = self._sent_parallelism.get(batch_id, 0)
+                    exists = batch_id in self._created
+                if value is None or name is None or not exists or value == sent:
                     continue
-                if not resume and value == self._sent_parallelism.get(batch_id):
-                    continue  # an earlier PATCH already carried this value
+                if self._stop.is_set():
+                    continue
                 patch: dict[str, Any] = {"parallelism": value}
-                if resume:
-                    patch["suspend"] = False
-                with contextlib.suppress(ClusterError):  # the Job may be gone already
+                if sent == 0:
+                    patch["suspend"] = False  # it was created suspended, waiting for slots
+                try:
                     self._call(
-                        f"{'resume' if resume else 'raise the parallelism of'} Job {name}",
+                        f"{'resume' if sent == 0 else 'raise the parallelism of'} Job {name}",
                         self._batch.patch_namespaced_job,
                         name,
                         self.namespace,
                         {"spec": patch},
                     )
-                    with self._lock:
-                        self._sent_parallelism[batch_id] = value
+                except ClusterError:
+                    continue  # the Job may be gone already; otherwise the next rebalance
+                with self._lock:
+                    self._sent_parallelism[batch_id] = value
 
     def _stuck(self, event: Stuck) -> None:
         assert self._listener is not None
