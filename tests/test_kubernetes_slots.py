@@ -60,3 +60,33 @@ def test_job_with_free_slots_is_not_suspended(kubesim: Any, tmp_path: Path) -> N
         (job,) = _jobs(kubesim, ex.run_id).values()
     assert job["spec"]["suspend"] is False
     assert job["spec"]["parallelism"] == 2
+
+
+def test_slots_freed_while_the_waiting_job_is_created_resume_it(
+    kubesim: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    # The first Job's index finishes while the second Job's create request is on its way:
+    # the slot is planned for a Job the cluster does not have yet, and must reach it once
+    # it exists (else the Job stays suspended and its call never runs).
+    started, release = tmp_path / "started", tmp_path / "release"
+    kw = kubesim_kwargs(kubesim, tmp_path / "storage")
+    with KubernetesExecutor(max_workers=1, **kw) as ex:
+        first = ex.submit(helpers.touch_then_wait, str(started), str(release))
+        helpers.wait_for(first.running, 60, "the first call to run")
+        backend: Any = ex._backend
+        create = backend._batch.create_namespaced_job
+
+        def create_after_the_slot_is_freed(*args: Any, **kwargs: Any) -> Any:
+            release.touch()
+            helpers.wait_for(
+                lambda: backend._parallelism.get("b00001") == 1, 60, "the slot to be planned"
+            )
+            return create(*args, **kwargs)
+
+        monkeypatch.setattr(backend._batch, "create_namespaced_job", create_after_the_slot_is_freed)
+        second = ex.submit(helpers.square, 7)
+        assert first.result(timeout=60) > 0
+        assert second.result(timeout=60) == 49
+        job = _jobs(kubesim, ex.run_id)["b00001"]
+        assert job["spec"]["suspend"] is False
+        assert job["spec"]["parallelism"] == 1
