@@ -141,8 +141,11 @@ class StorageRetry(_Options):
             return cls()
         try:
             values = json.loads(text)
-            return cls(**values)
-        except (ValueError, TypeError) as exc:
+            # Fields this version does not know (a newer client) are left out, so that
+            # the payload's version check, not this, tells what is wrong.
+            known = {f.name for f in fields(cls)}
+            return cls(**{k: v for k, v in values.items() if k in known})
+        except (ValueError, TypeError, AttributeError) as exc:
             raise ConfigError(
                 f"K8S_EXECUTOR_STORAGE_RETRY={text!r} is not a StorageRetry: {exc}"
             ) from exc

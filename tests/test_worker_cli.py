@@ -152,3 +152,13 @@ def test_worker_exits_when_parent_dies(tmp_path: Path) -> None:
             return f.read().split()[2] == "Z"
 
     helpers.wait_for(gone, 30, "the orphaned worker to exit")
+
+
+def test_storage_retry_travels_in_the_environment() -> None:
+    from k8s_executor import StorageRetry
+
+    retry = StorageRetry(attempts=3, initial_delay=0.5, max_delay=2.0)
+    assert StorageRetry.from_env(retry.to_env()) == retry
+    assert StorageRetry.from_env(None) == StorageRetry()
+    # A field added by a newer client is left out: the payload's version check speaks.
+    assert StorageRetry.from_env('{"attempts": 3, "added_later": 1}') == StorageRetry(attempts=3)
