@@ -28,7 +28,6 @@ import functools
 import importlib
 import os
 import platform
-import re
 import shlex
 import statistics
 import sys
@@ -40,9 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-README = Path(__file__).with_name("README.md")
-START_MARK = "<!-- dispatch:start -->"
-END_MARK = "<!-- dispatch:end -->"
+from _report import README, cpu_model, load_average, write_section
 
 MAP_SIZES = (1_000, 10_000)
 SUBMITS = 200
@@ -369,19 +366,6 @@ def verdict(samples: dict[tuple[str, str], Samples]) -> str:
     )
 
 
-def cpu_model() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or "unknown"
-    m = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
-    return m.group(1).strip() if m else "unknown"
-
-
-def _load() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
 def section(body: str, command: str, load_before: str, load_after: str, took: float) -> str:
     """The generated README section (between the markers)."""
     nproc = os.cpu_count()
@@ -398,15 +382,6 @@ def section(body: str, command: str, load_before: str, load_after: str, took: fl
             body,
         )
     )
-
-
-def write_readme(generated: str) -> None:
-    text = README.read_text()
-    start, end = text.find(START_MARK), text.find(END_MARK)
-    if start < 0 or end < start:
-        raise SystemExit(f"{README}: markers {START_MARK} ... {END_MARK} not found")
-    text = text[: start + len(START_MARK)] + "\n" + generated + "\n" + text[end:]
-    README.write_text(text)
 
 
 @contextmanager
@@ -441,12 +416,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     workers = os.cpu_count() or 1
     preload()
-    load_before = _load()
+    load_before = load_average()
     t0 = time.perf_counter()
     with _quiet_loky():
         samples = run_all(args.repeat, workers)
     took = time.perf_counter() - t0
-    load_after = _load()
+    load_after = load_average()
 
     body = table(samples) + "\n\n" + verdict(samples)
     command = "python benchmarks/dispatch.py " + " ".join(
@@ -455,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     generated = section(body, command.strip(), load_before, load_after, took)
     print(generated)
     if args.write:
-        write_readme(generated)
+        write_section("dispatch", generated)
         print(f"\nwrote {README}", file=sys.stderr)
     return 0
 

@@ -34,7 +34,6 @@ import datetime
 import json
 import os
 import platform
-import re
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from _report import cpu_model, load_average, write_section  # noqa: E402
 
 from k8s_executor.image import build_image  # noqa: E402
 from tests.image import infra  # noqa: E402
@@ -53,9 +54,6 @@ PACKAGES = ["numpy", "pandas", "scipy", "scikit-learn"]
 EXTRA = "tabulate"
 PROBE = "import numpy, pandas, scipy, sklearn, sklearn.ensemble"
 RUNS = ("oci-gzip", "oci-none", "podman-load", "containerfile")
-README = ROOT / "benchmarks" / "README.md"
-START_MARK = "<!-- image_build:start -->"
-END_MARK = "<!-- image_build:end -->"
 LABELS = {
     "oci-gzip": "`build_image()` (default: direct upload, gzip)",
     "oci-none": '`build_image(compression="none")`',
@@ -175,29 +173,15 @@ def table(results: list[dict[str, object]]) -> str:
     return "\n".join(rows)
 
 
-def cpu_model() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or "unknown"
-    m = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
-    return m.group(1).strip() if m else "unknown"
-
-
 def write_readme(body: str, command: str, took: float) -> None:
-    text = README.read_text()
-    start, end = text.find(START_MARK), text.find(END_MARK)
-    if start < 0 or end < start:
-        raise SystemExit(f"{README}: markers {START_MARK} ... {END_MARK} not found")
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     generated = (
         f"Run {now} · `{command}` · {took:.0f} s\n\n"
         f"Machine: {os.cpu_count()} CPUs ({cpu_model()}), Python {platform.python_version()} "
-        f"on {platform.system()} {platform.release()}; load average after: {load}. "
+        f"on {platform.system()} {platform.release()}; load average after: {load_average()}. "
         f"Venv: {', '.join(PACKAGES)} ({du(VENV) / 1e6:.0f} MB); registry on loopback.\n\n" + body
     )
-    README.write_text(text[: start + len(START_MARK)] + "\n" + generated + "\n" + text[end:])
+    write_section("image_build", generated)
 
 
 def main() -> None:

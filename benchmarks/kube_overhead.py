@@ -46,10 +46,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-README = Path(__file__).with_name("README.md")
+from _report import README, cpu_model, load_average, write_section
+
 REPO = Path(__file__).resolve().parent.parent
-START_MARK = "<!-- kube_overhead:start -->"
-END_MARK = "<!-- kube_overhead:end -->"
 
 MAP_CALLS = 10_000
 SUBMITS = 200
@@ -591,19 +590,6 @@ def findings(samples: dict[Key, list[Measurement]]) -> str:
     return "API requests per run (medians): " + "; ".join(parts) + "."
 
 
-def cpu_model() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or "unknown"
-    m = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
-    return m.group(1).strip() if m else "unknown"
-
-
-def _load() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
 def section(
     samples: dict[Key, list[Measurement]],
     command: str,
@@ -651,15 +637,6 @@ def section(
     )
 
 
-def write_readme(generated: str) -> None:
-    text = README.read_text()
-    start, end = text.find(START_MARK), text.find(END_MARK)
-    if start < 0 or end < start:
-        raise SystemExit(f"{README}: markers {START_MARK} ... {END_MARK} not found")
-    text = text[: start + len(START_MARK)] + "\n" + generated + "\n" + text[end:]
-    README.write_text(text)
-
-
 def preload() -> None:
     """Import what the first run would otherwise import inside its timed region (the
     Kubernetes client is imported when the first executor starts)."""
@@ -686,7 +663,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     preload()
     tmp = Path(tempfile.mkdtemp(prefix="kube-overhead-"))
-    load_before = _load()
+    load_before = load_average()
     t0 = time.perf_counter()
     try:
         with tcp_nodelay(not args.kubesim_as_is), Kubesim(runtime="process") as sim:
@@ -695,7 +672,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     took = time.perf_counter() - t0
-    load_after = _load()
+    load_after = load_average()
 
     command = "python benchmarks/kube_overhead.py " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
@@ -711,7 +688,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print(generated)
     if args.write:
-        write_readme(generated)
+        write_section("kube_overhead", generated)
         print(f"\nwrote {README}", file=sys.stderr)
     return 0
 
