@@ -31,14 +31,27 @@ class S3Server:
 
 
 @contextmanager
-def s3_server() -> Iterator[S3Server]:
-    """Start moto + proxy on loopback; stop both (no thread, no socket left)."""
+def s3_server(buckets: tuple[str, ...] = ()) -> Iterator[S3Server]:
+    """Start moto + proxy on loopback, with ``buckets`` created; stop both (no thread, no
+    socket left)."""
     from moto.server import ThreadedMotoServer
 
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     moto.start()
     try:
         with fault_proxy(moto.get_host_and_port()) as (url, faults):
+            if buckets:
+                import boto3
+
+                s3 = boto3.client(
+                    "s3",
+                    endpoint_url=url,
+                    aws_access_key_id="testing",
+                    aws_secret_access_key="testing",
+                    region_name="us-east-1",
+                )
+                for name in buckets:
+                    s3.create_bucket(Bucket=name)
             yield S3Server(url, faults)
     finally:
         moto.stop()

@@ -92,19 +92,10 @@ def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str
     if request.param == "local-dir":
         yield {"storage": str(tmp_path / "storage")}
         return
-    import boto3
-
     from tests.s3server import s3_server
 
-    with s3_server() as s3:
+    with s3_server(buckets=("k8sx-tests",)) as s3:
         credentials = {"key": "testing", "secret": "testing"}
-        boto3.client(
-            "s3",
-            endpoint_url=s3.endpoint,
-            aws_access_key_id=credentials["key"],
-            aws_secret_access_key=credentials["secret"],
-            region_name="us-east-1",
-        ).create_bucket(Bucket="k8sx-tests")
         yield {
             "storage": "s3://k8sx-tests/suite",
             "storage_options": {

@@ -19,16 +19,7 @@ FAST_RETRY = StorageRetry(attempts=8, initial_delay=0.01, max_delay=0.1)
 
 @pytest.fixture(scope="module")
 def s3() -> Iterator[S3Server]:
-    with s3_server() as server:
-        import boto3
-
-        boto3.client(
-            "s3",
-            endpoint_url=server.endpoint,
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-            region_name="us-east-1",
-        ).create_bucket(Bucket="bucket")
+    with s3_server(buckets=("bucket",)) as server:
         yield server
 
 

@@ -21,16 +21,7 @@ pytestmark = [pytest.mark.podman, pytest.mark.slow]
 
 @pytest.fixture
 def s3() -> Iterator[S3Server]:
-    with s3_server() as server:
-        import boto3
-
-        boto3.client(
-            "s3",
-            endpoint_url=server.endpoint,
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-            region_name="us-east-1",
-        ).create_bucket(Bucket="runs")
+    with s3_server(buckets=("runs",)) as server:
         yield server
 
 
