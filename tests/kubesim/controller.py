@@ -12,7 +12,9 @@ Shape: pure functions (policy matching, index selection, backoff, status renderi
 manifest) at the top, unit-testable without a store; :class:`JobController` below them does the
 I/O. One worker thread syncs one Job at a time; store events enqueue syncs (pod events are
 batched for ``sync_batch_s``, upstream's 1 s ``syncJobBatchPeriod`` shortened for tests) and
-the injected clock wakes Jobs for backoff and deadlines.
+the injected clock wakes Jobs for backoff and deadlines. :meth:`JobController.settle` is the
+tests' barrier: it returns once every sync requested so far has run, so a test can assert that
+something did *not* happen (yet) without sleeping.
 """
 
 from __future__ import annotations
@@ -598,6 +600,12 @@ class JobController:
         self._timers: dict[tuple[str, str], TimerHandle] = {}
         self._timer_when: dict[tuple[str, str], float] = {}
         self._busy = False
+        # Barrier bookkeeping for settle(): every accepted enqueue gets a number; a queued key
+        # remembers the number of the oldest request it still stands for, and so does the sync
+        # in progress (the one sync reading the store after the request covers it).
+        self._seq = 0
+        self._due_seq: dict[_Key, int] = {}
+        self._running: tuple[_Key, int] | None = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -630,16 +638,55 @@ class JobController:
         with self._cond:
             return not self._busy and not self._due
 
+    def settle(self, timeout: float = 30.0) -> bool:
+        """Wait until every sync requested so far has run; ``False`` on timeout.
+
+        "So far" includes the store events committed before the call (delivered first, so they
+        are enqueued) and the clock timers already fired (a ``FakeClock.advance`` that returned
+        has enqueued its wake-ups). Syncs those syncs cause (their own writes' events) are not
+        waited for, nor delayed wake-ups that are still pending on the clock, nor work of the
+        kubelet or scheduler. That is what a "this must not have happened" check needs: after
+        ``settle()`` the controller has seen the current state and acted on it.
+        """
+        deadline = time.monotonic() + timeout
+        if not self.store.sync(timeout):
+            return False
+        with self._cond:
+            target = self._seq
+
+            def done() -> bool:
+                if self._running is not None and self._running[1] <= target:
+                    return False
+                return all(seq > target for seq in self._due_seq.values())
+
+            self._cond.wait_for(
+                lambda: self._stopped or done(), max(0.0, deadline - time.monotonic())
+            )
+            # A stopped controller will never run what is queued: that is no barrier.
+            return not self._stopped and done()
+
     # --- queue -----------------------------------------------------------------------------
 
     def _enqueue(self, key: _Key, delay: float = 0.0) -> None:
         with self._cond:
             if self._stopped:
                 return
+            self._seq += 1
+            seq = self._seq
+            running = self._running
+            if (
+                running is not None
+                and running[0] == key
+                and threading.current_thread() is self._thread
+            ):
+                # A sync requeueing itself (an error retry) still owes the requests it stood for.
+                seq = running[1]
+            self._due_seq[key] = min(seq, self._due_seq.get(key, seq))
             due = time.monotonic() + delay
             if key not in self._due or self._due[key] > due:
                 self._due[key] = due
-                self._cond.notify()
+                # notify_all: settle() waiters share the condition with the worker.
+                self._cond.notify_all()
 
     def _wake_after(self, namespace: str, name: str, delay_s: float) -> None:
         """Sync the Job again after ``delay_s`` seconds of *clock* time (backoff, deadline)."""
@@ -685,6 +732,7 @@ class JobController:
                         wait = due - time.monotonic()
                         if wait <= 0:
                             del self._due[key]
+                            self._running = (key, self._due_seq.pop(key))
                             self._busy = True
                             break
                         key = None
@@ -706,6 +754,8 @@ class JobController:
             finally:
                 with self._cond:
                     self._busy = False
+                    self._running = None
+                    self._cond.notify_all()  # settle() waiters
 
     def _on_event(self, event_type: str, resource: str, obj: Obj) -> None:
         meta = obj.get("metadata") or {}

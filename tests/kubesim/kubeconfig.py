@@ -196,6 +196,17 @@ class Kubesim:
     ) -> None:
         self.close()
 
+    def settle(self, timeout: float = 30.0) -> bool:
+        """Wait until the Job controller has run every sync requested so far.
+
+        See ``JobController.settle``: after it, a check that something did *not* happen (no
+        replacement pod yet, no deadline failure yet) is meaningful, not merely early. ``False``
+        on timeout, or when there is no running controller.
+        """
+        if self.controller is None:
+            return False
+        return bool(self.controller.settle(timeout))
+
     def api_client(self) -> Any:
         """A ``kubernetes.client.ApiClient`` configured from :attr:`kubeconfig_path`.
 

@@ -1058,10 +1058,13 @@ class Kubelet:
         timestamps: bool,
         limit_bytes: int | None,
     ) -> Iterator[bytes]:
+        # `lines` is c.log as read_log copied it under run.cond; the follow resumes right after
+        # that copy (not at len(c.log) when this generator first runs), so a line written in
+        # between is neither lost nor sent twice.
+        start = len(lines)
         if since_seconds is not None:
             cutoff = self.clock.now() - timedelta(seconds=since_seconds)
             lines = [entry for entry in lines if entry.at >= cutoff]
-        start = len(lines) if c is None else len(c.log)
         if tail_lines is not None:
             lines = lines[-tail_lines:] if tail_lines > 0 else []
         budget = limit_bytes

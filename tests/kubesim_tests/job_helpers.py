@@ -6,6 +6,7 @@ fields), which the official client's models would blur.
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from typing import Any
@@ -15,6 +16,8 @@ from kubernetes import client
 from tests.kubesim_tests.conftest import wait_for
 
 NS = "default"
+
+_POKES = itertools.count(1)
 
 
 def py(code: str) -> list[str]:
@@ -88,3 +91,17 @@ def phase(pod: dict[str, Any]) -> str:
 
 def index_of(pod: dict[str, Any]) -> int:
     return int(pod["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"])
+
+
+def poke_and_settle(batch: client.BatchV1Api, sim: Any, name: str) -> None:
+    """Make the Job controller sync ``name`` now and wait until it (and all queued work) ran.
+
+    A "must not have happened" check made right after a ``FakeClock.advance`` or an event
+    proves nothing if the controller simply has not run yet. The poke (a metadata-only write,
+    an event like any other) forces a sync at the current clock time; ``sim.settle()`` waits
+    until that sync, every timer wake-up the advance fired and every event so far are processed.
+    """
+    # A new value each time: a write that changes nothing emits no event.
+    patch = {"metadata": {"annotations": {"kubesim.test/poke": str(next(_POKES))}}}
+    batch.patch_namespaced_job(name, NS, patch)
+    assert sim.settle(), "the job controller did not settle"

@@ -56,6 +56,11 @@ def flying(clock: FakeClock, predicate: Callable[[], Any], step: float = 2.0) ->
     return check
 
 
+def _stamp(clock: FakeClock) -> str:
+    """The clock's current time as the API serialises it."""
+    return clock.now().strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _create(batch: Any, body: dict[str, Any]) -> dict[str, Any]:
     return raw(batch.create_namespaced_job(NS, body, _preload_content=False))
 
@@ -118,6 +123,91 @@ def test_s9_04_pod_shape_and_lowest_indexes_first(live: Any, tmp_path: Any) -> N
     done = wait_job(batch, "shape")
     assert done["status"]["completedIndexes"] == "0-4"
     assert done["status"]["succeeded"] == 5
+
+
+def test_s9_04_nonindexed_completions_parallelism_and_shape(live: Any, tmp_path: Any) -> None:
+    batch, core, sim = live
+    gate = tmp_path / "go"
+    job = _create(
+        batch,
+        job_body(
+            "plain", BLOCK.format(path=str(gate)), indexed=False, completions=3, parallelism=2
+        ),
+    )
+    assert job["spec"]["completionMode"] == "NonIndexed"
+    uid = job["metadata"]["uid"]
+    wait_for(lambda: get_job(batch, "plain")["status"].get("ready") == 2, 15, "2 pods ready")
+    # parallelism caps the active pods: with every sync so far done, no third pod exists.
+    assert sim.settle()
+    pods = job_pods(core, job)
+    assert len(pods) == 2
+    for pod in pods:
+        meta, spec = pod["metadata"], pod["spec"]
+        assert meta["generateName"] == "plain-"
+        assert len(meta["name"]) == len("plain-") + 5
+        assert "batch.kubernetes.io/job-completion-index" not in meta.get("annotations", {})
+        assert "batch.kubernetes.io/job-completion-index" not in meta["labels"]
+        assert meta["labels"]["batch.kubernetes.io/controller-uid"] == uid
+        assert meta["labels"]["job-name"] == "plain"
+        assert "hostname" not in spec
+        env = spec["containers"][0].get("env") or []
+        assert not [e for e in env if e["name"] == "JOB_COMPLETION_INDEX"]
+        assert meta["finalizers"] == ["batch.kubernetes.io/job-tracking"]
+        assert meta["ownerReferences"][0]["uid"] == uid
+    running = get_job(batch, "plain")["status"]
+    assert running["active"] == 2
+    assert "succeeded" not in running and "completedIndexes" not in running
+    gate.write_text("")
+    done = wait_job(batch, "plain")
+    status = done["status"]
+    assert status["succeeded"] == 3
+    assert "failed" not in status and "active" not in status
+    assert "completedIndexes" not in status and "failedIndexes" not in status
+    assert status["uncountedTerminatedPods"] == {} and status["completionTime"]
+    assert [c["type"] for c in status["conditions"]] == ["SuccessCriteriaMet", "Complete"]
+    for ctype in ("SuccessCriteriaMet", "Complete"):
+        cond = condition(done, ctype)
+        assert (cond["status"], cond["reason"], cond["message"]) == (
+            "True",
+            "CompletionsReached",
+            "Reached expected number of succeeded pods",
+        )
+    # Exactly one pod per completion, all succeeded and untracked.
+    pods = job_pods(core, job)
+    assert len(pods) == 3
+    assert all(phase(p) == "Succeeded" and not p["metadata"].get("finalizers") for p in pods)
+
+
+def test_s9_11_nonindexed_backoff_limit(fake: Any) -> None:
+    batch, core, sim = fake
+    body = job_body(
+        "plainfail",
+        "raise SystemExit(1)",
+        indexed=False,
+        completions=2,
+        parallelism=1,
+        backoffLimit=1,
+    )
+    job = _create(batch, body)
+    # One failure is within the limit (a replacement follows the 10 s backoff), two are not.
+    wait_for(flying(sim.clock, lambda: condition(get_job(batch, "plainfail"), "Failed")), 15)
+    assert sim.settle()
+    job = get_job(batch, "plainfail")
+    status = job["status"]
+    for ctype in ("FailureTarget", "Failed"):
+        cond = condition(job, ctype)
+        assert (cond["status"], cond["reason"], cond["message"]) == (
+            "True",
+            "BackoffLimitExceeded",
+            "Job has reached the specified backoff limit",
+        )
+    assert status["failed"] == 2
+    assert "succeeded" not in status and "active" not in status
+    assert "completionTime" not in status and condition(job, "Complete") is None
+    assert status["uncountedTerminatedPods"] == {} and status["terminating"] == 0
+    pods = job_pods(core, job)
+    assert len(pods) == 2  # no replacement after the limit
+    assert all(phase(p) == "Failed" and not p["metadata"].get("finalizers") for p in pods)
 
 
 def test_s9_05_status_presence_rules(live: Any, tmp_path: Any) -> None:
@@ -328,6 +418,45 @@ def test_s9_10_fail_index_rule_stops_only_that_index(live: Any) -> None:
     assert len([p for p in job_pods(core, job) if index_of(p) == 0]) == 1
 
 
+def test_s9_10_max_failed_indexes_exceeded(live: Any, tmp_path: Any) -> None:
+    batch, core, _ = live
+    gate = tmp_path / "go"
+    # Indexes 0 and 1 fail (no retry with backoffLimitPerIndex 0); 2 and 3 run on. Two failed
+    # indexes exceed maxFailedIndexes 1: the Job fails without waiting for 2 and 3.
+    code = (
+        "import os,time\nif os.environ['JOB_COMPLETION_INDEX'] in ('0','1'): raise SystemExit(1)\n"
+        + BLOCK.format(path=str(gate))
+    )
+    body = job_body(
+        "maxfi",
+        code,
+        completions=4,
+        parallelism=4,
+        backoffLimitPerIndex=0,
+        maxFailedIndexes=1,
+    )
+    _create(batch, body)
+    job = wait_job(batch, "maxfi", "Failed", timeout=20)
+    for ctype in ("FailureTarget", "Failed"):
+        cond = condition(job, ctype)
+        assert (cond["status"], cond["reason"], cond["message"]) == (
+            "True",
+            "MaxFailedIndexesExceeded",
+            "Job has exceeded the specified maximal number of failed indexes",
+        )
+    status = job["status"]
+    assert status["failedIndexes"] == "0,1"
+    assert "completedIndexes" not in status and "succeeded" not in status
+    assert status["failed"] == 4  # the two running pods were killed and count as failed
+    assert status["terminating"] == 0
+    assert condition(job, "Complete") is None and "completionTime" not in status
+    # One pod each for the failed indexes (no retry); the killed pods of 2 and 3 are Failed,
+    # or already removed (deleted and untracked).
+    pods = job_pods(core, job)
+    assert sorted(ix for p in pods if (ix := index_of(p)) < 2) == [0, 1]
+    assert all(phase(p) == "Failed" for p in pods)
+
+
 def test_s9_11_backoff_limit_and_terminal_after_pods_terminal(live: Any, tmp_path: Any) -> None:
     batch, core, _ = live
     gate = tmp_path / "go"
@@ -345,6 +474,28 @@ def test_s9_11_backoff_limit_and_terminal_after_pods_terminal(live: Any, tmp_pat
     assert job["status"]["terminating"] == 0
     assert all(phase(p) in ("Failed", "Succeeded") for p in job_pods(core, job))
     assert condition(job, "Complete") is None and "completionTime" not in job["status"]
+
+
+def test_s9_11_indexed_completions_reached(live: Any) -> None:
+    batch, core, _ = live
+    job = _create(batch, job_body("reach", "pass", completions=3, parallelism=3))
+    done = wait_job(batch, "reach")
+    status = done["status"]
+    # SuccessCriteriaMet first, then Complete, both with the §4 reason and message.
+    assert [c["type"] for c in status["conditions"]] == ["SuccessCriteriaMet", "Complete"]
+    for ctype in ("SuccessCriteriaMet", "Complete"):
+        cond = condition(done, ctype)
+        assert (cond["status"], cond["reason"], cond["message"]) == (
+            "True",
+            "CompletionsReached",
+            "Reached expected number of succeeded pods",
+        )
+    met, complete = status["conditions"]
+    assert met["lastTransitionTime"] <= complete["lastTransitionTime"]
+    assert status["completedIndexes"] == "0-2" and status["succeeded"] == 3
+    assert status["completionTime"] and "failed" not in status
+    assert condition(done, "Failed") is None and condition(done, "FailureTarget") is None
+    assert sorted(index_of(p) for p in job_pods(core, job)) == [0, 1, 2]
 
 
 def test_s9_11_success_policy(live: Any, tmp_path: Any) -> None:
@@ -372,14 +523,16 @@ def test_s9_11_success_policy(live: Any, tmp_path: Any) -> None:
     )
 
 
-def test_s9_13_suspend_and_resume(live: Any, tmp_path: Any) -> None:
-    batch, core, _ = live
+def test_s9_13_suspend_and_resume(fake: Any, tmp_path: Any) -> None:
+    batch, core, sim = fake
+    clock: FakeClock = sim.clock
     gate = tmp_path / "go"
     job = _create(
         batch, job_body("susp", BLOCK.format(path=str(gate)), completions=2, parallelism=2)
     )
     wait_for(lambda: get_job(batch, "susp")["status"].get("active") == 2, 10)
     start1 = get_job(batch, "susp")["status"]["startTime"]
+    assert start1 == _stamp(clock)
     batch.patch_namespaced_job("susp", NS, {"spec": {"suspend": True}})
     suspended = wait_for(
         lambda: (
@@ -406,6 +559,9 @@ def test_s9_13_suspend_and_resume(live: Any, tmp_path: Any) -> None:
         ),
         10,
     )
+    # Time passes while suspended; resuming restarts startTime at the resume instant (a wall
+    # clock could resume within the same second, which would hide a missing reset).
+    clock.advance(45)
     batch.patch_namespaced_job("susp", NS, {"spec": {"suspend": False}})
     resumed = wait_for(
         lambda: (
@@ -415,7 +571,8 @@ def test_s9_13_suspend_and_resume(live: Any, tmp_path: Any) -> None:
     )
     cond = condition(resumed, "Suspended")
     assert (cond["reason"], cond["message"]) == ("JobResumed", "Job resumed")
-    assert resumed["status"]["startTime"] >= start1
+    assert resumed["status"]["startTime"] == _stamp(clock) != start1
+    assert cond["lastTransitionTime"] == _stamp(clock)
     gate.write_text("")
     assert "failed" not in wait_job(batch, "susp")["status"]
 
@@ -423,12 +580,33 @@ def test_s9_13_suspend_and_resume(live: Any, tmp_path: Any) -> None:
 def test_s9_14_elastic_scale_down(live: Any, tmp_path: Any) -> None:
     batch, core, _ = live
     gate = tmp_path / "go"
-    code = "import os\nif os.environ['JOB_COMPLETION_INDEX'] in ('2','3'):\n    " + BLOCK.format(
-        path=str(gate)
-    ).replace("\n", "\n    ")
-    job = _create(batch, job_body("scale", code, completions=4, parallelism=4))
-    wait_for(lambda: get_job(batch, "scale")["status"].get("completedIndexes") == "0,1", 10)
+    # Indexes 0 and 4 succeed at once; 1-3 run until the gate opens.
+    code = (
+        "import os\nif os.environ['JOB_COMPLETION_INDEX'] not in ('0','4'):\n    "
+        + BLOCK.format(path=str(gate)).replace("\n", "\n    ")
+    )
+    job = _create(batch, job_body("scale", code, completions=5, parallelism=5))
+    wait_for(
+        lambda: (
+            (s := get_job(batch, "scale")["status"]).get("completedIndexes") == "0,4"
+            and s.get("ready") == 3
+        ),
+        15,
+        "indexes 0,4 done, 1-3 running",
+    )
     batch.patch_namespaced_job("scale", NS, {"spec": {"completions": 3, "parallelism": 3}})
+    # Index 4 falls out of completedIndexes (succeeded may decrease), index 3's pod is deleted.
+    trimmed = wait_for(
+        lambda: (
+            (j := get_job(batch, "scale"))["status"].get("completedIndexes") == "0"
+            and j["status"].get("active") == 2
+            and j
+        ),
+        10,
+        "completedIndexes trimmed to 0",
+    )
+    assert trimmed["status"]["succeeded"] == 1
+    assert "failed" not in trimmed["status"]  # scale-down deletions are not failures
     wait_for(
         lambda: all(
             p["metadata"].get("deletionTimestamp") or phase(p) != "Running"
@@ -443,6 +621,8 @@ def test_s9_14_elastic_scale_down(live: Any, tmp_path: Any) -> None:
     assert done["status"]["completedIndexes"] == "0-2"
     assert done["status"]["succeeded"] == 3
     assert "failed" not in done["status"]
+    # One pod per index: index 3 was stopped, not retried (its pod may already be removed).
+    assert sorted(index_of(p) for p in job_pods(core, job)) in ([0, 1, 2, 4], [0, 1, 2, 3, 4])
 
 
 @pytest.mark.parametrize("policy", ["Orphan", "Background", "Foreground"])

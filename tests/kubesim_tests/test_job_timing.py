@@ -17,7 +17,15 @@ from tests.kubesim.controller import (
 from tests.kubesim.indexes import format_indexes, parse_indexes
 from tests.kubesim.kubeconfig import Kubesim
 from tests.kubesim_tests.conftest import wait_for
-from tests.kubesim_tests.job_helpers import NS, condition, get_job, job_body, job_pods, phase
+from tests.kubesim_tests.job_helpers import (
+    NS,
+    condition,
+    get_job,
+    job_body,
+    job_pods,
+    phase,
+    poke_and_settle,
+)
 
 
 @pytest.fixture
@@ -96,8 +104,9 @@ def test_s9_08_replacement_backoff_doubles(fake: Any) -> None:
             10,
             f"failed={failures}",
         )
-        # No replacement before the delay has passed...
+        # No replacement before the delay has passed, even when the Job is synced then...
         clock.advance(delay - 1)
+        poke_and_settle(batch, sim, "bo")
         assert len(job_pods(core, job)) == failures, "replaced before the backoff ended"
         clock.advance(1)
         wait_for(
@@ -123,7 +132,10 @@ def test_s9_12_active_deadline_and_reset_on_resume(fake: Any, tmp_path: Any) -> 
     started = get_job(batch, "dl")["status"]["startTime"]
     assert started == clock.now().strftime("%Y-%m-%dT%H:%M:%SZ")
     clock.advance(99)
-    assert condition(get_job(batch, "dl"), "FailureTarget") is None
+    poke_and_settle(batch, sim, "dl")
+    early = get_job(batch, "dl")
+    assert condition(early, "FailureTarget") is None and condition(early, "Failed") is None
+    assert early["status"]["active"] == 1
     clock.advance(1)
     job = wait_for(lambda: (j := get_job(batch, "dl")) and condition(j, "Failed") and j, 10)
     for ctype in ("FailureTarget", "Failed"):

@@ -213,10 +213,8 @@ def test_logs_params_and_multi_container(kubesim: Kubesim, core: Any) -> None:
 
 def test_faults_kill_evict_lose_node(kubesim: Kubesim, core: Any) -> None:
     sleeper = "import time\nprint('up', flush=True)\ntime.sleep(60)"
-    for name in ("k", "e", "n"):
-        core.create_namespaced_pod(NS, _pod(name, sleeper))
-    for name in ("k", "e", "n"):
-        wait_for(functools.partial(_up, kubesim, name), 10)
+    core.create_namespaced_pod(NS, _pod("k", sleeper))
+    wait_for(lambda: _up(kubesim, "k"), 10)
     kubesim.kubelet.kill_pod(NS, "k", signal.SIGKILL)
     term = _state(_wait_phase(core, "k", "Failed"))["terminated"]
     assert (term["exitCode"], term["reason"]) == (137, "Error")
@@ -228,14 +226,39 @@ def test_faults_kill_evict_lose_node(kubesim: Kubesim, core: Any) -> None:
     gone = _wait_phase(core, "ev", "Failed")
     target = _cond(gone, "DisruptionTarget")
     assert (target["status"], target["reason"]) == ("True", "EvictionByEvictionAPI")
-    core.patch_namespaced_pod("ev", NS, {"metadata": {"finalizers": None}})
-    lost = _pod("lost", sleeper)
-    lost["metadata"]["finalizers"] = ["example.com/hold"]
-    core.create_namespaced_pod(NS, lost)
-    wait_for(lambda: _up(kubesim, "lost"), 10)
+    # Losing the node fails *every* pod still running on it: the held ones stay visible (Failed,
+    # force-deleted), the free one is removed at once. Terminal pods ("k", "ev") are untouched.
+    held = ["lost-0", "lost-1", "lost-2"]
+    for name in held:
+        lost = _pod(name, sleeper)
+        lost["metadata"]["finalizers"] = ["example.com/hold"]
+        core.create_namespaced_pod(NS, lost)
+    core.create_namespaced_pod(NS, _pod("lost-free", sleeper))
+    for name in [*held, "lost-free"]:
+        wait_for(functools.partial(_up, kubesim, name), 10, f"{name} up")
     kubesim.kubelet.lose_node()
-    pod = _wait_phase(core, "lost", "Failed")
-    target = _cond(pod, "DisruptionTarget")
-    assert target["reason"] == "DeletionByPodGC"
-    assert pod["metadata"]["deletionTimestamp"]
-    core.patch_namespaced_pod("lost", NS, {"metadata": {"finalizers": None}})
+    for name in held:
+        pod = _wait_phase(core, name, "Failed")
+        target = _cond(pod, "DisruptionTarget")
+        assert (target["status"], target["reason"], target["message"]) == (
+            "True",
+            "DeletionByPodGC",
+            "PodGC: node no longer exists",
+        )
+        assert pod["metadata"]["deletionTimestamp"]
+        assert pod["metadata"]["deletionGracePeriodSeconds"] == 0
+    wait_for(
+        lambda: "lost-free" not in {p.metadata.name for p in core.list_namespaced_pod(NS).items},
+        10,
+        "unheld lost pod removed",
+    )
+    killed = _get(core, "k")
+    assert phase(killed) == "Failed" and not [
+        c for c in killed["status"].get("conditions") or [] if c["type"] == "DisruptionTarget"
+    ]
+    assert _cond(_get(core, "ev"), "DisruptionTarget")["reason"] == "EvictionByEvictionAPI"
+    for name in ["ev", *held]:
+        core.patch_namespaced_pod(name, NS, {"metadata": {"finalizers": None}})
+    # The replacement node runs new pods at once.
+    core.create_namespaced_pod(NS, _pod("after"))
+    _wait_phase(core, "after", "Succeeded")
