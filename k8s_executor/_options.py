@@ -406,7 +406,9 @@ class Timeouts(_Options):
 
     startup: float = 300.0
     """Seconds a worker pod may stay unable to start (image pull errors, unschedulable,
-    missing Secret) before its calls fail with ``PodStartError`` and its Job is deleted."""
+    missing Secret) before its calls fail with ``PodStartError`` and its Job is deleted.
+    Counted only while no other worker pod of the run is running: a pod that waits for
+    room on a busy cluster is not failed."""
 
     job_deadline: float | None = 24 * 3600.0
     """``activeDeadlineSeconds`` of every Job: the longest a batch may run, not counting

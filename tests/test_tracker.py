@@ -268,3 +268,44 @@ def test_recovering_pod_is_not_stuck(tracker: RunTracker) -> None:
 def test_foreign_pods_ignored(tracker: RunTracker) -> None:
     assert tracker.on_pod("ADDED", pod(0, "Running", batch="b99999"), 0) == []
     assert tracker.on_pod("ADDED", pod(7, "Running"), 0) == []
+
+
+UNSCHEDULABLE_TEXT = "0/1 nodes are available: 1 Insufficient cpu."
+UNSCHEDULABLE: dict[str, Any] = {
+    "conditions": [
+        {
+            "type": "PodScheduled",
+            "status": "False",
+            "reason": "Unschedulable",
+            "message": UNSCHEDULABLE_TEXT,
+        }
+    ]
+}
+
+
+def test_pending_pod_beside_running_ones_waits_for_room(tracker: RunTracker) -> None:
+    # Index 0 runs; index 1 cannot be scheduled: the cluster is full, not the spec wrong.
+    tracker.on_pod("MODIFIED", pod(0, "Running"), now=0)
+    tracker.on_pod("MODIFIED", pod(1, "Pending", **UNSCHEDULABLE), now=0)
+    assert tracker.tick(now=1000) == []
+    # Index 0 ends; from then on nothing of the run runs, and the clock counts.
+    tracker.on_pod("MODIFIED", pod(0, "Succeeded"), now=1001)
+    assert tracker.tick(now=1059) == []
+    assert tracker.tick(now=1062) == [Stuck("b00000", 1, "Unschedulable", UNSCHEDULABLE_TEXT)]
+
+
+def test_index_whose_own_pod_was_replaced_can_still_be_stuck(tracker: RunTracker) -> None:
+    # It ran once (started), its pod was lost, and the replacement cannot be scheduled:
+    # no pod is running any more, so the replacement is stuck.
+    tracker.on_pod("MODIFIED", pod(0, "Running"), now=0)
+    tracker.on_pod("MODIFIED", pod(0, "Failed"), now=5)
+    tracker.on_pod("ADDED", pod(0, "Pending", **UNSCHEDULABLE), now=10)
+    events = tracker.tick(now=71)
+    assert [type(e) for e in events] == [Stuck]
+
+
+def test_deleted_running_pod_does_not_count_as_running(tracker: RunTracker) -> None:
+    tracker.on_pod("MODIFIED", pod(0, "Running"), now=0)
+    tracker.on_pod("DELETED", pod(0, "Running"), now=1)
+    tracker.on_pod("MODIFIED", pod(1, "Pending", **UNSCHEDULABLE), now=1)
+    assert [type(e) for e in tracker.tick(now=62)] == [Stuck]

@@ -128,6 +128,7 @@ def waiting_problem(pod: Mapping[str, Any]) -> tuple[str, str] | None:
 @dataclass
 class _Index:
     started: bool = False
+    running: bool = False  # its current pod is Running
     finished: bool = False
     last_exit: IndexExit | None = None
     stuck_since: float | None = None
@@ -181,6 +182,7 @@ class RunTracker:
             return []
         events: list[Event] = []
         phase = (pod.get("status") or {}).get("phase")
+        entry.running = phase == "Running" and event_type != "DELETED"
         if phase in ("Running", "Succeeded", "Failed") and not entry.started:
             entry.started = True
             events.append(Started(job.batch_id, index))
@@ -248,8 +250,18 @@ class RunTracker:
         """Stop tracking a batch (its Job is gone and every index reported)."""
         self.jobs.pop(batch_id, None)
 
+    def _any_running(self) -> bool:
+        return any(e.running and not e.finished for j in self.jobs.values() for e in j.indexes)
+
     def _check_stuck(self, job: _Job, index: int, entry: _Index, now: float) -> list[Event]:
         if entry.finished or entry.stuck is None or entry.stuck_since is None:
+            return []
+        if self._any_running():
+            # Pods of this run are running with the same spec, image and Secrets: this one
+            # waits for room (a full cluster, an autoscaler, one node's pull trouble), not
+            # for a fix. Its clock restarts, so it fails only after `startup_timeout` in
+            # which nothing of the run ran: never killing work that is making progress.
+            entry.stuck_since = now
             return []
         if now - entry.stuck_since < self.startup_timeout:
             return []
