@@ -219,7 +219,8 @@ class KubernetesExecutor(Executor):
         share_storage_options: (kubernetes) put ``storage_options`` into the run's Secret
             so workers can use them (off by default: give pods their own credentials).
         stream_logs: (kubernetes) print every worker's output here, prefixed
-            ``[batch/index]``.
+            ``[batch/index]``. Without it, a task that raises carries its worker's last
+            log lines as a note on the exception.
         progress: show a live bar of the run's calls (done, running, pending, failed)
             on stderr, updated until shutdown; a widget in a Jupyter notebook. Default:
             ``K8S_EXECUTOR_PROGRESS`` (1/0), else on only when stderr is a terminal or in
@@ -443,7 +444,7 @@ class KubernetesExecutor(Executor):
         if own is not None:
             own.seal()
         futures = [t.future for t in tasks]
-        return _result_iterator(futures, end_time)
+        return _result_iterator(futures, end_time, self._terminate)
 
     def shutdown(
         self, wait: bool = True, *, cancel_futures: bool = False, kill_workers: bool = False
@@ -926,7 +927,15 @@ class KubernetesExecutor(Executor):
             if outcome is None:
                 self._settle(t, error=WorkerLostError(f"the worker did not report task {name}"))
             elif outcome.error is not None:
-                self._settle(t, error=wire.rebuild_exception(outcome.error, name))
+                raised = wire.rebuild_exception(outcome.error, name)
+                if exit.log_tail.strip() and not exit.log_shown:
+                    # What the task printed before it raised is often the clue; nobody has
+                    # seen it when workers are pods whose logs were not streamed.
+                    raised.add_note(
+                        f"the last lines of its worker's log (batch {batch.batch_id}, "
+                        f"index {index}):\n{exit.log_tail.rstrip()}"
+                    )
+                self._settle(t, error=raised)
             else:
                 assert outcome.results is not None
                 try:
@@ -1083,7 +1092,9 @@ def _worker_lost(batch_id: str, index: int, n_tasks: int, exit: IndexExit) -> Wo
     )
 
 
-def _result_iterator(futures: list[Future[Any]], end_time: float | None) -> Iterator[Any]:
+def _result_iterator(
+    futures: list[Future[Any]], end_time: float | None, interrupted: Callable[[], None]
+) -> Iterator[Any]:
     # A generator, so that the calls are sent when map() is called, not on first next().
     def chained() -> Iterator[Any]:
         try:
@@ -1098,6 +1109,12 @@ def _result_iterator(futures: list[Future[Any]], end_time: float | None) -> Iter
                 finally:
                     future.cancel()
                 yield from chunk
+        except KeyboardInterrupt:
+            # Ctrl-C while waiting for results, with or without a `with` block: leave
+            # nothing running. With ProcessPoolExecutor the terminal's SIGINT reaches the
+            # workers too (one process group); ours are in their own group, or pods.
+            interrupted()
+            raise
         finally:
             for future in futures:
                 future.cancel()

@@ -76,7 +76,16 @@ def test_evicted_worker_is_retried_not_failed(
     with KubernetesExecutor(max_workers=1, **kw) as ex:
         future = ex.submit(helpers.record_then_wait, calls, release)
         helpers.wait_for(lambda: len(calls.listdir()) == 1, 60, "the first attempt")
-        (pod,) = kubesim.store.list("pods", "default", field_selector="status.phase=Running")[0]
+
+        def running_pods() -> list[Any]:
+            pods: list[Any] = kubesim.store.list(
+                "pods", "default", field_selector="status.phase=Running"
+            )[0]
+            return pods
+
+        # The kubelet starts the worker, then publishes the phase: the call may run first.
+        helpers.wait_for(lambda: len(running_pods()) == 1, 60, "the pod to be seen Running")
+        (pod,) = running_pods()
         kubesim.kubelet.evict("default", pod["metadata"]["name"])
         # DisruptionTarget -> the pod failure policy ignores it -> the index runs again.
         helpers.wait_for(lambda: len(calls.listdir()) == 2, 60, "the retry")
@@ -243,13 +252,13 @@ def test_kill_workers_ends_running_pods(
     # The executor learns of the start from the watch (pod Running), maybe after the
     # task has begun; until then a kill would count the call as not started: cancelled.
     helpers.wait_for(future.running, 60, "the watch to report the pod running")
-    pid = int(started.read_text())
+    pid = int(helpers.wait_for_text(started, 60, "the task to write its pid"))
     ex.shutdown(wait=True, kill_workers=True)
     with pytest.raises(WorkerLostError):
         future.result(timeout=0)
     assert cluster.run_objects(ex.run_id)["pods"] == []
     if cluster.local_workers:
-        helpers.wait_for(lambda: not _alive(pid), 10, "the worker process to be gone")
+        helpers.wait_for(lambda: not _alive(pid), 60, "the worker process to be gone")
 
 
 def test_forbidden_create_says_which_verbs(kubesim: Any, kw: dict[str, Any]) -> None:
@@ -315,6 +324,27 @@ def test_stream_logs_prefixes_batch_and_index(
     assert "[b00000/0] line 2 from the task" in err
 
 
+def print_long_lines() -> str:
+    # Lines longer than a read of the log stream, with characters of several bytes.
+    for n in (5000, 9000):
+        print("é" * n + "|end", flush=True)
+    print("no newline at the end", end="", flush=True)
+    return "done"
+
+
+def test_stream_logs_prints_whole_lines_of_any_length(
+    kw: dict[str, Any], capfd: pytest.CaptureFixture[str]
+) -> None:
+    with KubernetesExecutor(stream_logs=True, **kw) as ex:
+        assert ex.submit(print_long_lines).result(timeout=60) == "done"
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.startswith("[b00000/0]")]
+    assert lines == [
+        "[b00000/0] " + "é" * 5000 + "|end",
+        "[b00000/0] " + "é" * 9000 + "|end",
+        "[b00000/0] no newline at the end",
+    ]
+
+
 CLIENT = """
 import pickle, sys
 from k8s_executor import KubernetesExecutor
@@ -349,8 +379,7 @@ def test_killed_client_leaves_nothing_running_then_cleanup(
     )
     assert client.stdout is not None
     run_id = client.stdout.readline().strip()
-    helpers.wait_for(started.exists, 60, "the task to start")
-    worker_pid = int(started.read_text())
+    worker_pid = int(helpers.wait_for_text(started, 60, "the task to start"))
     client.send_signal(signal.SIGKILL)
     client.wait()
     client.stdout.close()
@@ -400,3 +429,29 @@ def _alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def print_then_raise(clue: str) -> None:
+    print(f"looking at {clue}", flush=True)
+    raise ValueError("bad input")
+
+
+def test_task_error_carries_what_the_task_printed(kw: dict[str, Any]) -> None:
+    with KubernetesExecutor(**kw) as ex:
+        future = ex.submit(print_then_raise, "row 42")
+        with pytest.raises(ValueError, match="bad input") as info:
+            future.result(timeout=60)
+    notes = "\n".join(getattr(info.value, "__notes__", []))
+    assert "the last lines of its worker's log (batch b00000, index 0)" in notes
+    assert "looking at row 42" in notes
+
+
+def test_task_error_with_streamed_logs_does_not_repeat_them(
+    kw: dict[str, Any], capfd: pytest.CaptureFixture[str]
+) -> None:
+    with KubernetesExecutor(stream_logs=True, **kw) as ex:
+        future = ex.submit(print_then_raise, "row 7")
+        with pytest.raises(ValueError, match="bad input") as info:
+            future.result(timeout=60)
+    assert not getattr(info.value, "__notes__", [])
+    assert "[b00000/0] looking at row 7" in capfd.readouterr().err

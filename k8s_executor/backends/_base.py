@@ -57,7 +57,10 @@ class IndexExit:
     message: str = ""
     """Details from the backend, e.g. a Kubernetes status message."""
     log_tail: str = ""
-    """The last lines the worker wrote to stderr."""
+    """The last lines the worker wrote to stderr (on Kubernetes: its pod log)."""
+    log_shown: bool = False
+    """The user has seen the worker's output already (forwarded or streamed), so errors
+    need not repeat ``log_tail``."""
     never_started: bool = False
     """The worker could not start at all (e.g. unschedulable); ``reason`` says why."""
 

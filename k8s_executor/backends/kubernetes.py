@@ -7,7 +7,9 @@ pod/Job states from ``_tracker`` (pure); this module does the I/O between them.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
+import dataclasses
 import getpass
 import json
 import os
@@ -56,6 +58,8 @@ _WATCH_SECONDS = 240  # below every apiserver's --min-request-timeout
 # Indexes that finish within this many seconds of each other hand their worker slots on in
 # one PATCH per waiting Job (pods often end together; a pod start takes far longer).
 _REBALANCE_DELAY = 0.1
+_STARTED_PHASES = frozenset({"Running", "Succeeded", "Failed"})
+
 # How long a finished index waits for its streamed log to be printed (stream_logs=True).
 _LOG_DRAIN_SECONDS = 2.0
 
@@ -486,7 +490,10 @@ class KubernetesBackend:
     def _on_pod(self, kind: str, pod: dict[str, Any]) -> None:
         with self._lock:
             events = self._tracker.on_pod(kind, pod, time.monotonic())
-        if self.settings.stream_logs and (pod.get("status") or {}).get("phase") == "Running":
+        phase = (pod.get("status") or {}).get("phase")
+        if self.settings.stream_logs and kind != "DELETED" and phase in _STARTED_PHASES:
+            # Succeeded/Failed too: a short task may never be seen Running, and a follow of
+            # a finished container returns its whole log.
             self._follow_log(pod)
         self._deliver(events)
 
@@ -525,6 +532,7 @@ class KubernetesBackend:
         exit = self._with_log_tail(event.batch_id, event.index, event.exit)
         if self.settings.stream_logs:
             self._drain_logs(event.batch_id, event.index)
+            exit = dataclasses.replace(exit, log_shown=True)
         self._listener.index_finished(event.batch_id, event.index, exit)
 
     def _rebalance_soon(self) -> None:
@@ -700,10 +708,18 @@ class KubernetesBackend:
                 follow=True,
                 _preload_content=False,
             )
+            # Chunks end anywhere, even inside a UTF-8 sequence: decode incrementally and
+            # print whole lines only, each with its prefix.
+            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            partial = ""
             try:
                 for raw in resp.stream(4096):
-                    for line in raw.decode(errors="replace").splitlines():
-                        print(prefix + line, file=sys.stderr, flush=True)
+                    *lines, partial = (partial + decoder.decode(raw)).split("\n")
+                    for line in lines:
+                        print(prefix + line.rstrip("\r"), file=sys.stderr, flush=True)
+                partial += decoder.decode(b"", final=True)
+                if partial:
+                    print(prefix + partial, file=sys.stderr, flush=True)
             finally:
                 resp.release_conn()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -181,7 +182,9 @@ class LocalBackend:
                 sys.stderr.write(line)
         proc.stderr.close()
         code = proc.wait()
-        exit = _describe_exit(code, "".join(tail))
+        exit = dataclasses.replace(
+            _describe_exit(code, "".join(tail)), log_shown=self._forward_stderr
+        )
         if self._killed and exit.signal == signal.SIGKILL:
             exit = IndexExit(None, signal.SIGKILL, "Killed", _KILLED, exit.log_tail)
         try:
