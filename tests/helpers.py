@@ -179,6 +179,24 @@ def wait_for_file(path: PathArg, timeout: float = 60.0) -> str:
     return shared.url
 
 
+def wait_for_text(path: PathArg, timeout: float = 60.0, what: str = "") -> str:
+    """Wait in the test until ``path`` exists *with content*, and return it. A worker's
+    ``write_text`` creates the file before it writes: a reader that only waited for the
+    file to exist may still find it empty."""
+    shared = as_shared(path)
+    seen: list[str] = []
+
+    def written() -> bool:
+        try:
+            seen.append(shared.read_text())
+        except FileNotFoundError:
+            return False
+        return bool(seen[-1])
+
+    wait_for(written, timeout, what or f"{shared} to be written")
+    return seen[-1]
+
+
 def touch_then_wait(started: PathArg, release: PathArg, timeout: float = 60.0) -> int:
     as_shared(started).touch()
     wait_for_file(release, timeout)

@@ -99,17 +99,31 @@ def test_abort_on_first_error_cancels_and_kills(tmp_path: Path) -> None:
 
 
 def test_parallel_timeout_raises_and_kills(tmp_path: Path) -> None:
-    with config(), pytest.raises(multiprocessing.TimeoutError):
-        Parallel(timeout=0.5)(
+    def pids() -> list[int]:
+        return [int(text) for p in tmp_path.iterdir() if (text := p.read_text())]
+
+    with config():
+        # As a generator, Parallel dispatches the calls at once but starts counting the
+        # timeout only when asked for a result: both workers are running by then, so
+        # the timeout certainly has running workers to kill.
+        results = Parallel(timeout=0.5, return_as="generator")(
             delayed(helpers.touch_then_block)(str(tmp_path / str(i))) for i in range(2)
         )
-    pids = [int(text) for p in tmp_path.iterdir() if (text := p.read_text())]
-    assert not any(jh.alive(pid) for pid in pids)
+        helpers.wait_for(lambda: len(pids()) == 2, 60, "both calls to start")
+        started = pids()
+        assert all(jh.alive(pid) for pid in started)
+        with pytest.raises(multiprocessing.TimeoutError):
+            next(results)
+    assert not any(jh.alive(pid) for pid in started)
 
 
 def test_task_timeout_fails_only_that_call(tmp_path: Path) -> None:
     never = str(tmp_path / "never")
-    with config(n_jobs=2, task_timeout=0.5):
+    # joblib submits the four calls (one per joblib batch at first) in a loop: a window
+    # no loop outlasts, closed by the fourth submit (max_calls), puts them in one
+    # executor batch, packed two per worker. The timeout leaves calls that return at
+    # once a wide margin over any pause of their worker.
+    with config(n_jobs=2, task_timeout=2, batching=Batching(window=60, max_calls=4)):
         results = Parallel()(delayed(jh.wait_unless_timed_out)(i, never) for i in range(4))
     values = [value for value, _ in results]
     assert values == ["timed out", 1, 2, 3]
@@ -145,8 +159,11 @@ def test_n_jobs_minus_one_is_the_executors_default(launches: list[int]) -> None:
 
 
 def test_parallel_keywords_override_config() -> None:
+    # Call 0 waits for a file no one creates: only the overriding timeout ends it. (Long
+    # enough that call 1, which returns at once, never meets it however its worker is
+    # paused.)
     with config():
-        results = Parallel(task_timeout=0.3)(
+        results = Parallel(task_timeout=2)(
             delayed(jh.wait_unless_timed_out)(i, "/nonexistent/never") for i in range(2)
         )
     assert [value for value, _ in results] == ["timed out", 1]

@@ -50,10 +50,14 @@ def test_running_and_pending_are_counted(tmp_path: Path) -> None:
     started, release = tmp_path / "started", tmp_path / "release"
     with KubernetesExecutor(backend="local", max_workers=1, progress=True) as ex:
         held = ex.submit(touch_then_wait, str(started), str(release))
-        wait_for(held.running, what="the first call to run")
-        queued = [ex.submit(square, i) for i in range(3)]
         bar = ex._bar
         assert bar is not None
+        # The executor marks the future running, then counts it on the bar: wait for the
+        # bar itself rather than rely on the next submit waiting for the executor's lock.
+        # It stays so: the call holds the only worker slot until the test releases it.
+        wait_for(held.running, what="the first call to run")
+        wait_for(lambda: bar.running == 1, what="the bar to count the first call running")
+        queued = [ex.submit(square, i) for i in range(3)]
         assert bar.text() == "running=1 pending=3 failed=0"
         assert queued[-1].cancel()
         wait_for(lambda: "cancelled=1" in bar.text(), what="the cancel to be counted")

@@ -153,8 +153,9 @@ def test_failure_table(case: Case, make_executor: ExecutorFactory) -> None:
 def test_lost_worker_fails_only_its_own_tasks(make_executor: ExecutorFactory) -> None:
     from k8s_executor import Batching
 
-    ex = make_executor(max_workers=2, batching=Batching(window=0.5, max_indexes=2))
-    # One batch, two indexes: index 0 runs the killer, index 1 the healthy call.
+    # One batch, two indexes: index 0 runs the killer, index 1 the healthy call. (The
+    # second submit closes the batch (max_calls); the window outlasts any pause between.)
+    ex = make_executor(max_workers=2, batching=Batching(window=60, max_calls=2, max_indexes=2))
     doomed = ex.submit(helpers.kill_self)
     healthy = ex.submit(helpers.square, 4)
     with pytest.raises(WorkerLostError):
@@ -195,9 +196,11 @@ def test_shutdown_kill_workers_ends_running_workers(
     ex = make_executor(max_workers=2)
     started = [shared_dir / "a", shared_dir / "b"]
     running = [ex.submit(helpers.touch_then_block, p) for p in started]
-    helpers.wait_for(lambda: all(p.exists() for p in started), 60, "both calls to start")
+    pids = [int(helpers.wait_for_text(p, 60, f"call {p.name} to start")) for p in started]
+    # On Kubernetes the executor learns of the starts from the watch, maybe after the
+    # calls began; a call it does not know to be running yet would be cancelled.
+    helpers.wait_for(lambda: all(f.running() for f in running), 60, "the executor to see both")
     queued = ex.submit(helpers.square, 3)  # no free worker: it cannot start
-    pids = [int(p.read_text()) for p in started]
     ex.shutdown(wait=True, kill_workers=True)
     assert queued.cancelled()
     for future in running:

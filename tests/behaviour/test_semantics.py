@@ -181,19 +181,21 @@ def test_cancelled_call_does_not_run_beside_calls_that_do(
 ) -> None:
     # Three calls share one worker (one slot, one index), held back by a blocking task;
     # the middle one is cancelled after its batch was handed to the backend. As with
-    # ProcessPoolExecutor, a call whose cancel() returned True never runs. (A wide batching
-    # window keeps the three in one batch however slow the machine.)
-    ex = make_executor(max_workers=1, batching=Batching(window=0.5))
+    # ProcessPoolExecutor, a call whose cancel() returned True never runs. (A window no
+    # three submits outlast, closed by the third (max_calls), keeps the three in one
+    # batch however slow the machine; the blocker goes through map, which does not wait
+    # for the window.)
+    ex = make_executor(max_workers=1, batching=Batching(window=60, max_calls=3))
     started, release, calls = shared_dir / "started", shared_dir / "release", shared_dir / "calls"
     calls.mkdir()
-    blocker = ex.submit(helpers.touch_then_wait, started, release)
+    blocker = ex.map(helpers.touch_then_wait, [started], [release])
     helpers.wait_for(started.exists, 60, "the blocking task to start")
     queued = [ex.submit(helpers.record_name, calls, name) for name in ("a", "b", "c")]
     # The three are launched as one batch, which waits for the slot.
     helpers.wait_for(lambda: len(ex._batches) == 2, 60, "the second batch to be launched")
     assert queued[1].cancel()
     release.touch()
-    blocker.result(timeout=60)
+    assert isinstance(next(blocker), int)
     assert [queued[0].result(timeout=60), queued[2].result(timeout=60)] == ["a", "c"]
     assert queued[1].cancelled()
     assert sorted(calls.listdir()) == ["a", "c"]
@@ -214,10 +216,12 @@ def test_cancelling_many_calls_writes_each_marker_a_few_times(
         put(self, key, data)
 
     monkeypatch.setattr(RunStore, "put", counting_put)
-    ex = make_executor(max_workers=1, batching=Batching(window=0.5))
+    # One batch of the 300 calls however slow the machine: a window no loop outlasts,
+    # closed by the 300th submit (max_calls); the blocker goes through map (no window).
+    ex = make_executor(max_workers=1, batching=Batching(window=60, max_calls=300))
     started, release, calls = shared_dir / "started", shared_dir / "release", shared_dir / "calls"
     calls.mkdir()
-    blocker = ex.submit(helpers.touch_then_wait, started, release)
+    blocker = ex.map(helpers.touch_then_wait, [started], [release])
     helpers.wait_for(started.exists, 60, "the blocking task to start")
     queued = [ex.submit(helpers.record_name, calls, f"c{i}") for i in range(300)]
     helpers.wait_for(lambda: len(ex._batches) == 2, 60, "the second batch to be launched")
@@ -226,7 +230,7 @@ def test_cancelling_many_calls_writes_each_marker_a_few_times(
     # only if its slot freed within that moment; here the test holds the slot).
     helpers.wait_for(lambda: ex._skip_timer is None, 60, "the skip marker to be written")
     release.touch()
-    blocker.result(timeout=60)
+    assert isinstance(next(blocker), int)
     assert queued[-1].result(timeout=60) == "c299"
     assert calls.listdir() == ["c299"]
     # One index: written by the first cancel, then once more for the rest (or a few
@@ -254,12 +258,23 @@ def test_map_timeout_raises_and_cancels_not_started(
     calls, release = shared_dir / "calls", shared_dir / "release"
     calls.mkdir()
     it = ex.map(helpers.record_then_wait, [calls] * 3, [release] * 3, timeout=0.5)
+    # The timeout counts from the call to map, not from next(): let the first call start
+    # (its trace written, the executor told) before asking for it, however long its
+    # worker takes to start. Then next() certainly times out on a call that is running.
+    helpers.wait_for(lambda: len(calls.listdir()) == 1, 60, "the first call to start")
+    helpers.wait_for(lambda: _indexes_started(ex) == 1, 60, "the executor to see it start")
     with pytest.raises(TimeoutError):
         next(it)
     release.touch()
     ex.shutdown(wait=True)
     # Only the first call (one worker slot) had started; the other two were cancelled.
     assert len(calls.listdir()) == 1
+
+
+def _indexes_started(ex: KubernetesExecutor) -> int:
+    """How many indexes of the executor's live batches it knows to have started."""
+    with ex._lock:
+        return sum(entry.started for batch in ex._batches.values() for entry in batch.indexes)
 
 
 def test_initializer_runs_in_every_worker(make_executor: ExecutorFactory) -> None:
@@ -388,7 +403,9 @@ def test_max_workers_bounds_concurrency(
 
 
 def test_many_submits_are_coalesced_into_few_workers(make_executor: ExecutorFactory) -> None:
-    ex = make_executor(max_workers=2, batching=Batching(window=0.5))
+    # A window far longer than 50 submits can take, closed by the 50th (max_calls): one
+    # batch, whatever the machine's speed, and no wait for the window to run out.
+    ex = make_executor(max_workers=2, batching=Batching(window=60, max_calls=50))
     futures = [ex.submit(helpers.worker_id) for _ in range(50)]
     workers = {f.result(timeout=60) for f in futures}
     assert 1 <= len(workers) <= 2
