@@ -61,7 +61,9 @@ _REBALANCE_DELAY = 0.1
 _STARTED_PHASES = frozenset({"Running", "Succeeded", "Failed"})
 
 # How long a finished index waits for its streamed log to be printed (stream_logs=True).
-_LOG_DRAIN_SECONDS = 2.0
+# The container has ended, so its follow stream ends as soon as the rest is read: this is
+# only a bound for a stream that hangs, generous enough for a loaded client or API server.
+_LOG_DRAIN_SECONDS = 15.0
 
 
 @dataclass(frozen=True)
