@@ -204,6 +204,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--repository", default="k8s-executor-env", help="repository name")
     build.add_argument(
+        "--push",
+        choices=("oci", "podman"),
+        default=None,
+        help="oci: upload changed layers to the registry directly (fast); podman: load the "
+        "image into podman and let it push, for registries only podman's configuration "
+        "reaches (default: K8S_EXECUTOR_IMAGE_PUSH, else oci)",
+    )
+    build.add_argument(
         "--platform",
         default=os.environ.get("K8S_EXECUTOR_PLATFORM"),
         help="the cluster nodes' os/arch: linux/amd64 or linux/arm64 (default: "
@@ -264,6 +272,7 @@ def _build(args: argparse.Namespace) -> int:
         repository=args.repository,
         base_image=args.base_image,
         platform=args.platform,
+        method=args.push,
     )
     print(ref.summary())
     return 0

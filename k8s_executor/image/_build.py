@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, Any, Literal
 
+from ..errors import ConfigError
 from ._base import BaseImage, is_local_reference
 from ._cache import cache_dir, load_json, store_json
 from ._cross import Staged, Target, prepare
@@ -101,7 +102,7 @@ def build_image(
     insecure: bool | None = None,
     compression: Compression = "gzip",
     podman_url: str | None = None,
-    method: Literal["oci", "podman"] = "oci",
+    method: Literal["oci", "podman"] | None = None,
     platform: str | None = None,
 ) -> ImageRef:
     """Make sure ``registry`` has an image of the local virtual environment.
@@ -125,7 +126,9 @@ def build_image(
         podman_url: podman's REST service (only used for podman-local base images and
             ``method="podman"``); default ``CONTAINER_HOST`` or the standard socket.
         method: ``"oci"`` uploads layers to the registry directly (fast, incremental);
-            ``"podman"`` loads the image into podman and lets podman push it.
+            ``"podman"`` loads the image into podman and lets podman push it, for
+            registries only podman's configuration reaches (mirrors, ``certs.d``,
+            credential helpers). Default: ``K8S_EXECUTOR_IMAGE_PUSH``, else ``"oci"``.
         platform: The cluster nodes' ``os/arch``: ``"linux/amd64"`` or
             ``"linux/arm64"``. Default: this machine's on Linux, else ``"linux/amd64"``.
             When it differs from this machine's, the platform-specific packages are
@@ -144,8 +147,16 @@ def build_image(
     """
     if compression not in ("gzip", "none"):
         raise ValueError(f"compression must be 'gzip' or 'none', not {compression!r}")
-    if method not in ("oci", "podman"):
-        raise ValueError(f"method must be 'oci' or 'podman', not {method!r}")
+    # An environment variable too, so the executor's image="auto" and `k8s-executor build`
+    # can be switched to podman without a code change.
+    push = method or os.environ.get("K8S_EXECUTOR_IMAGE_PUSH") or "oci"
+    if push not in ("oci", "podman"):
+        if method is not None:
+            raise ValueError(f"method must be 'oci' or 'podman', not {method!r}")
+        raise ConfigError(
+            f"K8S_EXECUTOR_IMAGE_PUSH={push!r} is not allowed: expected 'oci' (upload "
+            "layers to the registry directly) or 'podman' (load into podman, podman pushes)"
+        )
     target_platform = check_platform(platform) or default_platform()
     cross = target_platform != local_platform()
     started = time.perf_counter()
@@ -190,7 +201,7 @@ def build_image(
                 python.version,
                 python.path,
             )
-            if method == "podman":
+            if push == "podman":
                 pushed = _push_with_podman(job, plans, python.version, podman, insecure)
             else:
                 pushed = _push_directly(job, plans, python.version)

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from k8s_executor.errors import ConfigError
 from k8s_executor.image import (
     BaseImageError,
     EnvironmentSnapshotError,
@@ -169,22 +170,40 @@ def test_base_image_from_a_registry(
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.parametrize("chosen_by", ["argument", "environment"])
 def test_push_through_podman(
     tiny_env: TinyEnv,
     oci_registry: RegistryServer,
     podman_service: PodmanService,
     base_image: BaseImage,
+    monkeypatch: pytest.MonkeyPatch,
+    chosen_by: str,
 ) -> None:
+    repository = f"via-podman-{chosen_by}"
+    kw: dict[str, Any] = {"method": "podman"}
+    if chosen_by == "environment":
+        monkeypatch.setenv("K8S_EXECUTOR_IMAGE_PUSH", "podman")
+        kw = {}
     ref = build(
         tiny_env,
         oci_registry,
         base_image.local,
         podman_url=podman_service.url,
-        method="podman",
-        repository="via-podman",
+        repository=repository,
+        **kw,
     )
     assert ref.built
+    # The podman path leaves the tagged image in podman's store; the direct upload doesn't.
+    assert podman_service.cli("image", "exists", ref.tag, check=False).returncode == 0
     assert run_probe(podman_service, ref.reference)["value"] == 42
+
+
+def test_unknown_push_method_in_the_environment(
+    tiny_env: TinyEnv, oci_registry: RegistryServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("K8S_EXECUTOR_IMAGE_PUSH", "docker")
+    with pytest.raises(ConfigError, match="K8S_EXECUTOR_IMAGE_PUSH='docker' is not allowed"):
+        build(tiny_env, oci_registry, "localhost/unused:1")
 
 
 # --- failures: each names the cause and the fix ----------------------------------------------
