@@ -1,6 +1,6 @@
 """joblib backend: ``parallel_config(backend="kubernetes")`` (local workers) vs loky.
 
-Two workloads, both with ``n_jobs=2``, each run through every backend in the same process:
+Three workloads, all with ``n_jobs=2``, each run through every backend in the same process:
 
 * ``Parallel 10000``: ``Parallel()(delayed(inc)(i) for i in range(10_000))``, trivial calls,
   so the time is the backends' own overhead (batching, pickling, worker start-ups);
@@ -23,11 +23,15 @@ Rows:
 The ``client MB written`` column is what the client wrote to the run's storage (inputs,
 functions, shared arrays): what would cross the network to a bucket on a cluster.
 
-    python benchmarks/joblib_bench.py              # print a Markdown table
+    python benchmarks/joblib_bench.py              # print the table
+    python benchmarks/joblib_bench.py --write      # also update benchmarks/README.md
     python benchmarks/joblib_bench.py --repeat 5   # more repetitions (default 3)
 
+``--write`` rewrites this benchmark's section of benchmarks/README.md (between the
+``<!-- joblib_bench:start -->`` and ``<!-- joblib_bench:end -->`` markers) and nothing else.
+
 Repetitions are round-robin over the rows so load from other users spreads evenly.
-Importing this module has no side effects.
+Importing this module has no side effects; everything runs from :func:`main`.
 """
 
 from __future__ import annotations
@@ -36,11 +40,15 @@ import argparse
 import datetime
 import os
 import platform
+import shlex
 import statistics
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from _report import README, cpu_model, load_average, write_section
 
 
 def inc(x: int) -> int:
@@ -79,6 +87,10 @@ def shared_array(n: int = 40) -> None:
 
 
 N_JOBS = 2
+# Issue 6's target: our backend on local workers within this factor of loky.
+TARGET_RATIO = 2.0
+TARGET_WORKLOADS = ("Parallel 10000", "GridSearchCV 18 fits")
+BACKENDS = ("kubernetes (local)", "kubernetes (local, no sharing)", "loky cold", "loky warm")
 WORKLOADS: dict[str, Callable[[], None]] = {
     "Parallel 10000": trivial,
     "GridSearchCV 18 fits": grid_search,
@@ -148,53 +160,59 @@ def _run(
         RunStore.put = real_put  # type: ignore[method-assign]
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=3)
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--write", action="store_true", help="update benchmarks/README.md")
+    parser.add_argument("--repeat", type=int, default=3, help="repetitions (default 3)")
     args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error("--repeat must be >= 1")
 
     import k8s_executor.joblib
 
     k8s_executor.joblib.register()
-    backends = ["kubernetes (local)", "kubernetes (local, no sharing)", "loky cold", "loky warm"]
-    rows = [Row(w, b) for w in WORKLOADS for b in backends]
-    load_before = os.getloadavg()
+    rows = [Row(w, b) for w in WORKLOADS for b in BACKENDS]
+    load_before = load_average()
     started = time.perf_counter()
+    print("warm-up ...", file=sys.stderr, flush=True)
     for workload in WORKLOADS.values():  # warm-up: imports, byte compilation, loky pool
         _run(workload, "loky warm", [], [])
         _run(workload, "kubernetes (local)", [], [])
-    for _ in range(args.repeat):
+    for r in range(args.repeat):
+        print(f"repetition {r + 1}/{args.repeat} ...", file=sys.stderr, flush=True)
         for row in rows:
             launches: list[int] = []
             written: list[int] = []
             row.times.append(_run(WORKLOADS[row.workload], row.backend, launches, written))
             row.workers.append(sum(launches))
             row.written.append(sum(written))
-    load_after = os.getloadavg()
     took = time.perf_counter() - started
-    print(_table(rows, args.repeat, took, load_before, load_after))
+    load_after = load_average()
+
+    command = "python benchmarks/joblib_bench.py " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
+    body = table(rows) + "\n\n" + verdict(rows)
+    generated = section(body, command.strip(), args.repeat, load_before, load_after, took)
+    print(generated)
+    if args.write:
+        write_section("joblib_bench", generated)
+        print(f"\nwrote {README}", file=sys.stderr)
+    return 0
 
 
-def _table(
-    rows: list[Row],
-    repeat: int,
-    took: float,
-    load_before: tuple[float, float, float],
-    load_after: tuple[float, float, float],
-) -> str:
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+def _medians(rows: list[Row]) -> dict[tuple[str, str], float]:
+    return {(r.workload, r.backend): statistics.median(r.times) for r in rows}
+
+
+def table(rows: list[Row]) -> str:
+    """The Markdown table: one row per (workload, backend)."""
     lines = [
-        f"Run {now} · `python benchmarks/joblib_bench.py --repeat {repeat}` · {took:.0f} s",
-        "",
-        f"Machine: {os.cpu_count()} CPUs, Python {platform.python_version()} on "
-        f"{platform.system()}; load average {' '.join(f'{x:.2f}' for x in load_before)} "
-        f"before, {' '.join(f'{x:.2f}' for x in load_after)} after. n_jobs = {N_JOBS}.",
-        "",
         "| workload | backend | median s | min s | x loky cold | x loky warm | workers started "
         "| client MB written |",
         "|---|---|--:|--:|--:|--:|--:|--:|",
     ]
-    medians = {(r.workload, r.backend): statistics.median(r.times) for r in rows}
+    medians = _medians(rows)
     for r in rows:
         median = medians[(r.workload, r.backend)]
         cold = median / medians[(r.workload, "loky cold")]
@@ -209,5 +227,45 @@ def _table(
     return "\n".join(lines)
 
 
+def verdict(rows: list[Row]) -> str:
+    """Issue 6's target, against loky with a cold pool and with a warm one."""
+    medians = _medians(rows)
+    parts = []
+    for workload in TARGET_WORKLOADS:
+        ours = medians[(workload, "kubernetes (local)")]
+        cold = ours / medians[(workload, "loky cold")]
+        warm = ours / medians[(workload, "loky warm")]
+        ok = "meets" if cold <= TARGET_RATIO else "**misses**"
+        warm_ok = "within" if warm <= TARGET_RATIO else "not within"
+        parts.append(
+            f"{workload} {cold:.2f}x loky cold ({ok} the {TARGET_RATIO:g}x target), "
+            f"{warm:.2f}x loky warm ({warm_ok} {TARGET_RATIO:g}x)"
+        )
+    return (
+        f"**Target** (`kubernetes (local)` with default sharing, median against loky's "
+        f"median): {'; '.join(parts)}."
+    )
+
+
+def section(
+    body: str, command: str, repeat: int, load_before: str, load_after: str, took: float
+) -> str:
+    """The generated README section (between the markers)."""
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return "\n".join(
+        (
+            f"Run {now} · `{command}` · {took:.0f} s",
+            "",
+            f"Machine: {os.cpu_count()} CPUs ({cpu_model()}), Python "
+            f"{platform.python_version()} on {platform.system()} {platform.release()}; "
+            f"load average (1/5/15 min) {load_before} before, {load_after} after (the "
+            f"latter includes this benchmark's own load of up to {N_JOBS}). n_jobs = {N_JOBS} "
+            f"for all; median and min over {repeat} repetition(s).",
+            "",
+            body,
+        )
+    )
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
