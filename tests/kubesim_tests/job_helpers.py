@@ -85,6 +85,15 @@ def wait_job(
     return result
 
 
+def assert_ended(job: dict[str, Any], types: tuple[str, str], reason: str, message: str) -> None:
+    """Both conditions of a two-step ending (FailureTarget → Failed, SuccessCriteriaMet →
+    Complete) are True with the reason and message of kubernetes-jobs.md §4."""
+    for ctype in types:
+        cond = condition(job, ctype)
+        assert cond is not None, f"no {ctype} condition"
+        assert (cond["status"], cond["reason"], cond["message"]) == ("True", reason, message)
+
+
 def phase(pod: dict[str, Any]) -> str:
     return str(pod.get("status", {}).get("phase"))
 

@@ -13,6 +13,7 @@ from tests.kubesim.kubeconfig import Kubesim
 from tests.kubesim_tests.conftest import wait_for
 from tests.kubesim_tests.job_helpers import (
     NS,
+    assert_ended,
     condition,
     get_job,
     index_of,
@@ -165,13 +166,12 @@ def test_s9_04_nonindexed_completions_parallelism_and_shape(live: Any, tmp_path:
     assert "completedIndexes" not in status and "failedIndexes" not in status
     assert status["uncountedTerminatedPods"] == {} and status["completionTime"]
     assert [c["type"] for c in status["conditions"]] == ["SuccessCriteriaMet", "Complete"]
-    for ctype in ("SuccessCriteriaMet", "Complete"):
-        cond = condition(done, ctype)
-        assert (cond["status"], cond["reason"], cond["message"]) == (
-            "True",
-            "CompletionsReached",
-            "Reached expected number of succeeded pods",
-        )
+    assert_ended(
+        done,
+        ("SuccessCriteriaMet", "Complete"),
+        "CompletionsReached",
+        "Reached expected number of succeeded pods",
+    )
     # Exactly one pod per completion, all succeeded and untracked.
     pods = job_pods(core, job)
     assert len(pods) == 3
@@ -194,13 +194,12 @@ def test_s9_11_nonindexed_backoff_limit(fake: Any) -> None:
     assert sim.settle()
     job = get_job(batch, "plainfail")
     status = job["status"]
-    for ctype in ("FailureTarget", "Failed"):
-        cond = condition(job, ctype)
-        assert (cond["status"], cond["reason"], cond["message"]) == (
-            "True",
-            "BackoffLimitExceeded",
-            "Job has reached the specified backoff limit",
-        )
+    assert_ended(
+        job,
+        ("FailureTarget", "Failed"),
+        "BackoffLimitExceeded",
+        "Job has reached the specified backoff limit",
+    )
     assert status["failed"] == 2
     assert "succeeded" not in status and "active" not in status
     assert "completionTime" not in status and condition(job, "Complete") is None
@@ -437,13 +436,12 @@ def test_s9_10_max_failed_indexes_exceeded(live: Any, tmp_path: Any) -> None:
     )
     _create(batch, body)
     job = wait_job(batch, "maxfi", "Failed", timeout=20)
-    for ctype in ("FailureTarget", "Failed"):
-        cond = condition(job, ctype)
-        assert (cond["status"], cond["reason"], cond["message"]) == (
-            "True",
-            "MaxFailedIndexesExceeded",
-            "Job has exceeded the specified maximal number of failed indexes",
-        )
+    assert_ended(
+        job,
+        ("FailureTarget", "Failed"),
+        "MaxFailedIndexesExceeded",
+        "Job has exceeded the specified maximal number of failed indexes",
+    )
     status = job["status"]
     assert status["failedIndexes"] == "0,1"
     assert "completedIndexes" not in status and "succeeded" not in status
@@ -483,13 +481,12 @@ def test_s9_11_indexed_completions_reached(live: Any) -> None:
     status = done["status"]
     # SuccessCriteriaMet first, then Complete, both with the §4 reason and message.
     assert [c["type"] for c in status["conditions"]] == ["SuccessCriteriaMet", "Complete"]
-    for ctype in ("SuccessCriteriaMet", "Complete"):
-        cond = condition(done, ctype)
-        assert (cond["status"], cond["reason"], cond["message"]) == (
-            "True",
-            "CompletionsReached",
-            "Reached expected number of succeeded pods",
-        )
+    assert_ended(
+        done,
+        ("SuccessCriteriaMet", "Complete"),
+        "CompletionsReached",
+        "Reached expected number of succeeded pods",
+    )
     met, complete = status["conditions"]
     assert met["lastTransitionTime"] <= complete["lastTransitionTime"]
     assert status["completedIndexes"] == "0-2" and status["succeeded"] == 3
@@ -513,9 +510,9 @@ def test_s9_11_success_policy(live: Any, tmp_path: Any) -> None:
     )
     _create(batch, body)
     job = wait_job(batch, "sp", "Complete", timeout=20)
-    for ctype in ("SuccessCriteriaMet", "Complete"):
-        cond = condition(job, ctype)
-        assert (cond["reason"], cond["message"]) == ("SuccessPolicy", "Matched rules at index 0")
+    assert_ended(
+        job, ("SuccessCriteriaMet", "Complete"), "SuccessPolicy", "Matched rules at index 0"
+    )
     assert job["status"]["completionTime"]
     assert "failed" not in job["status"]  # pods stopped by success are not failures
     assert all(

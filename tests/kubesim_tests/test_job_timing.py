@@ -19,6 +19,7 @@ from tests.kubesim.kubeconfig import Kubesim
 from tests.kubesim_tests.conftest import wait_for
 from tests.kubesim_tests.job_helpers import (
     NS,
+    assert_ended,
     condition,
     get_job,
     job_body,
@@ -138,12 +139,12 @@ def test_s9_12_active_deadline_and_reset_on_resume(fake: Any, tmp_path: Any) -> 
     assert early["status"]["active"] == 1
     clock.advance(1)
     job = wait_for(lambda: (j := get_job(batch, "dl")) and condition(j, "Failed") and j, 10)
-    for ctype in ("FailureTarget", "Failed"):
-        cond = condition(job, ctype)
-        assert (cond["reason"], cond["message"]) == (
-            "DeadlineExceeded",
-            "Job was active longer than specified deadline",
-        )
+    assert_ended(
+        job,
+        ("FailureTarget", "Failed"),
+        "DeadlineExceeded",
+        "Job was active longer than specified deadline",
+    )
     assert job["status"]["failed"] == 1  # the running pod was killed and counted
 
 
