@@ -5,6 +5,7 @@ first on ``sys.path``."""
 
 from __future__ import annotations
 
+import datetime
 import os
 import platform
 import re
@@ -21,6 +22,20 @@ def cpu_model() -> str:
         return platform.processor() or "unknown"
     m = re.search(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
     return m.group(1).strip() if m else "unknown"
+
+
+def run_line(command: str, took: float) -> str:
+    """A generated section's first line: when, with which command, how long it took."""
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return f"Run {now} · `{command}` · {took:.0f} s"
+
+
+def machine() -> str:
+    """``Machine: N CPUs (model), Python X on Linux R``, for each script to go on from."""
+    return (
+        f"Machine: {os.cpu_count()} CPUs ({cpu_model()}), Python {platform.python_version()} "
+        f"on {platform.system()} {platform.release()}"
+    )
 
 
 def load_average() -> str:

@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import datetime
 import functools
 import importlib
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -39,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _report import README, cpu_model, load_average, write_section
+from _report import README, load_average, machine, run_line, write_section
 
 MAP_SIZES = (1_000, 10_000)
 SUBMITS = 200
@@ -369,15 +367,13 @@ def verdict(samples: dict[tuple[str, str], Samples]) -> str:
 def section(body: str, command: str, load_before: str, load_after: str, took: float) -> str:
     """The generated README section (between the markers)."""
     nproc = os.cpu_count()
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     return "\n".join(
         (
-            f"Run {now} · `{command}` · {took:.0f} s",
+            run_line(command, took),
             "",
-            f"Machine: {nproc} CPUs ({cpu_model()}), Python {platform.python_version()} "
-            f"on {platform.system()} {platform.release()}; load average (1/5/15 min) "
-            f"{load_before} before, {load_after} after (the latter includes this "
-            f"benchmark's own load of up to {nproc}). max_workers = {nproc} for all.",
+            f"{machine()}; load average (1/5/15 min) {load_before} before, {load_after} after"
+            f" (the latter includes this benchmark's own load of up to {nproc})."
+            f" max_workers = {nproc} for all.",
             "",
             body,
         )

@@ -30,10 +30,8 @@ Needs what `bash .ci/containers.sh` installs. Uses both cores; run it on a quiet
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -43,7 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _report import cpu_model, load_average, write_section  # noqa: E402
+from _report import load_average, machine, run_line, write_section  # noqa: E402
 
 from k8s_executor.image import build_image  # noqa: E402
 from tests.image import infra  # noqa: E402
@@ -174,11 +172,9 @@ def table(results: list[dict[str, object]]) -> str:
 
 
 def write_readme(body: str, command: str, took: float) -> None:
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     generated = (
-        f"Run {now} · `{command}` · {took:.0f} s\n\n"
-        f"Machine: {os.cpu_count()} CPUs ({cpu_model()}), Python {platform.python_version()} "
-        f"on {platform.system()} {platform.release()}; load average after: {load_average()}. "
+        f"{run_line(command, took)}\n\n"
+        f"{machine()}; load average after: {load_average()}. "
         f"Venv: {', '.join(PACKAGES)} ({du(VENV) / 1e6:.0f} MB); registry on loopback.\n\n" + body
     )
     write_section("image_build", generated)

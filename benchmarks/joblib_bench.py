@@ -37,9 +37,6 @@ Importing this module has no side effects; everything runs from :func:`main`.
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
 import shlex
 import statistics
 import sys
@@ -48,7 +45,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from _report import README, cpu_model, load_average, write_section
+from _report import README, load_average, machine, run_line, write_section
 
 
 def inc(x: int) -> int:
@@ -251,14 +248,11 @@ def section(
     body: str, command: str, repeat: int, load_before: str, load_after: str, took: float
 ) -> str:
     """The generated README section (between the markers)."""
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     return "\n".join(
         (
-            f"Run {now} · `{command}` · {took:.0f} s",
+            run_line(command, took),
             "",
-            f"Machine: {os.cpu_count()} CPUs ({cpu_model()}), Python "
-            f"{platform.python_version()} on {platform.system()} {platform.release()}; "
-            f"load average (1/5/15 min) {load_before} before, {load_after} after (the "
+            f"{machine()}; load average (1/5/15 min) {load_before} before, {load_after} after (the "
             f"latter includes this benchmark's own load of up to {N_JOBS}). n_jobs = {N_JOBS} "
             f"for all; median and min over {repeat} repetition(s).",
             "",

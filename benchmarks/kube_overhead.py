@@ -28,10 +28,8 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import datetime
 import importlib
 import os
-import platform
 import re
 import shlex
 import shutil
@@ -46,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _report import README, cpu_model, load_average, write_section
+from _report import README, load_average, machine, run_line, write_section
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -600,14 +598,11 @@ def section(
     took: float,
 ) -> str:
     """The generated README section (between the markers)."""
-    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     return "\n".join(
         (
-            f"Run {now} · `{command}` · {took:.0f} s",
+            run_line(command, took),
             "",
-            f"Machine: {os.cpu_count()} CPUs ({cpu_model()}), Python "
-            f"{platform.python_version()} on {platform.system()} {platform.release()}; "
-            f"load average (1/5/15 min) {load_before} before, {load_after} after. "
+            f"{machine()}; load average (1/5/15 min) {load_before} before, {load_after} after. "
             f"{repeat} repetition(s); counts are shown as a range when repetitions differ. "
             + (
                 "kubesim served with TCP_NODELAY (as kube-apiserver)."
