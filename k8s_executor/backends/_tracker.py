@@ -148,6 +148,11 @@ class RunTracker:
 
     startup_timeout: float
     jobs: dict[str, _Job] = field(default_factory=dict)  # by batch id
+    # When a pod of the run was last seen running (refreshed by every tick while one is).
+    # Pods of a run share spec, image and Secrets: a pending pod beside running ones waits
+    # for room (a full cluster, an autoscaler, one node's pull trouble), not for a fix, so
+    # its startup clock counts from here at the latest.
+    last_busy: float | None = None
 
     def add_batch(self, batch_id: str, indexes: int) -> None:
         """Start tracking a batch's Job."""
@@ -182,7 +187,10 @@ class RunTracker:
             return []
         events: list[Event] = []
         phase = (pod.get("status") or {}).get("phase")
+        was_running = entry.running
         entry.running = phase == "Running" and event_type != "DELETED"
+        if entry.running or was_running:
+            self.last_busy = now
         if phase in ("Running", "Succeeded", "Failed") and not entry.started:
             entry.started = True
             events.append(Started(job.batch_id, index))
@@ -240,6 +248,8 @@ class RunTracker:
 
     def tick(self, now: float) -> list[Event]:
         """Report pods stuck for longer than the startup timeout."""
+        if any(e.running and not e.finished for j in self.jobs.values() for e in j.indexes):
+            self.last_busy = now
         events: list[Event] = []
         for job in self.jobs.values():
             for i, entry in enumerate(job.indexes):
@@ -250,20 +260,15 @@ class RunTracker:
         """Stop tracking a batch (its Job is gone and every index reported)."""
         self.jobs.pop(batch_id, None)
 
-    def _any_running(self) -> bool:
-        return any(e.running and not e.finished for j in self.jobs.values() for e in j.indexes)
-
     def _check_stuck(self, job: _Job, index: int, entry: _Index, now: float) -> list[Event]:
         if entry.finished or entry.stuck is None or entry.stuck_since is None:
             return []
-        if self._any_running():
-            # Pods of this run are running with the same spec, image and Secrets: this one
-            # waits for room (a full cluster, an autoscaler, one node's pull trouble), not
-            # for a fix. Its clock restarts, so it fails only after `startup_timeout` in
-            # which nothing of the run ran: never killing work that is making progress.
-            entry.stuck_since = now
-            return []
-        if now - entry.stuck_since < self.startup_timeout:
+        # It fails only after `startup_timeout` in which nothing of the run ran: never
+        # killing work that is making progress (see `last_busy`).
+        since = entry.stuck_since
+        if self.last_busy is not None:
+            since = max(since, self.last_busy)
+        if now - since < self.startup_timeout:
             return []
         reason, message = entry.stuck
         entry.stuck = entry.stuck_since = None  # report once

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
 import json
 import os
 import signal
@@ -182,9 +181,7 @@ class LocalBackend:
                 sys.stderr.write(line)
         proc.stderr.close()
         code = proc.wait()
-        exit = dataclasses.replace(
-            _describe_exit(code, "".join(tail)), log_shown=self._forward_stderr
-        )
+        exit = _describe_exit(code, "".join(tail), log_shown=self._forward_stderr)
         if self._killed and exit.signal == signal.SIGKILL:
             exit = IndexExit(None, signal.SIGKILL, "Killed", _KILLED, exit.log_tail)
         try:
@@ -196,9 +193,14 @@ class LocalBackend:
                 self._cond.notify_all()
 
 
-def _describe_exit(code: int, log_tail: str) -> IndexExit:
+def _describe_exit(code: int, log_tail: str, *, log_shown: bool) -> IndexExit:
     if code >= 0:
-        return IndexExit(exit_code=code, reason=None if code == 0 else "Error", log_tail=log_tail)
+        return IndexExit(
+            exit_code=code,
+            reason=None if code == 0 else "Error",
+            log_tail=log_tail,
+            log_shown=log_shown,
+        )
     sig = -code
     name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
     # The kernel's OOM killer sends SIGKILL; locally nothing tells it apart from kill -9.
@@ -208,6 +210,7 @@ def _describe_exit(code: int, log_tail: str) -> IndexExit:
         reason="Killed" if sig == signal.SIGKILL else "Signaled",
         message=f"killed by {name}",
         log_tail=log_tail,
+        log_shown=log_shown,
     )
 
 
