@@ -46,6 +46,7 @@ from typing import Any, TypeVar
 
 from . import _payload as wire
 from . import _progress
+from ._cluster import config_source
 from ._options import (
     Batching,
     PodOptions,
@@ -119,23 +120,15 @@ class _Batch:
         self.unfinished = len(self.indexes)
 
 
-def _cluster_configured() -> bool:
-    return bool(
-        os.environ.get("KUBECONFIG")
-        or os.environ.get("KUBERNETES_SERVICE_HOST")
-        or os.path.exists(os.path.expanduser("~/.kube/config"))
-    )
-
-
-def _backend_name(backend: str | None) -> str:
+def _backend_name(backend: str | None, kubeconfig: str | None, context: str | None) -> str:
     name = backend or os.environ.get("K8S_EXECUTOR_BACKEND")
     if name is None:
-        if not _cluster_configured():
+        if config_source(kubeconfig, context) is None:
             raise ConfigError(
                 "no backend chosen and no Kubernetes cluster configured: pass "
                 "backend='local' to run on this machine, or backend='kubernetes' with a "
-                "kubeconfig (KUBECONFIG or ~/.kube/config); or set the environment "
-                "variable K8S_EXECUTOR_BACKEND=local|kubernetes"
+                "kubeconfig (kubeconfig=, KUBECONFIG or ~/.kube/config); or set the "
+                "environment variable K8S_EXECUTOR_BACKEND=local|kubernetes"
             )
         name = "kubernetes"
     if name not in ("local", "kubernetes"):
@@ -180,7 +173,9 @@ class KubernetesExecutor(Executor):
         initargs: arguments of ``initializer``.
         backend: ``"local"`` (subprocesses on this machine) or ``"kubernetes"``. Default:
             the ``K8S_EXECUTOR_BACKEND`` environment variable; without it, ``kubernetes``
-            when a cluster is configured, else an error that says how to choose.
+            when ``kubeconfig`` or ``context`` is given or a cluster is configured
+            (``KUBECONFIG``, ``~/.kube/config``, or running in a pod), else an error that
+            says how to choose.
         storage: an fsspec URL (``s3://bucket/prefix``, ``gs://…``, ``file:///shared``)
             through which arguments and results travel; every run gets its own prefix
             under it, deleted on shutdown. Default: ``K8S_EXECUTOR_STORAGE``; for the local
@@ -243,7 +238,7 @@ class KubernetesExecutor(Executor):
         base_image: str | None = None,
         platform: str | None = None,
         namespace: str | None = None,
-        kubeconfig: str | None = None,
+        kubeconfig: str | os.PathLike[str] | None = None,
         context: str | None = None,
         resources: Resources | None = None,
         scheduling: Scheduling | None = None,
@@ -286,8 +281,18 @@ class KubernetesExecutor(Executor):
         self._show_progress = _progress.wanted(progress)
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ConfigError(f"retries={retries!r} is not allowed: expected an integer >= 0")
+        if isinstance(kubeconfig, os.PathLike):
+            kubeconfig = os.fspath(kubeconfig)
+        for option, text, what in (
+            ("kubeconfig", kubeconfig, "the path of a kubeconfig file"),
+            ("context", context, "the name of a context in the kubeconfig"),
+        ):
+            if text is not None and (not isinstance(text, str) or not text.strip()):
+                raise ConfigError(
+                    f"{option}={text!r} is not allowed: expected {what}, or None for the default"
+                )
         if backend is None or isinstance(backend, str):
-            name = _backend_name(backend)
+            name = _backend_name(backend, kubeconfig, context)
             if name == "local":
                 self._backend: Backend = LocalBackend()
             else:
@@ -1077,6 +1082,12 @@ def _worker_lost(batch_id: str, index: int, n_tasks: int, exit: IndexExit) -> Wo
     }.get(exit.reason or "", "")
     if not hint and exit.signal == 9:
         hint = "; it may have run out of memory (give it more) or been killed from outside"
+    if not hint and exit.signal == 15:
+        # The worker's init passes SIGTERM on: the kubelet was stopping the pod.
+        hint = (
+            "; its pod was terminated (deleted, evicted or preempted, or its Job was "
+            "stopped: suspended, deleted or past its deadline)"
+        )
     message = (
         f"the worker of batch {batch_id} index {index} ({n_tasks} task(s)) {how}{detail} "
         f"before reporting its results{hint}"

@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from .._cluster import config_source
 from .._options import PodOptions, Resources, Scheduling, Timeouts
 from ..errors import ClusterError, ConfigError, PodStartError
 from . import _manifest as m
@@ -270,12 +271,7 @@ class KubernetesBackend:
         from kubernetes import client, config
 
         s = self.settings
-        in_cluster = bool(
-            s.kubeconfig is None
-            and not os.environ.get("KUBECONFIG")
-            and os.environ.get("KUBERNETES_SERVICE_HOST")
-            and not os.path.exists(os.path.expanduser("~/.kube/config"))
-        )
+        in_cluster = config_source(s.kubeconfig, s.context) == "in-cluster"
         try:
             if in_cluster:
                 configuration = client.Configuration()
