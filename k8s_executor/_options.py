@@ -398,6 +398,19 @@ class PodOptions(_Options):
             raise _fail("PodOptions.tmpfs_path", self.tmpfs_path, "expected an absolute path")
         if self.pod_template is not None and not isinstance(self.pod_template, Mapping):
             raise _fail("PodOptions.pod_template", self.pod_template, "expected a dict")
+        misplaced = sorted(set(self.pod_template or ()) & _NOT_POD_SPEC_KEYS)
+        if misplaced:
+            # The easiest mistake: a whole pod (or Job template) instead of its spec. Left
+            # alone it fails every launch, with a schema error from the API server.
+            raise ConfigError(
+                f"PodOptions.pod_template has a {misplaced[0]!r} key: it takes the fields "
+                "of a pod spec (e.g. {'hostNetwork': True}), not a pod or a pod template; "
+                "pass what is inside its 'spec'"
+            )
+
+
+# Top-level keys of a pod or a pod template, never of a pod spec.
+_NOT_POD_SPEC_KEYS = frozenset({"spec", "metadata", "apiVersion", "kind", "template", "status"})
 
 
 @dataclass(frozen=True, repr=False)
@@ -427,6 +440,13 @@ class Timeouts(_Options):
     heartbeat_grace: float = 300.0
     """Seconds without a heartbeat after which workers of a run exit."""
 
+    termination_grace: int = 30
+    """``terminationGracePeriodSeconds`` of worker pods: when a pod is stopped (shutdown
+    with ``kill_workers``, Ctrl-C, eviction, preemption, a Job deadline) its task gets
+    SIGTERM, and SIGKILL this many seconds later if it is still running. The worker
+    itself ends at once on SIGTERM; the grace matters only to a task that installed its
+    own SIGTERM handler (to checkpoint, say). Kubernetes' default is 30."""
+
     def __post_init__(self) -> None:
         check_seconds("Timeouts.startup", self.startup, allow_zero=False)
         if self.job_deadline is not None:
@@ -441,6 +461,16 @@ class Timeouts(_Options):
             )
         check_seconds("Timeouts.heartbeat", self.heartbeat, allow_zero=False)
         check_seconds("Timeouts.heartbeat_grace", self.heartbeat_grace, allow_zero=False)
+        if (
+            isinstance(self.termination_grace, bool)
+            or not isinstance(self.termination_grace, int)
+            or self.termination_grace < 0
+        ):
+            raise _fail(
+                "Timeouts.termination_grace",
+                self.termination_grace,
+                "expected an int >= 0 (seconds, as terminationGracePeriodSeconds)",
+            )
         if self.heartbeat_grace < 2 * self.heartbeat:
             raise _fail(
                 "Timeouts.heartbeat_grace",

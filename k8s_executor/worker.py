@@ -20,6 +20,9 @@ reads ``URL/fn`` and ``URL/in/3``, runs the tasks of index 3 in order, writes
 ``K8S_EXECUTOR_PARENT_PID``
     optional; the worker exits when this process is no longer its parent (local backend:
     no worker outlives a killed client).
+``K8S_EXECUTOR_INIT``
+    ``1`` (set by the Job manifest) or PID 1: the process forks and stays behind as the
+    container's init, passing signals on and reaping orphans (``_init``); ``0``: never.
 
 Exit codes (``_exitcodes``): 0 every task succeeded; 83 the outcome is written and some
 task raised (not worth a retry); 84 the index could not run at all (bad payload, version
@@ -44,6 +47,7 @@ from typing import Any, Final, NoReturn
 import cloudpickle
 
 from . import _exitcodes as codes
+from . import _init
 from . import _payload as wire
 from ._options import StorageRetry
 from ._store import RunStore
@@ -233,6 +237,9 @@ def run_index(store: RunStore, key: bytes, index: int, run: RunStore | None = No
 def main(argv: list[str] | None = None) -> NoReturn:
     """Entry point of ``python -m k8s_executor.worker BATCH_URL``."""
     args = sys.argv[1:] if argv is None else argv
+    if _init.wanted():
+        # PID 1 of a container: fork, and stay behind as the init (see _init).
+        _init.become_init()
     if len(args) != 1:
         _usage("usage: python -m k8s_executor.worker BATCH_URL")
     index_text = os.environ.get("JOB_COMPLETION_INDEX")

@@ -237,11 +237,31 @@ def test_pod_template_merges_by_name() -> None:
         (lambda: VolumeMount("data", "relative/path"), r"VolumeMount.path='relative/path'"),
         (lambda: Timeouts(startup=0), r"Timeouts.startup=0 is not allowed"),
         (lambda: Timeouts(heartbeat=60, heartbeat_grace=90), r"heartbeat_grace=90 is not allowed"),
+        (lambda: Timeouts(termination_grace=-1), r"Timeouts.termination_grace=-1 is not allowed"),
+        (lambda: Timeouts(termination_grace=2.5), r"termination_grace=2.5 .*expected an int"),  # type: ignore[arg-type]
+        (
+            lambda: PodOptions(pod_template={"spec": {"shareProcessNamespace": True}}),
+            r"pod_template has a 'spec' key: it takes the fields of a pod spec",
+        ),
+        (
+            lambda: PodOptions(pod_template={"metadata": {}, "spec": {}}),
+            r"pod_template has a 'metadata' key",
+        ),
     ],
 )
 def test_bad_options_name_option_value_and_allowed(build: Any, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         build()
+
+
+def test_workers_run_as_init_with_the_grace_period_asked_for() -> None:
+    job = m.job_manifest(params())
+    env = {e["name"]: e.get("value") for e in container(job)["env"]}
+    assert env["K8S_EXECUTOR_INIT"] == "1"
+    assert job["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 30
+    short = m.job_manifest(params(timeouts=Timeouts(termination_grace=5)))
+    validate(short)
+    assert short["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 5
 
 
 def test_merge_rules() -> None:

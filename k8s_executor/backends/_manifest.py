@@ -142,6 +142,10 @@ def _env(p: JobParams) -> list[dict[str, Any]]:
         {"name": "K8S_EXECUTOR_HEARTBEAT_GRACE", "value": str(p.timeouts.heartbeat_grace)},
         {"name": "K8S_EXECUTOR_STORAGE_RETRY", "value": p.storage_retry.to_env()},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
+        # The worker is its container's PID 1: it runs as a small init (signals passed
+        # on, orphans reaped; see worker.py). Set, not guessed from the pid, so that
+        # runtimes where it is not PID 1 (shareProcessNamespace, a test kubelet) agree.
+        {"name": "K8S_EXECUTOR_INIT", "value": "1"},
     ]
     if p.storage_options_in_secret:
         env.append(
@@ -221,6 +225,7 @@ def pod_spec(p: JobParams) -> dict[str, Any]:
         container["imagePullPolicy"] = p.pod.image_pull_policy
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": p.timeouts.termination_grace,
         "containers": [container],
         # Workers never call the Kubernetes API: do not hand them a token.
         "automountServiceAccountToken": False,
