@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -164,6 +165,12 @@ class KubernetesExecutor(Executor):
 
         with KubernetesExecutor(max_workers=64, storage="s3://bucket/k8sx") as ex:
             results = list(ex.map(work, items))
+
+    An executor still open when the interpreter exits waits for its calls and cleans up,
+    as ProcessPoolExecutor does. Ctrl-C in a ``with`` block or a ``map`` kills the run's
+    workers and cleans up; so does SIGTERM, handled while an executor started from the
+    main thread runs (unless the program has its own SIGTERM handler), which ends the
+    program with ``SystemExit(143)``.
 
     Args:
         max_workers: the most workers (pods or processes) running at once, over all the
@@ -486,10 +493,13 @@ class KubernetesExecutor(Executor):
             finalizer = self._finalizer
         if wait and finalizer is not threading.current_thread():
             finalizer.join()
+            if not _live_executors:
+                _restore_sigterm_handler()  # the program's own SIGTERM disposition again
 
     def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> None:
         if exc_type is not None and not issubclass(exc_type, Exception):
-            # KeyboardInterrupt (or SystemExit) in the with block: the user wants out now.
+            # KeyboardInterrupt, SIGTERM (_Terminated) or SystemExit in the with block: the
+            # user wants out now.
             # Leave nothing running: cancel what has not started, kill what has.
             self._terminate()
         else:
@@ -630,6 +640,7 @@ class KubernetesExecutor(Executor):
         self._dispatcher.start()
         self._state = _State.RUNNING
         _live_executors.add(self)
+        _install_sigterm_handler()
 
     # -- dispatcher thread ---------------------------------------------------------
 
@@ -1120,10 +1131,11 @@ def _result_iterator(
                 finally:
                     future.cancel()
                 yield from chunk
-        except KeyboardInterrupt:
-            # Ctrl-C while waiting for results, with or without a `with` block: leave
-            # nothing running. With ProcessPoolExecutor the terminal's SIGINT reaches the
-            # workers too (one process group); ours are in their own group, or pods.
+        except (KeyboardInterrupt, _Terminated):
+            # Ctrl-C (or SIGTERM) while waiting for results, with or without a `with`
+            # block: leave nothing running. With ProcessPoolExecutor the terminal's SIGINT
+            # reaches the workers too (one process group); ours are in their own group, or
+            # pods.
             interrupted()
             raise
         finally:
@@ -1133,12 +1145,84 @@ def _result_iterator(
     return chained()
 
 
+# -- interpreter exit and SIGTERM ------------------------------------------------------
+#
 # Executors still running when the interpreter exits are shut down (waiting for their
 # calls, as ProcessPoolExecutor does), so that no worker and no storage is left behind.
+# That must happen before concurrent.futures' own exit hook, which shuts every thread
+# pool for good: the event loop's default executor among them, through which s3fs's
+# aiobotocore resolves host names; after it, no storage call can succeed. CPython runs
+# that hook from threading._shutdown, before the atexit hooks, calling the hooks
+# registered with threading._register_atexit in reverse order. concurrent.futures.thread
+# (imported above, through ThreadPoolExecutor) registered its own already, so ours,
+# registered below, runs first.
 _live_executors: weakref.WeakSet[KubernetesExecutor] = weakref.WeakSet()
 
 
-@atexit.register
+class _Terminated(SystemExit):
+    """Raised in the main thread by SIGTERM while an executor runs: the program ends as
+    on Ctrl-C (``with`` blocks and ``map`` kill the run's workers), with exit status
+    128 + SIGTERM as a shell reports it."""
+
+
+class _SigtermState:
+    """Our SIGTERM handler's state; touched only from the main thread."""
+
+    previous: Any = None  # the disposition our handler replaced, while it is installed
+    received = False
+
+
+_sigterm = _SigtermState()
+
+
+def _install_sigterm_handler() -> None:
+    """End the program cleanly on SIGTERM, unless someone else handles SIGTERM.
+
+    Only from the main thread (where Python runs signal handlers) and only over the
+    default disposition: a handler the program installed (or SIG_IGN) is left alone.
+    """
+    if _sigterm.previous is not None or threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    _sigterm.previous = signal.SIG_DFL
+
+
+def _restore_sigterm_handler() -> None:
+    """Put back the disposition we replaced (when nobody replaced ours meanwhile)."""
+    previous = _sigterm.previous
+    if previous is None or threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is _on_sigterm:
+        signal.signal(signal.SIGTERM, previous)
+    _sigterm.previous = None
+
+
+def _on_sigterm(signum: int, _frame: object) -> None:
+    # From here on SIGTERM has its previous meaning again: a second one ends the process
+    # at once, as a second Ctrl-C interrupts the cleanup of the first.
+    _restore_sigterm_handler()
+    if not _live_executors:
+        os.kill(os.getpid(), signum)  # nothing of ours to clean up: the default action
+        return
+    _sigterm.received = True
+    raise _Terminated(128 + signum)
+
+
 def _shutdown_all() -> None:
     for executor in list(_live_executors):
-        executor.shutdown(wait=True)
+        try:
+            if _sigterm.received:
+                executor._terminate()
+            else:
+                try:
+                    executor.shutdown(wait=True)
+                except _Terminated:
+                    executor._terminate()  # SIGTERM while waiting for the calls: stop now
+        except Exception:  # one executor's failure must not keep the others running
+            _log.exception("cannot shut down the executor of run %s at exit", executor.run_id)
+
+
+_register_exit_hook = getattr(threading, "_register_atexit", atexit.register)
+_register_exit_hook(_shutdown_all)

@@ -1,4 +1,5 @@
-"""Ctrl-C during map leaves no worker process behind."""
+"""Ctrl-C or SIGTERM during map leaves no worker process behind; SIGTERM on the Kubernetes
+backend leaves no Job, pod or Secret of the run, and the run's storage is gone."""
 
 from __future__ import annotations
 
@@ -6,11 +7,15 @@ import os
 import signal
 import subprocess
 import sys
+import weakref
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from k8s_executor import KubernetesExecutor
 from tests import helpers
+from tests.kube_helpers import KubesimCluster
 
 WITH = """
 import sys
@@ -70,3 +75,139 @@ def test_keyboard_interrupt_during_map_kills_workers(script: str, tmp_path: Path
     helpers.wait_for(lambda: not any(_alive(pid) for pid in pids), 60, "workers to be gone")
     # The third call (packed behind another in the same worker) never started.
     assert len(list(started.iterdir())) == 2
+
+
+# -- SIGTERM -----------------------------------------------------------------------------
+# The client's storage and (on kubesim) cluster come as arguments; it prints its run id,
+# then maps three calls over two workers that block until killed.
+
+SIGTERM_CLIENT = """
+import sys, types
+from k8s_executor import KubernetesExecutor
+from k8s_executor import KubernetesExecutor
+from tests import helpers
+from tests.kube_helpers import kubesim_kwargs
+
+mode, started, storage, kubeconfig = sys.argv[1:5]
+if kubeconfig:
+    kw = kubesim_kwargs(types.SimpleNamespace(kubeconfig_path=kubeconfig), storage)
+else:
+    kw = {"backend": "local", "storage": storage}
+calls = [f"{started}/a", f"{started}/b", f"{started}/c"]
+if mode == "with":
+    with KubernetesExecutor(max_workers=2, **kw) as ex:
+        print(ex.run_id, flush=True)
+        for _ in ex.map(helpers.touch_then_block, calls):
+            pass
+else:
+    # No `with`, and not map: only the interpreter's exit sees the executor.
+    ex = KubernetesExecutor(max_workers=2, **kw)
+    print(ex.run_id, flush=True)
+    futures = [ex.submit(helpers.touch_then_block, c) for c in calls[:2]]
+    futures[0].result()
+"""
+
+
+def _terminate_client(
+    tmp_path: Path, mode: str, kubeconfig: str = ""
+) -> tuple[str, list[int], subprocess.CompletedProcess[str]]:
+    """Start the client, wait until two calls run, send SIGTERM; (run id, pids, result)."""
+    started = tmp_path / "started"
+    started.mkdir()
+    storage = tmp_path / "storage"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p or os.getcwd() for p in sys.path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SIGTERM_CLIENT, mode, str(started), str(storage), kubeconfig],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        helpers.wait_for(lambda: len(list(started.iterdir())) == 2, 60, "two calls to start")
+        pids = [int(helpers.wait_for_text(p, 60, f"{p.name}'s pid")) for p in started.iterdir()]
+        assert all(_alive(pid) for pid in pids)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    assert done.returncode == 128 + signal.SIGTERM, stderr  # SystemExit(143), no traceback
+    assert "Traceback" not in stderr, stderr
+    assert len(list(started.iterdir())) == 2  # the third call never started
+    run_id = stdout.split()[0]
+    assert not (storage / run_id).exists()
+    return run_id, pids, done
+
+
+@pytest.mark.parametrize("mode", ["with", "at-exit"])
+def test_sigterm_on_the_local_backend_kills_workers(mode: str, tmp_path: Path) -> None:
+    _, pids, _ = _terminate_client(tmp_path, mode)
+    helpers.wait_for(lambda: not any(_alive(pid) for pid in pids), 60, "workers to be gone")
+
+
+@pytest.mark.parametrize("mode", ["with", "at-exit"])
+def test_sigterm_on_kubernetes_leaves_no_job_pod_or_secret(
+    mode: str, tmp_path: Path, kubesim: Any
+) -> None:
+    run_id, pids, _ = _terminate_client(tmp_path, mode, str(kubesim.kubeconfig_path))
+    cluster = KubesimCluster(kubesim)
+    try:
+        # The client deleted them before it exited: the API lists none of them.
+        assert cluster.run_objects(run_id) == {"jobs": [], "pods": [], "secrets": []}
+    finally:
+        cluster.close()
+    assert not any(_alive(pid) for pid in pids)  # the process kubelet's pods
+
+
+USER_HANDLER = """
+import signal, sys
+from k8s_executor import KubernetesExecutor
+from tests import helpers
+
+def mine(signum, frame):
+    print("the program's own handler", flush=True)
+    sys.exit(3)
+
+signal.signal(signal.SIGTERM, mine)
+with KubernetesExecutor(backend="local", max_workers=1) as ex:
+    assert signal.getsignal(signal.SIGTERM) is mine
+    ex.submit(helpers.touch_then_block, sys.argv[1] + "/a")
+    ex.submit(helpers.touch_then_block, sys.argv[1] + "/b").result()
+"""
+
+
+def test_sigterm_handler_of_the_program_is_left_alone(tmp_path: Path) -> None:
+    started = tmp_path / "started"
+    started.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p or os.getcwd() for p in sys.path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", USER_HANDLER, str(started)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    helpers.wait_for(lambda: len(list(started.iterdir())) == 1, 60, "the call to start")
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert stdout == "the program's own handler\n"
+    assert proc.returncode == 3, stderr
+
+
+def test_sigterm_disposition_is_restored_after_shutdown(monkeypatch: pytest.MonkeyPatch) -> None:
+    from k8s_executor import _executor
+
+    # A fresh start, whatever executors earlier tests of this process left open.
+    monkeypatch.setattr(_executor, "_sigterm", _executor._SigtermState())
+    monkeypatch.setattr(_executor, "_live_executors", weakref.WeakSet())
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        with KubernetesExecutor(backend="local", max_workers=1) as ex:
+            assert ex.submit(helpers.square, 3).result(timeout=60) == 9
+            assert signal.getsignal(signal.SIGTERM) is _executor._on_sigterm
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, previous)
