@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-__all__ = ["Clock", "FakeClock", "TimerHandle"]
+__all__ = ["Clock", "FakeClock", "ScaledClock", "TimerHandle"]
 
 _log = logging.getLogger(__name__)
 
@@ -79,6 +79,10 @@ class Clock:
             self._cond.notify()
         return handle
 
+    def _real_seconds(self, clock_seconds: float) -> float:
+        """How long to wait in real time for ``clock_seconds`` of this clock to pass."""
+        return clock_seconds
+
     def stop(self) -> None:
         """Cancel pending timers and join the timer thread."""
         with self._cond:
@@ -101,12 +105,39 @@ class Clock:
                     wait = self._heap[0].when - self.monotonic()
                     if wait <= 0:
                         break
-                    self._cond.wait(wait)
+                    self._cond.wait(self._real_seconds(wait))
                 if self._stopped:
                     return
                 handle = heapq.heappop(self._heap)
             if not handle.cancelled:
                 _run(handle)
+
+
+class ScaledClock(Clock):
+    """A wall clock that runs ``speed`` times faster than real time.
+
+    Every rule driven by the clock (grace periods, back-offs, retries, deadlines) takes
+    ``1/speed`` of its real duration, while the processes the kubelet runs keep real time: a
+    test that replays a real-cluster scenario shortens the sleeps in its commands by the same
+    factor, so the ratios between them and the clock's rules stay as recorded.
+    """
+
+    def __init__(self, speed: float, start: datetime | None = None) -> None:
+        if speed <= 0:
+            raise ValueError("speed must be positive")
+        super().__init__()
+        self.speed = speed
+        self._origin = time.monotonic()
+        self._start = start or datetime.now(UTC)
+
+    def monotonic(self) -> float:
+        return (time.monotonic() - self._origin) * self.speed
+
+    def now(self) -> datetime:
+        return self._start + timedelta(seconds=self.monotonic())
+
+    def _real_seconds(self, clock_seconds: float) -> float:
+        return clock_seconds / self.speed
 
 
 class FakeClock(Clock):
