@@ -309,3 +309,50 @@ def test_deleted_running_pod_does_not_count_as_running(tracker: RunTracker) -> N
     tracker.on_pod("DELETED", pod(0, "Running"), now=1)
     tracker.on_pod("MODIFIED", pod(1, "Pending", **UNSCHEDULABLE), now=1)
     assert [type(e) for e in tracker.tick(now=62)] == [Stuck]
+
+
+def running_job(batch: str = "b00000", *, suspend: bool = False, parallelism: int = 3) -> Any:
+    return {
+        "metadata": {"labels": {"k8s-executor.io/batch": batch}},
+        "spec": {"suspend": suspend, "parallelism": parallelism},
+        "status": {},
+    }
+
+
+def test_job_that_never_gets_a_pod_is_stuck_after_startup_timeout(tracker: RunTracker) -> None:
+    # A ResourceQuota (say) refuses every pod: no pod ever appears to be stuck itself.
+    assert tracker.on_job("ADDED", running_job(), now=100.0) == []
+    assert tracker.tick(159.0) == []
+    (event,) = tracker.tick(160.0)
+    assert isinstance(event, Stuck)
+    assert (event.batch_id, event.reason) == ("b00000", "NoPodCreated")
+    assert tracker.tick(200.0) == []  # reported once
+
+
+def test_waiting_for_a_slot_stops_the_no_pod_clock(tracker: RunTracker) -> None:
+    tracker.on_job("ADDED", running_job(suspend=True, parallelism=0), now=0.0)
+    assert tracker.tick(1000.0) == []  # suspended: waiting for room is not being stuck
+    tracker.on_job("MODIFIED", running_job(), now=1000.0)  # resumed: the clock starts
+    assert tracker.tick(1059.0) == []
+    assert [e.reason for e in tracker.tick(1060.0) if isinstance(e, Stuck)] == ["NoPodCreated"]
+
+
+def test_a_pod_of_the_job_stops_the_no_pod_clock(tracker: RunTracker) -> None:
+    tracker.on_job("ADDED", running_job(), now=0.0)
+    tracker.on_pod("ADDED", pod(0, "Pending"), 10.0)
+    assert tracker.tick(500.0) == []
+    # Its pod finished and no other came: the clock starts again from then.
+    tracker.on_pod("MODIFIED", pod(0, "Succeeded"), 500.0)
+    assert tracker.tick(559.0) == []
+    (event,) = tracker.tick(560.0)
+    assert isinstance(event, Stuck) and event.reason == "NoPodCreated" and event.index == 1
+
+
+def test_no_pod_clock_waits_while_the_run_is_busy(tracker: RunTracker) -> None:
+    tracker.add_batch("b00001", 1)
+    tracker.on_job("ADDED", running_job(), now=0.0)
+    tracker.on_pod("ADDED", pod(0, "Running", batch="b00001"), 0.0)
+    assert tracker.tick(500.0) == []  # another batch of the run is running: room, not refusal
+    tracker.on_pod("MODIFIED", pod(0, "Succeeded", batch="b00001"), 500.0)
+    assert tracker.tick(559.0) == []
+    assert [e.reason for e in tracker.tick(561.0) if isinstance(e, Stuck)] == ["NoPodCreated"]

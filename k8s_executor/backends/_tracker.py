@@ -133,6 +133,11 @@ class _Index:
     last_exit: IndexExit | None = None
     stuck_since: float | None = None
     stuck: tuple[str, str] | None = None
+    has_pod: bool = False  # a pod of it exists, not yet terminal
+
+
+NO_POD = "NoPodCreated"
+"""The reason of a batch whose Job, free to run, got no pod for the startup timeout."""
 
 
 @dataclass
@@ -140,6 +145,12 @@ class _Job:
     batch_id: str
     indexes: list[_Index]
     done: bool = False
+    # Since when the Job has been free to run (not suspended, parallelism > 0) with no
+    # pod of it alive; None while it waits for a worker slot or has a pod. A quota, a
+    # LimitRange or an admission webhook that refuses its pods leaves no pod to be stuck:
+    # this is the startup clock of that case.
+    podless_since: float | None = None
+    active: bool = False
 
 
 @dataclass
@@ -189,6 +200,11 @@ class RunTracker:
         phase = (pod.get("status") or {}).get("phase")
         was_running = entry.running
         entry.running = phase == "Running" and event_type != "DELETED"
+        entry.has_pod = phase in ("Pending", "Running") and event_type != "DELETED"
+        if entry.has_pod:
+            job.podless_since = None
+        elif job.active and job.podless_since is None:
+            job.podless_since = now
         if entry.running or was_running:
             self.last_busy = now
         if phase in ("Running", "Succeeded", "Failed") and not entry.started:
@@ -210,12 +226,21 @@ class RunTracker:
                 events.extend(self._check_stuck(job, index, entry, now))
         return events
 
-    def on_job(self, event_type: str, job_obj: Mapping[str, Any]) -> list[Event]:
-        """Digest a Job event: indexes the controller declared done, terminal states."""
+    def on_job(
+        self, event_type: str, job_obj: Mapping[str, Any], now: float | None = None
+    ) -> list[Event]:
+        """Digest a Job event: indexes the controller declared done, terminal states,
+        and whether it is free to run (``now``: when it was seen, for the startup clock)."""
         labels = (job_obj.get("metadata") or {}).get("labels") or {}
         job = self.jobs.get(labels.get(m.LABEL_BATCH, ""))
         if job is None or job.done:
             return []
+        spec = job_obj.get("spec") or {}
+        active = not spec.get("suspend") and (spec.get("parallelism") or 0) > 0
+        if now is not None and active != job.active:
+            job.active = active
+            alive = any(e.has_pod for e in job.indexes)
+            job.podless_since = now if active and not alive else None
         status = job_obj.get("status") or {}
         completed = parse_indexes(status.get("completedIndexes"))
         failed = parse_indexes(status.get("failedIndexes"))
@@ -254,7 +279,24 @@ class RunTracker:
         for job in self.jobs.values():
             for i, entry in enumerate(job.indexes):
                 events.extend(self._check_stuck(job, i, entry, now))
+            events.extend(self._check_podless(job, now))
         return events
+
+    def _check_podless(self, job: _Job, now: float) -> list[Event]:
+        if job.done or not job.active or job.podless_since is None:
+            return []
+        since = job.podless_since
+        if self.last_busy is not None:
+            since = max(since, self.last_busy)
+        if now - since < self.startup_timeout:
+            return []
+        job.podless_since = None  # report once
+        waiting = [i for i, e in enumerate(job.indexes) if not e.finished and not e.has_pod]
+        if not waiting:
+            return []
+        # One event: the backend fails every unfinished index of the batch with it.
+        message = "its Job got no pod: the cluster refused to create them"
+        return [Stuck(job.batch_id, waiting[0], NO_POD, message)]
 
     def forget(self, batch_id: str) -> None:
         """Stop tracking a batch (its Job is gone and every index reported)."""

@@ -29,7 +29,7 @@ from .._options import PodOptions, Resources, Scheduling, Timeouts
 from ..errors import ClusterError, ConfigError, PodStartError
 from . import _manifest as m
 from ._base import IndexExit, LaunchSpec, Listener, RunContext
-from ._tracker import IMAGE_REASONS, Event, Finished, RunTracker, Started, Stuck
+from ._tracker import IMAGE_REASONS, NO_POD, Event, Finished, RunTracker, Started, Stuck
 
 __all__ = [
     "RBAC_RULES",
@@ -56,6 +56,16 @@ _RBAC_TEXT = "; ".join(
 )
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 _WATCH_SECONDS = 240  # below every apiserver's --min-request-timeout
+# Every request is bounded: (connect, read) seconds. A read timeout is retried by _call
+# like any dropped connection; a watch's read bound is its own timeoutSeconds plus slack.
+_REQUEST_TIMEOUT = (10.0, 30.0)
+# A log follow may see nothing for hours (a silent task): its read bound is a day, the
+# default Job deadline. (The client refuses None for "no read timeout".)
+_FOLLOW_TIMEOUT = (10.0, 24 * 3600.0)
+# close() returns within this many seconds (plus the pods' grace period when it kills
+# them): a stranded connection or a throttled API may leave objects behind (reported,
+# with the command that removes them), but never keeps the caller's `with` block open.
+_CLOSE_SECONDS = 20.0
 # Indexes that finish within this many seconds of each other hand their worker slots on in
 # one PATCH per waiting Job (pods often end together; a pod start takes far longer).
 _REBALANCE_DELAY = 0.1
@@ -223,8 +233,11 @@ class KubernetesBackend:
         for resp in responses:
             with contextlib.suppress(Exception):
                 resp.shutdown()
+        deadline = time.monotonic() + _CLOSE_SECONDS
         for thread in self._threads:
-            thread.join()
+            # Bounded: a watch whose answer has not arrived yet cannot be interrupted; it
+            # closes its connection itself when the answer comes (it sees _stop).
+            thread.join(timeout=max(0.0, min(2.0, deadline - time.monotonic())))
         if self._delivery is not None:
             self._delivery.shutdown(wait=True)
         if self._api is None:
@@ -233,12 +246,14 @@ class KubernetesBackend:
             # Let streamed logs finish printing before the pods they come from are deleted.
             self._join_log_threads(5.0)
         for name in jobs:
-            self._delete("Job", self._batch.delete_namespaced_job, name)
+            self._delete("Job", self._batch.delete_namespaced_job, name, deadline)
         if kill and jobs:
-            self._wait_pods_gone()
+            grace = self.settings.timeouts.termination_grace
+            self._wait_pods_gone(timeout=max(0.0, deadline - time.monotonic()) + grace)
         if self._secret_created:
-            self._delete("Secret", self._core.delete_namespaced_secret, m.secret_name(self._run_id))
-        self._join_log_threads(5.0)
+            secret = m.secret_name(self._run_id)
+            self._delete("Secret", self._core.delete_namespaced_secret, secret, deadline)
+        self._join_log_threads(min(5.0, max(0.0, deadline - time.monotonic())))
         self._api.close()
 
     def _join_log_threads(self, seconds: float) -> None:
@@ -304,24 +319,38 @@ class KubernetesBackend:
         self._core = client.CoreV1Api(api)
         self._batch = client.BatchV1Api(api)
 
-    def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Call the API, retrying overload and transient errors; translate the rest."""
+    def _call(
+        self,
+        what: str,
+        fn: Callable[..., T],
+        *args: Any,
+        deadline: float | None = None,
+        **kwargs: Any,
+    ) -> T:
+        """Call the API, retrying overload and transient errors; translate the rest.
+
+        Every try is bounded by ``_REQUEST_TIMEOUT`` (unless the caller passes its own
+        ``_request_timeout``); ``deadline`` (monotonic) bounds the retries too, for calls
+        made after ``_stop`` is set (close), whose backoff cannot wait on ``_stop``.
+        """
         from kubernetes.client.exceptions import ApiException
         from urllib3.exceptions import HTTPError
 
+        kwargs.setdefault("_request_timeout", _REQUEST_TIMEOUT)
         delay = 0.2
         for attempt in range(1, 9):
+            last = attempt == 8 or (deadline is not None and time.monotonic() >= deadline)
             try:
                 return fn(*args, **kwargs)
             except ApiException as exc:
-                if exc.status not in _RETRY_STATUSES or attempt == 8:
+                if exc.status not in _RETRY_STATUSES or last:
                     raise _api_error(what, exc, self.namespace) from exc
                 retry_after = (exc.headers or {}).get("Retry-After")
                 wait = float(retry_after) if retry_after and retry_after.isdigit() else delay
             except HTTPError as exc:
                 # Unreachable: a few quick tries (a blip, an apiserver restarting), then
                 # tell the user at once rather than after a minute of backoff.
-                if attempt >= 4:
+                if attempt >= 4 or last:
                     raise ClusterError(
                         f"cannot {what}: the Kubernetes API at {self._host()} cannot be "
                         f"reached ({type(exc).__name__}: {exc}); check the kubeconfig "
@@ -329,11 +358,17 @@ class KubernetesBackend:
                     ) from exc
                 wait = delay
             # Full jitter: many clients backing off together should not return together.
-            self._stop.wait(random.uniform(wait / 2, wait))
+            pause = random.uniform(wait / 2, wait)
+            if deadline is None:
+                self._stop.wait(pause)
+            else:
+                threading.Event().wait(max(0.0, min(pause, deadline - time.monotonic())))
             delay = min(delay * 2, 10.0)
         raise AssertionError("unreachable")
 
-    def _delete(self, kind: str, fn: Callable[..., Any], name: str) -> None:
+    def _delete(
+        self, kind: str, fn: Callable[..., Any], name: str, deadline: float | None = None
+    ) -> None:
         from kubernetes.client.exceptions import ApiException
 
         try:
@@ -342,6 +377,7 @@ class KubernetesBackend:
                 fn,
                 name,
                 self.namespace,
+                deadline=deadline,
                 # batch/v1 Jobs default to Orphan, which would leave the pods running.
                 propagation_policy="Background",
             )
@@ -466,16 +502,18 @@ class KubernetesBackend:
         )
         with self._lock:
             self._responses.add(resp)
+        ended = False
         try:
             if self._stop.is_set():
                 return
             for line in iter_resp_lines(resp):
                 if line:
                     yield json.loads(line)
+            ended = True
         finally:
             with self._lock:
                 self._responses.discard(resp)
-            resp.release_conn()
+            _finish_response(resp, ended)
 
     def _read_json(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
         resp = self._call("list objects", fn, *args, **kwargs)
@@ -497,7 +535,7 @@ class KubernetesBackend:
 
     def _on_job(self, kind: str, job: dict[str, Any]) -> None:
         with self._lock:
-            events = self._tracker.on_job(kind, job)
+            events = self._tracker.on_job(kind, job, time.monotonic())
         self._deliver(events)
 
     def _tick(self) -> None:
@@ -636,6 +674,9 @@ class KubernetesBackend:
             "node_selector, tolerations, affinity",
             "CreateContainerConfigError": "; a Secret or ConfigMap it needs is missing "
             "(PodOptions.secrets?)",
+            NO_POD: f" (a ResourceQuota, a LimitRange, PodSecurity admission or an admission "
+            f"webhook); `kubectl describe job -n {self.namespace} {job_name}` shows the "
+            "FailedCreate events that say why",
         }.get(event.reason, "")
         exit = IndexExit(
             exit_code=None, reason=event.reason, message=message + hint, never_started=True
@@ -705,21 +746,39 @@ class KubernetesBackend:
                 container=m.CONTAINER,
                 follow=True,
                 _preload_content=False,
+                # The stream ends when the container does, or is closed at shutdown.
+                _request_timeout=_FOLLOW_TIMEOUT,
             )
             # Chunks end anywhere, even inside a UTF-8 sequence: decode incrementally and
             # print whole lines only, each with its prefix.
             decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
             partial = ""
+            ended = False
             try:
                 for raw in resp.stream(4096):
                     *lines, partial = (partial + decoder.decode(raw)).split("\n")
                     for line in lines:
                         print(prefix + line.rstrip("\r"), file=sys.stderr, flush=True)
+                ended = True
                 partial += decoder.decode(b"", final=True)
                 if partial:
                     print(prefix + partial, file=sys.stderr, flush=True)
             finally:
-                resp.release_conn()
+                _finish_response(resp, ended)
+
+
+def _finish_response(resp: Any, read_to_end: bool) -> None:
+    """Give a streamed response's connection back to the pool only if it was read to its
+    end. A watch or log follow left midway still has the server writing on it: returned
+    to the pool, the next request would be written on it and wait for an answer behind
+    the rest of the stream (up to the watch's 240 s). Closed, it is simply not reused."""
+    if read_to_end:
+        resp.release_conn()
+        return
+    with contextlib.suppress(Exception):
+        resp.close()
+    with contextlib.suppress(Exception):
+        resp.release_conn()  # a closed connection: the pool replaces it
 
 
 def _context_namespace(kubeconfig: str | None, context: str | None) -> str:
@@ -1055,6 +1114,8 @@ class Cluster:
             **options,
         )
 
+        ended: list[bool] = []
+
         def chunks() -> Iterator[bytes]:
             try:
                 yield from resp.stream(4096, decode_content=True)
@@ -1063,8 +1124,10 @@ class Cluster:
                     f"the log of pod {name} was cut off ({type(exc).__name__}: {exc}); "
                     "run the command again to read it from the start"
                 ) from exc
+            else:
+                ended.append(True)
             finally:
-                resp.release_conn()
+                _finish_response(resp, bool(ended))
 
         return chunks()
 
