@@ -45,6 +45,59 @@ def kubesim_kwargs(sim: Any, storage: Path, **pod: Any) -> dict[str, Any]:
     }
 
 
+BASE_IMAGE = "localhost/k8sx-base:py3.11"
+"""The Python base image .ci/containers.sh imports into its private podman store."""
+
+
+def podman_cmd() -> list[str]:
+    """podman with the project's private configuration, when .ci/containers.sh made one
+    (it makes podman work on these VMs and holds the Python base image)."""
+    default = Path.home() / ".cache" / "k8s-executor" / "containers"
+    config = Path(os.environ.get("K8SX_CONTAINERS_DIR") or default)
+    if not (config / "containers.conf").exists():
+        return ["podman"]
+    return [
+        "env",
+        f"CONTAINERS_CONF={config / 'containers.conf'}",
+        f"CONTAINERS_STORAGE_CONF={config / 'storage.conf'}",
+        f"CONTAINERS_REGISTRIES_CONF={config / 'registries.conf'}",
+        "podman",
+    ]
+
+
+def kubesim_podman_kwargs(sim: Any, storage: Path, shared_root: Path, **pod: Any) -> dict[str, Any]:
+    """KubernetesExecutor keywords for ``sim`` with its podman kubelet: every worker is a
+    real container (its own PID 1, signals from the kubelet) of the base image, with this
+    checkout, this venv's packages and ``shared_root`` bind-mounted at their own paths."""
+    import sysconfig
+
+    checkout = Path(__file__).resolve().parent.parent
+    packages = Path(sysconfig.get_paths()["purelib"])
+    mounts = {"checkout": checkout, "packages": packages, "shared": shared_root}
+    env = {"PYTHONPATH": f"{checkout}{os.pathsep}{packages}", **pod.pop("env", {})}
+    template = {
+        "volumes": [{"name": n, "hostPath": {"path": str(p)}} for n, p in mounts.items()],
+        "containers": [
+            {
+                "name": "worker",
+                "volumeMounts": [
+                    {"name": n, "mountPath": str(p), "readOnly": n != "shared"}
+                    for n, p in mounts.items()
+                ],
+            }
+        ],
+    }
+    return {
+        "backend": "kubernetes",
+        "kubeconfig": str(sim.kubeconfig_path),
+        "storage": str(storage),
+        "image": BASE_IMAGE,
+        "python": "/usr/bin/python3",
+        "pod": PodOptions(env=env, pod_template=template, **pod),
+        "timeouts": Timeouts(startup=60, heartbeat=1, heartbeat_grace=30),
+    }
+
+
 # -- cluster.json --------------------------------------------------------------------------
 
 
@@ -272,6 +325,21 @@ class KubesimCluster(ClusterUnderTest):
 
     def executor_kwargs(self, storage: SharedPath, **pod: Any) -> dict[str, Any]:
         return kubesim_kwargs(self.sim, Path(storage.url), **pod)
+
+
+class KubesimPodmanCluster(ClusterUnderTest):
+    """A kubesim of this test with its podman kubelet: pods are real containers, so
+    their pids are not ours (``local_workers`` is false) but their files are."""
+
+    name = "kubesim-podman"
+
+    def __init__(self, sim: Any, shared_root: Path) -> None:
+        super().__init__(str(sim.kubeconfig_path), None, "default")
+        self.sim = sim
+        self.shared_root = shared_root
+
+    def executor_kwargs(self, storage: SharedPath, **pod: Any) -> dict[str, Any]:
+        return kubesim_podman_kwargs(self.sim, Path(storage.url), self.shared_root, **pod)
 
 
 class RealCluster(ClusterUnderTest):

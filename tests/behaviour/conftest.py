@@ -1,9 +1,12 @@
 """The backends the behaviour suite runs against.
 
-Every test runs once per backend: ``local`` (subprocesses) and ``kubernetes`` against
+Every test runs once per backend: ``local`` (subprocesses), ``kubernetes`` against
 kubesim with its process kubelet (pods run as local processes, through the real
 Kubernetes API flow: Job, controller, pods, watch), or, in real-cluster mode
-(``K8SX_TEST_CLUSTER``, see ``docs/testing.md``), against that cluster. A test that only
+(``K8SX_TEST_CLUSTER``, see ``docs/testing.md``), against that cluster, and
+``kubernetes-podman`` against kubesim with its podman kubelet: every pod a real container
+whose worker is PID 1 and gets its signals from the kubelet, as on a real node (not in
+real-cluster mode; it needs podman and fails under ``CI=true`` without it). A test that only
 makes sense on some backends says so with ``@pytest.mark.backends("local")``; it is then
 not generated for the others (not skipped).
 
@@ -13,6 +16,7 @@ this machine: on a real cluster the workers are elsewhere.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,12 +25,39 @@ import pytest
 
 from k8s_executor import KubernetesExecutor
 from tests.helpers import SharedPath
-from tests.kube_helpers import ClusterUnderTest, real_cluster_config
+from tests.kube_helpers import (
+    BASE_IMAGE,
+    ClusterUnderTest,
+    KubesimCluster,
+    KubesimPodmanCluster,
+    podman_cmd,
+    real_cluster_config,
+)
 from tests.kube_helpers import shared_dir as make_shared_dir
 
-BACKENDS = ["local", "kubernetes"]
+BACKENDS = ["local", "kubernetes", "kubernetes-podman"]
+PODMAN = "kubernetes-podman"
 
 ExecutorFactory = Callable[..., KubernetesExecutor]
+
+
+def need_podman() -> None:
+    """Skip without podman and its base image; fail instead under CI=true."""
+    import shutil
+    import subprocess
+
+    problem = None
+    if shutil.which("podman") is None:
+        problem = "podman is not installed"
+    else:
+        exists = [*podman_cmd(), "image", "exists", BASE_IMAGE]
+        if subprocess.run(exists, capture_output=True, check=False).returncode != 0:
+            problem = f"the base image {BASE_IMAGE} is missing (sudo bash .ci/containers.sh)"
+    if problem is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"kubernetes-podman backend: {problem}")
+    pytest.skip(f"kubernetes-podman backend: {problem}")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -37,6 +68,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "backend_name" in metafunc.fixturenames:
         marker = metafunc.definition.get_closest_marker("backends")
         names = [b for b in BACKENDS if marker is None or b in marker.args]
+        if real_cluster_config(metafunc.config) is not None:
+            names = [b for b in names if b != PODMAN]  # a kubesim of its own
         metafunc.parametrize("backend_name", names, indirect=True)
 
 
@@ -59,7 +92,30 @@ def shared_dir(
 @pytest.fixture
 def local_workers(backend_name: str, request: pytest.FixtureRequest) -> bool:
     """Workers are processes of this machine (their pids and CLOCK_MONOTONIC are ours)."""
+    if backend_name == PODMAN:
+        return False  # containers: their own pid namespace
     return backend_name == "local" or real_cluster_config(request.config) is None
+
+
+@pytest.fixture
+def cluster(
+    backend_name: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ClusterUnderTest]:
+    """The cluster of the current Kubernetes backend (see the module docstring)."""
+    if backend_name != PODMAN:
+        if real_cluster_config(request.config) is not None:
+            yield request.getfixturevalue("real_cluster")
+            return
+        process_sim = KubesimCluster(request.getfixturevalue("kubesim"))
+        yield process_sim
+        process_sim.close()
+        return
+    need_podman()
+    factory = request.getfixturevalue("kubesim_factory")
+    sim = factory(runtime="podman", kubelet_options={"podman_cmd": podman_cmd()})
+    target = KubesimPodmanCluster(sim, tmp_path_factory.getbasetemp())
+    yield target
+    target.close()
 
 
 @pytest.fixture

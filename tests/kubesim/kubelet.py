@@ -829,6 +829,7 @@ class Kubelet:
             argv += ["--env", f"{key}={value}"]
         path = c.spec.get("terminationMessagePath", "/dev/termination-log")
         argv += ["--volume", f"{c.termination_file}:{path}:rw,z"]
+        argv += self._host_path_mounts(run, c)
         if run.pod["spec"].get("hostname"):
             argv += ["--hostname", str(run.pod["spec"]["hostname"])]
         if "memory" in limits:
@@ -841,6 +842,20 @@ class Kubelet:
             argv += ["--entrypoint", json.dumps(command)]
         argv.append(str(c.spec.get("image", "")))
         return argv + args
+
+    @staticmethod
+    def _host_path_mounts(run: _PodRun, c: _Container) -> list[str]:
+        """``hostPath`` volumes, bind-mounted as a kubelet does (the only volume type
+        the podman runtime mounts; the process runtime sees the host's files anyway)."""
+        volumes = {v.get("name"): v for v in run.pod["spec"].get("volumes") or []}
+        argv: list[str] = []
+        for mount in c.spec.get("volumeMounts") or []:
+            host = (volumes.get(mount.get("name")) or {}).get("hostPath")
+            if host is None:
+                continue
+            mode = "ro" if mount.get("readOnly") else "rw"
+            argv += ["--volume", f"{host['path']}:{mount['mountPath']}:{mode}"]
+        return argv
 
     def _podman_oom(self, run: _PodRun, c: _Container) -> bool:
         result = subprocess.run(
