@@ -27,6 +27,7 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
+import dataclasses
 import enum
 import functools
 import itertools
@@ -55,6 +56,7 @@ from ._options import (
     Scheduling,
     StorageRetry,
     Timeouts,
+    check_dns_name,
     check_positive_int,
 )
 from ._pool_errors import WorkerLostError
@@ -140,6 +142,60 @@ def _backend_name(backend: str | None, kubeconfig: str | None, context: str | No
     return name
 
 
+def _env_flag(name: str) -> bool | None:
+    """A yes/no environment variable; None when unset or empty."""
+    text = os.environ.get(name, "").strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    if text:
+        raise ConfigError(f"{name}={text!r} is not allowed: expected 1/true/on or 0/false/off")
+    return None
+
+
+def _env_json_object(name: str) -> dict[str, Any] | None:
+    """A JSON object from the environment; None when unset or empty. The value is never
+    quoted in an error: it may hold credentials."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return None
+    example = '{"endpoint_url": "https://s3.example", "key": "...", "secret": "..."}'
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(
+            f"{name} is not valid JSON ({exc}): expected the fsspec storage_options as a "
+            f"JSON object, e.g. {example}"
+        ) from None
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"{name} holds a JSON {type(value).__name__}, not an object: expected the "
+            f"fsspec storage_options as a JSON object, e.g. {example}"
+        )
+    return value
+
+
+def _pod_secrets_from_env(pod: PodOptions | None) -> PodOptions:
+    """``pod``, with the Secrets of ``K8S_EXECUTOR_POD_SECRETS`` when it names none."""
+    pod = pod or PodOptions()
+    text = os.environ.get("K8S_EXECUTOR_POD_SECRETS", "")
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    if pod.secrets or not names:
+        return pod
+    for secret in names:
+        try:
+            check_dns_name("PodOptions.secrets", secret)
+        except ConfigError:
+            raise ConfigError(
+                f"K8S_EXECUTOR_POD_SECRETS={text!r} is not allowed: {secret!r} is not the "
+                "name of a Secret (lower-case letters, digits, '-' and '.', starting and "
+                "ending with a letter or digit); expected the names of Secrets in the "
+                "pods' namespace, separated by commas, e.g. s3-credentials"
+            ) from None
+    return dataclasses.replace(pod, secrets=names)
+
+
 def _pack(tasks: Sequence[_Task], slots: int) -> list[list[_Task]]:
     """Split tasks into at most ``slots`` contiguous groups of about equal call counts."""
     n = min(len(tasks), slots)
@@ -187,7 +243,9 @@ class KubernetesExecutor(Executor):
             through which arguments and results travel; every run gets its own prefix
             under it, deleted on shutdown. Default: ``K8S_EXECUTOR_STORAGE``; for the local
             backend, a private temporary directory.
-        storage_options: options of the fsspec filesystem (credentials, endpoint).
+        storage_options: options of the fsspec filesystem (credentials, endpoint), for
+            this machine; the pods get them only with ``share_storage_options``. Default:
+            ``K8S_EXECUTOR_STORAGE_OPTIONS`` (a JSON object), else none.
         batching: how calls are coalesced into batches and packed into workers.
         storage_retry: how transient storage errors are retried, by this process and by
             the workers.
@@ -212,6 +270,8 @@ class KubernetesExecutor(Executor):
         resources: (kubernetes) CPU, memory, GPUs and disk of each worker pod.
         scheduling: (kubernetes) node selector, tolerations, affinity, priority class.
         pod: (kubernetes) labels, env, Secrets, service account, volumes, pod_template...
+            Without ``pod.secrets``, the Secrets named in ``K8S_EXECUTOR_POD_SECRETS``
+            (comma-separated) give the workers their environment variables.
         timeouts: (kubernetes) startup timeout, Job deadline, TTL and client heartbeat.
         retries: (kubernetes) counted pod failures (OOM, crash) per worker before its
             calls fail; disruptions (eviction, preemption, node loss) are always retried.
@@ -220,6 +280,7 @@ class KubernetesExecutor(Executor):
             venv's own ``bin/python``.
         share_storage_options: (kubernetes) put ``storage_options`` into the run's Secret
             so workers can use them (off by default: give pods their own credentials).
+            Default: ``K8S_EXECUTOR_SHARE_STORAGE_OPTIONS`` (1/0), else off.
         stream_logs: (kubernetes) print every worker's output here, prefixed
             ``[batch/index]``. Without it, a task that raises carries its worker's last
             log lines as a note on the exception.
@@ -253,7 +314,7 @@ class KubernetesExecutor(Executor):
         timeouts: Timeouts | None = None,
         retries: int = 0,
         python: str | None = None,
-        share_storage_options: bool = False,
+        share_storage_options: bool | None = None,
         stream_logs: bool = False,
         progress: bool | None = None,
     ) -> None:
@@ -283,6 +344,15 @@ class KubernetesExecutor(Executor):
         if storage_options is not None and not isinstance(storage_options, dict):
             raise ConfigError(
                 f"storage_options={storage_options!r} is not allowed: expected a dict"
+            )
+        if storage_options is None:
+            storage_options = _env_json_object("K8S_EXECUTOR_STORAGE_OPTIONS")
+        if share_storage_options is None:
+            share_storage_options = _env_flag("K8S_EXECUTOR_SHARE_STORAGE_OPTIONS") or False
+        elif not isinstance(share_storage_options, bool):
+            raise ConfigError(
+                f"share_storage_options={share_storage_options!r} is not allowed: expected "
+                "True, False or None"
             )
 
         self._show_progress = _progress.wanted(progress)
@@ -323,6 +393,17 @@ class KubernetesExecutor(Executor):
                         "image='auto' needs registry= (or K8S_EXECUTOR_REGISTRY): where "
                         "the snapshot of this virtualenv is pushed and pods pull it from"
                     )
+                if share_storage_options and not storage_options:
+                    raise ConfigError(
+                        "share_storage_options (or K8S_EXECUTOR_SHARE_STORAGE_OPTIONS) is on, "
+                        "but there are no storage_options to share: the pods would get no "
+                        "credentials. Pass storage_options= (or K8S_EXECUTOR_STORAGE_OPTIONS, "
+                        "a JSON object such as "
+                        '{"endpoint_url": "https://s3.example", "key": "...", "secret": "..."}), '
+                        "or give the pods a Secret with the credentials instead "
+                        "(K8S_EXECUTOR_POD_SECRETS=NAME, PodOptions.secrets)"
+                    )
+                pod = _pod_secrets_from_env(pod)
                 self._backend = KubernetesBackend(
                     KubernetesSettings(
                         image=image,
@@ -336,7 +417,7 @@ class KubernetesExecutor(Executor):
                         retries=retries,
                         resources=resources or Resources(),
                         scheduling=scheduling or Scheduling(),
-                        pod=pod or PodOptions(),
+                        pod=pod,
                         timeouts=timeouts or Timeouts(),
                         share_storage_options=share_storage_options,
                         stream_logs=stream_logs,

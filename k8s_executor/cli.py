@@ -1,6 +1,7 @@
 """The ``k8s-executor`` command: check the setup, look at runs and their logs, clean up.
 
     k8s-executor doctor                   check what a first run needs, one line per check
+    k8s-executor doctor --pod             ... and run one worker pod that uses the storage
     k8s-executor ls                       runs in the namespace: age, owner, pods
     k8s-executor logs RUN                 the run's indexes: state, attempts, pod
     k8s-executor logs RUN INDEX [-f]      one index's log (latest attempt); -f follows it
@@ -13,8 +14,10 @@
 ``doctor`` checks, in order: the cluster answers (kubeconfig, context), the namespace
 exists, the executor's verbs are allowed there (SelfSubjectAccessReview), the storage URL
 is writable from here, the registry answers and lets us push, podman answers (when the
-base image is in its store) and the base image has this Python's major.minor. A check
-that cannot run (an earlier one failed, an option is not set) says why it was skipped.
+base image is in its store) and the base image has this Python's major.minor; with
+``--pod``, one worker pod writes and reads back an object in the storage (through the
+executor, configured from the environment) and says what it saw. A check that cannot
+run (an earlier one failed, an option is not set) says why it was skipped.
 
 ``cleanup`` only shows what it would delete unless given ``--yes``. Exit codes: 0 done
 (``doctor``: every check that ran passed), 1 the cluster refused or failed, a ``doctor``
@@ -128,6 +131,20 @@ def _parser() -> argparse.ArgumentParser:
         default=5.0,
         metavar="SECONDS",
         help="how long to wait for each answer (default: 5)",
+    )
+    doctor.add_argument(
+        "--pod",
+        action="store_true",
+        help="also run one worker pod, as a first run would (one Indexed Job of one "
+        "index, with the executor's settings from the environment): it writes, reads "
+        "back and deletes an object in the storage, and says what it saw",
+    )
+    doctor.add_argument(
+        "--pod-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="how long the pod may take to start and answer (default: 300)",
     )
 
     sub.add_parser("ls", parents=[cluster], help="list runs and their Jobs")
@@ -450,10 +467,11 @@ def _doctor(args: argparse.Namespace) -> int:
     doctor = _Doctor(_marks())
     timeout: float = args.timeout
     deadline = max(4 * timeout, 10.0)  # a check makes a few calls, each within timeout
-    _doctor_cluster(doctor, args, timeout, deadline)
+    cluster_ok = _doctor_cluster(doctor, args, timeout, deadline)
     if args.storage:
-        doctor.run("storage", lambda: _check_storage(args.storage), deadline)
+        storage_ok = doctor.run("storage", lambda: _check_storage(args.storage), deadline) == _OK
     else:
+        storage_ok = False
         doctor.report(
             "storage",
             _FAIL,
@@ -461,7 +479,22 @@ def _doctor(args: argparse.Namespace) -> int:
             "K8S_EXECUTOR_STORAGE (storage= in code, --storage here) to a URL both reach, "
             "e.g. s3://BUCKET/k8s-executor (see the storage page of the docs)",
         )
-    _doctor_image(doctor, args, timeout, deadline)
+    image_ok = _doctor_image(doctor, args, timeout, deadline)
+    if args.pod:
+        if not (cluster_ok and storage_ok and image_ok):
+            failed_before = [
+                name
+                for name, ok in (
+                    ("cluster", cluster_ok),
+                    ("storage", storage_ok),
+                    ("image", image_ok),
+                )
+                if not ok
+            ]
+            doctor.report("pod", _SKIP, f"needs the {' and '.join(failed_before)} checks to pass")
+        else:
+            status, text = _check_pod(args)
+            doctor.report("pod", status, text)
     failed = doctor.outcomes.count(_FAIL)
     skipped = doctor.outcomes.count(_SKIP)
     passed = doctor.outcomes.count(_OK)
@@ -472,7 +505,8 @@ def _doctor(args: argparse.Namespace) -> int:
 
 def _doctor_cluster(
     doctor: _Doctor, args: argparse.Namespace, timeout: float, deadline: float
-) -> None:
+) -> bool:
+    """Check the cluster, the namespace and the permissions; True when all three pass."""
     from .backends.kubernetes import RBAC_RULES, Cluster
 
     resources = ", ".join(r + (f".{g}" if g else "") for g, r, _ in RBAC_RULES)
@@ -482,7 +516,7 @@ def _doctor_cluster(
         doctor.report("cluster", _FAIL, str(exc))
         doctor.report("namespace", _SKIP, "no cluster")
         doctor.report("permissions", _SKIP, "no cluster")
-        return
+        return False
     try:
 
         def reach() -> str:
@@ -493,7 +527,7 @@ def _doctor_cluster(
         if doctor.run("cluster", reach, deadline) != _OK:
             doctor.report("namespace", _SKIP, "the cluster did not answer")
             doctor.report("permissions", _SKIP, "the cluster did not answer")
-            return
+            return False
         ns = cluster.namespace
 
         def namespace() -> str:
@@ -513,7 +547,7 @@ def _doctor_cluster(
 
         if doctor.run("namespace", namespace, deadline) != _OK:
             doctor.report("permissions", _SKIP, f"namespace {ns!r} is not usable")
-            return
+            return False
 
         def permissions() -> str:
             total, missing = cluster.missing_permissions(timeout)
@@ -527,18 +561,20 @@ def _doctor_cluster(
                 )
             return f"all {total} verbs the executor needs on {resources} in {ns}"
 
-        doctor.run("permissions", permissions, deadline)
+        return doctor.run("permissions", permissions, deadline) == _OK
     finally:
         cluster.close()
 
 
 def _check_storage(url: str) -> str:
+    from ._executor import _env_json_object
     from ._options import StorageRetry
     from ._store import RunStore
 
     probe = f"k8sx-doctor-{uuid.uuid4().hex[:10]}"
     store = RunStore(
         f"{url.rstrip('/')}/{probe}",
+        _env_json_object("K8S_EXECUTOR_STORAGE_OPTIONS"),  # as the executor opens it
         retry=StorageRetry(attempts=2, initial_delay=0.1, max_delay=0.5),
     )
     data = b"k8s-executor doctor probe\n"
@@ -623,7 +659,8 @@ def _check_python(base: str, podman_url: str, insecure: bool | None, timeout: fl
 
 def _doctor_image(
     doctor: _Doctor, args: argparse.Namespace, timeout: float, deadline: float
-) -> None:
+) -> bool:
+    """Check what the workers' image needs; True when pods have an image to run."""
     from .image import default_base_image
     from .image._base import is_local_reference
     from .image._podman import default_podman_url
@@ -634,7 +671,7 @@ def _doctor_image(
         why = f"image {image}: pods run it as is, nothing is built here"
         for name in ("registry", "podman", "base Python"):
             doctor.report(name, _SKIP, why)
-        return
+        return True
     if not args.registry:
         doctor.report(
             "registry",
@@ -647,7 +684,7 @@ def _doctor_image(
         )
         doctor.report("podman", _SKIP, "no registry: no image is built here")
         doctor.report("base Python", _SKIP, "no registry: no image is built here")
-        return
+        return False
     registry_ok = (
         doctor.run(
             "registry",
@@ -663,14 +700,155 @@ def _doctor_image(
         podman_ok = doctor.run("podman", lambda: _check_podman(podman_url, base), deadline) == _OK
         if not podman_ok:
             doctor.report("base Python", _SKIP, f"podman is needed to read {base}")
-            return
+            return False
     else:
         doctor.report("podman", _SKIP, f"not needed: the base image {base} is in a registry")
         if split_reference(base)[0] == host and not registry_ok:
             doctor.report("base Python", _SKIP, f"the registry holding {base} failed its check")
-            return
+            return False
     # No deadline: the first time, the base image's layers are listed (then cached).
-    doctor.run("base Python", lambda: _check_python(base, podman_url, insecure, timeout), None)
+    status = doctor.run(
+        "base Python", lambda: _check_python(base, podman_url, insecure, timeout), None
+    )
+    return status == _OK and registry_ok
+
+
+# What the pods can be given to reach the storage; said whenever the pod cannot use it.
+_POD_CREDENTIALS_FIX = (
+    "the pods open the storage with credentials of their own: name a Secret whose keys "
+    "become their environment with K8S_EXECUTOR_POD_SECRETS=NAME (for S3: "
+    "AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and, for MinIO and other S3-compatible "
+    "stores, AWS_ENDPOINT_URL), or hand them this machine's storage options through the "
+    "run's Secret with K8S_EXECUTOR_SHARE_STORAGE_OPTIONS=1 (the options in "
+    "K8S_EXECUTOR_STORAGE_OPTIONS, as JSON), or use PodOptions(service_account=...) bound "
+    "to a cloud identity; see the storage page of the docs"
+)
+# Environment variables that storage libraries take credentials or endpoints from: the
+# probe reports which of them a pod has (their names, never their values).
+_CREDENTIAL_PREFIXES = ("AWS_", "GOOGLE_", "AZURE_", "FSSPEC_")
+
+
+def _pod_probe(run_url: str) -> dict[str, Any]:
+    """Run in the pod of ``doctor --pod``: write and read back an object under the
+    run's storage prefix (deleted with the run), opened as the worker opens it; say what
+    the pod saw."""
+    import json
+    import platform
+
+    from . import __version__
+    from ._store import RunStore
+
+    shared = os.environ.get("K8S_EXECUTOR_STORAGE_OPTIONS")
+    store = RunStore(run_url, json.loads(shared or "{}"))
+    data = f"written by pod {os.environ.get('HOSTNAME', '?')}\n".encode()
+    store.put("doctor-probe", data)
+    read_back = store.get("doctor-probe") == data
+    names = sorted(n for n in os.environ if n.startswith(_CREDENTIAL_PREFIXES))
+    return {
+        "pod": os.environ.get("HOSTNAME", "?"),
+        "python": platform.python_version(),
+        "k8s_executor": __version__,
+        "read_back": read_back,
+        "shared_options": bool(shared and shared.strip() not in ("", "{}")),
+        "credential_variables": names,
+    }
+
+
+def _check_pod(args: argparse.Namespace) -> tuple[str, str]:
+    """(status, text) of one worker pod that writes and reads the storage.
+
+    It runs through the executor itself, configured as a program would be (the
+    environment's K8S_EXECUTOR_* variables, this command's cluster and image options), in
+    this thread, so that Ctrl-C ends it as it ends a program's executor.
+    """
+    from ._executor import KubernetesExecutor
+    from ._options import Timeouts
+    from ._pool_errors import WorkerLostError
+    from .errors import PodStartError, StorageError
+
+    timeout: float = args.pod_timeout
+    try:
+        executor = KubernetesExecutor(
+            max_workers=1,
+            backend="kubernetes",
+            storage=args.storage,
+            image=args.image,
+            registry=args.registry,
+            base_image=args.base_image,
+            namespace=args.namespace,
+            kubeconfig=args.kubeconfig,
+            context=args.context,
+            timeouts=Timeouts(startup=timeout),
+            progress=False,
+        )
+    except K8sExecutorError as exc:
+        return _FAIL, str(exc)
+    finished = False
+    try:
+        run_url = f"{args.storage.rstrip('/')}/{executor.run_id}"
+        try:
+            seen = executor.submit(_pod_probe, run_url).result(timeout=timeout + 30)
+        except TimeoutError:
+            return _FAIL, (
+                f"no answer within {timeout + 30:g}s; look at the pod with `kubectl get "
+                f"pods -l k8s-executor.io/run={executor.run_id}` while this runs (or a "
+                "longer --pod-timeout)"
+            )
+        except PodStartError as exc:
+            hint = ""
+            if exc.reason == "CreateContainerConfigError" and os.environ.get(
+                "K8S_EXECUTOR_POD_SECRETS"
+            ):
+                hint = (
+                    "; the Secrets named in K8S_EXECUTOR_POD_SECRETS must exist in the pods' "
+                    "namespace (`kubectl get secrets`)"
+                )
+            return _FAIL, f"the pod did not start: {_one_line(str(exc))}{hint}"
+        except (WorkerLostError, StorageError) as exc:
+            # The worker reads its call from the storage before anything else: most
+            # often the pod has no credentials for it, or no route to it.
+            return _FAIL, (
+                f"the pod could not use the storage {args.storage}: {_one_line(str(exc))}"
+                f"{_last_error_line(exc)}; {_POD_CREDENTIALS_FIX}"
+            )
+        except K8sExecutorError as exc:
+            return _FAIL, _one_line(str(exc))
+        finished = True
+    finally:
+        executor.shutdown(wait=True, kill_workers=not finished)
+    if not seen["read_back"]:
+        return _FAIL, (
+            f"pod {seen['pod']}: the object it wrote under {run_url} read back different"
+        )
+    if seen["shared_options"]:
+        credentials = "the storage options shared through the run's Secret"
+    elif seen["credential_variables"]:
+        credentials = "its environment: " + ", ".join(seen["credential_variables"])
+    else:
+        credentials = "no credentials in its environment (a service account's, or none)"
+    return _OK, (
+        f"pod {seen['pod']} read its call from {args.storage}, then wrote and read back "
+        f"{executor.run_id}/doctor-probe there (deleted with the run), with {credentials}; "
+        f"Python {seen['python']}, k8s_executor {seen['k8s_executor']}"
+    )
+
+
+def _one_line(text: str) -> str:
+    """The first line of a message (doctor prints one line per check), without a last
+    clause that only announces the lines that follow."""
+    first = text.strip().splitlines()[0] if text.strip() else text
+    return first.rsplit("; ", 1)[0] if first.endswith(":") and "; " in first else first
+
+
+def _last_error_line(exc: BaseException) -> str:
+    """``"; its log ends with: ..."``, the last line of the worker's log that names an
+    error, when the message itself spans several lines."""
+    tail = getattr(exc, "log_tail", "") or ""
+    lines = [line.strip() for line in tail.splitlines() if line.strip()]
+    errors = [line for line in lines if "Error" in line or "error" in line]
+    if not errors or errors[-1] in _one_line(str(exc)):
+        return ""
+    return f"; its log ends with: {errors[-1]}"
 
 
 # -- logs --------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ against kubesim (``ls`` and ``cleanup`` are exercised in test_kubernetes_backend
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import queue
 import shutil
@@ -25,8 +26,9 @@ from tests import helpers
 from tests.image import infra
 from tests.image.conftest import missing, need_tool
 from tests.image.infra import BASE_IMAGE, PodmanService, RegistryServer
-from tests.kube_helpers import kubesim_kwargs
+from tests.kube_helpers import KubesimCluster, kubesim_kwargs
 from tests.kubesim.kubeconfig import Kubesim
+from tests.s3server import S3Server, s3_server
 
 
 def test_rbac_prints_valid_role_and_binding(capsys: pytest.CaptureFixture[str]) -> None:
@@ -122,12 +124,13 @@ CHECKS = ("cluster", "namespace", "permissions", "storage", "registry", "podman"
 def doctor(capsys: pytest.CaptureFixture[str], *args: str) -> Doctor:
     code = cli.main(["doctor", "--timeout", "3", *args])
     out = capsys.readouterr().out
+    checks = (*CHECKS, "pod") if "--pod" in args else CHECKS
     lines: dict[str, str] = {}
     for line in out.splitlines():
-        for name in CHECKS:
+        for name in checks:
             if line[2:].startswith(name + " "):
                 lines[name] = line
-    assert list(lines) == list(CHECKS), out  # every check has its line, in order
+    assert list(lines) == list(checks), out  # every check has its line, in order
     return Doctor(code, lines, out)
 
 
@@ -433,6 +436,149 @@ def test_doctor_podman_not_answering(kubesim: Kubesim, capsys: pytest.CaptureFix
     else:
         assert text.startswith("podman is not installed")
     assert result.text("base Python") == f"skipped (podman is needed to read {BASE_IMAGE})"
+
+
+# -- doctor --pod: one worker pod against an S3 server (moto) ------------------------------
+
+POD_BUCKET = "k8sx-doctor"
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[S3Server]:
+    with s3_server(buckets=(POD_BUCKET,)) as server:
+        yield server
+
+
+@pytest.fixture
+def pod_doctor_env(clean_env: None, s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """This machine reaches the S3 server with K8S_EXECUTOR_STORAGE_OPTIONS; the pods run
+    this interpreter (kubesim's process kubelet). Returns doctor's arguments."""
+    for name in ("K8S_EXECUTOR_POD_SECRETS", "K8S_EXECUTOR_SHARE_STORAGE_OPTIONS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("K8S_EXECUTOR_STORAGE_OPTIONS", json.dumps(s3.storage_options()))
+    monkeypatch.setenv("K8S_EXECUTOR_PYTHON", sys.executable)
+    image = "kubesim.local/process:latest"
+    return [
+        "--storage",
+        f"s3://{POD_BUCKET}/runs",
+        "--image",
+        image,
+        "--pod",
+        "--pod-timeout",
+        "30",
+    ]
+
+
+def make_secret(sim: Kubesim, name: str, data: dict[str, str]) -> None:
+    cluster = KubesimCluster(sim)
+    try:
+        cluster.core.create_namespaced_secret(
+            "default", {"metadata": {"name": name}, "stringData": data}
+        )
+    finally:
+        cluster.close()
+
+
+def nothing_left(sim: Kubesim, s3: S3Server) -> bool:
+    """No Job, pod or Secret of a run in the cluster, nothing under the storage."""
+    import s3fs
+
+    cluster = KubesimCluster(sim)
+    try:
+        selector = "app.kubernetes.io/managed-by=k8s-executor"
+        left = [
+            *cluster.batch.list_namespaced_job("default", label_selector=selector).items,
+            *cluster.core.list_namespaced_pod("default", label_selector=selector).items,
+            *cluster.core.list_namespaced_secret("default", label_selector=selector).items,
+        ]
+    finally:
+        cluster.close()
+    fs = s3fs.S3FileSystem(**s3.storage_options())
+    return not left and not fs.find(f"{POD_BUCKET}/runs")
+
+
+# Where the pods find the S3 server (and no instance metadata: nothing leaves this machine).
+ENDPOINT = {"AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+def test_doctor_pod_with_a_pod_secret(
+    kubesim: Kubesim,
+    s3: S3Server,
+    pod_doctor_env: list[str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    keys = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    make_secret(kubesim, "s3-credentials", {**keys, **ENDPOINT, "AWS_ENDPOINT_URL": s3.endpoint})
+    monkeypatch.setenv("K8S_EXECUTOR_POD_SECRETS", "s3-credentials")
+    result = doctor(capsys, *kubeconfig(kubesim), *pod_doctor_env)
+    assert result.code == 0, result.out
+    text = result.text("pod")
+    assert result.mark("pod") == "✓", text
+    assert text.startswith("pod k8sx-") and f"read its call from s3://{POD_BUCKET}/runs" in text
+    assert "/doctor-probe there (deleted with the run), with its environment: " in text
+    assert "AWS_ACCESS_KEY_ID, AWS_DEFAULT_REGION, AWS_EC2_METADATA_DISABLED" in text
+    assert "testing" not in text  # names, never values
+    assert nothing_left(kubesim, s3)
+
+
+def test_doctor_pod_with_shared_storage_options(
+    kubesim: Kubesim,
+    s3: S3Server,
+    pod_doctor_env: list[str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("K8S_EXECUTOR_SHARE_STORAGE_OPTIONS", "1")
+    result = doctor(capsys, *kubeconfig(kubesim), *pod_doctor_env)
+    assert result.code == 0, result.out
+    assert "with the storage options shared through the run's Secret" in result.text("pod")
+    assert nothing_left(kubesim, s3)
+
+
+def test_doctor_pod_without_credentials_says_how_to_give_them(
+    kubesim: Kubesim,
+    s3: S3Server,
+    pod_doctor_env: list[str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The pods know where the server is, but have no keys: this machine has them.
+    make_secret(kubesim, "s3-endpoint", {**ENDPOINT, "AWS_ENDPOINT_URL": s3.endpoint})
+    monkeypatch.setenv("K8S_EXECUTOR_POD_SECRETS", "s3-endpoint")
+    result = doctor(capsys, *kubeconfig(kubesim), *pod_doctor_env)
+    assert result.code == 1, result.out
+    assert [result.mark(n) for n in (*CHECKS, "pod")] == ["✓"] * 4 + ["-"] * 3 + ["✗"]
+    text = result.text("pod")
+    assert text.startswith(f"the pod could not use the storage s3://{POD_BUCKET}/runs: ")
+    assert "Unable to locate credentials" in text, text
+    for fix in ("K8S_EXECUTOR_POD_SECRETS=NAME", "K8S_EXECUTOR_SHARE_STORAGE_OPTIONS=1"):
+        assert fix in text
+    assert "\n" not in text.strip()  # one line, as every check
+    assert nothing_left(kubesim, s3)
+
+
+def test_doctor_pod_with_a_missing_secret(
+    kubesim: Kubesim,
+    pod_doctor_env: list[str],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("K8S_EXECUTOR_POD_SECRETS", "s3-credentials")  # never created
+    result = doctor(capsys, *kubeconfig(kubesim), *pod_doctor_env[:-1], "5")
+    assert result.code == 1, result.out
+    text = result.text("pod")
+    assert text.startswith("the pod did not start: "), text
+    assert "s3-credentials" in text
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_doctor_pod_is_skipped_when_an_earlier_check_failed(
+    kubesim: Kubesim, capsys: pytest.CaptureFixture[str]
+) -> None:
+    result = doctor(capsys, *kubeconfig(kubesim), "--pod")
+    assert result.text("pod") == "skipped (needs the storage and image checks to pass)"
+    assert kubesim.store.list("jobs", "default")[0] == []
 
 
 def test_doctor_help_says_what_it_checks() -> None:
