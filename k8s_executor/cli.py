@@ -57,6 +57,16 @@ def _duration(text: str) -> timedelta:
     return timedelta(**{unit: int(match.group(1))})
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds > 0")
+    return value
+
+
 def _age(created: str, now: datetime) -> timedelta:
     try:
         when = datetime.fromisoformat(created.replace("Z", "+00:00"))
@@ -141,7 +151,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     doctor.add_argument(
         "--pod-timeout",
-        type=float,
+        type=_seconds,
         default=300.0,
         metavar="SECONDS",
         help="how long the pod may take to start and answer (default: 300)",

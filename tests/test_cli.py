@@ -572,6 +572,14 @@ def test_doctor_pod_with_a_missing_secret(
     assert "s3-credentials" in text
 
 
+@pytest.mark.parametrize("value", ["0", "-5", "soon", "nan"])
+def test_doctor_pod_timeout_must_be_seconds(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.main(["doctor", "--pod", "--pod-timeout", value])
+    assert info.value.code == 2
+    assert f"{value!r} is not a number of seconds > 0" in capsys.readouterr().err
+
+
 @pytest.mark.usefixtures("clean_env")
 def test_doctor_pod_is_skipped_when_an_earlier_check_failed(
     kubesim: Kubesim, capsys: pytest.CaptureFixture[str]
