@@ -120,6 +120,9 @@ class Attempt:
     phases: list[str] = field(default_factory=list)
     waiting: list[str] = field(default_factory=list)
     terminated: dict[str, tuple[str, int]] = field(default_factory=dict)
+    messages: dict[str, str] = field(default_factory=dict)
+    ready: list[str] = field(default_factory=list)
+    reason: str | None = None
     disruption: str | None = None
     not_scheduled: str | None = None
     finalizer_removed: bool = False
@@ -133,11 +136,13 @@ class Summary:
     """What :func:`summarize` keeps of a trace (see the module docstring)."""
 
     conditions: list[str] = field(default_factory=list)
+    condition_messages: dict[str, str] = field(default_factory=dict)
     status: dict[str, Any] = field(default_factory=dict)
     job_deleted: bool = False
     indexes: dict[int, list[Attempt]] = field(default_factory=dict)
     timelines: dict[int, list[str]] = field(default_factory=dict)
     events: dict[str, set[str]] = field(default_factory=dict)
+    event_types: dict[str, set[str]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
 
@@ -225,6 +230,14 @@ class _PodTracker:
                     str(terminated.get("reason")),
                     int(terminated.get("exitCode", 0)),
                 )
+                attempt.messages[str(cs.get("name"))] = str(terminated.get("message") or "")
+        if status.get("reason") and attempt.reason is None:
+            attempt.reason = str(status["reason"])
+        ready = _condition(pod, "Ready")
+        if ready is not None:
+            entry = f"{ready.get('status')}/{ready.get('reason') or ''}"
+            if entry not in attempt.ready:
+                attempt.ready.append(entry)
 
         disruption = _condition(pod, "DisruptionTarget")
         if disruption and disruption.get("status") == "True" and attempt.disruption is None:
@@ -268,6 +281,9 @@ def summarize(lines: Iterable[Mapping[str, Any]]) -> Summary:
                 if key not in shown:
                     summary.conditions.append(key)
             shown = set(keys)
+            for cond in (obj.get("status") or {}).get("conditions") or []:
+                key = f"{cond.get('type')}/{cond.get('reason') or ''}"
+                summary.condition_messages[key] = str(cond.get("message") or "")
             last_job = obj
             summary.job_deleted = event_type == "DELETED"
         elif watch == "pods":
@@ -278,6 +294,7 @@ def summarize(lines: Iterable[Mapping[str, Any]]) -> Summary:
                 continue
             kind = str((obj.get("involvedObject") or {}).get("kind"))
             summary.events.setdefault(kind, set()).add(str(reason))
+            summary.event_types.setdefault(kind, set()).add(f"{reason}/{obj.get('type')}")
     if last_job is not None:
         summary.status = _final_status(last_job)
     return summary
@@ -285,12 +302,16 @@ def summarize(lines: Iterable[Mapping[str, Any]]) -> Summary:
 
 def facts(summary: Summary) -> dict[str, Any]:
     """The summary as ``{"dotted.key": JSON-like value}`` (what :func:`differences` compares)."""
-    result: dict[str, Any] = {"job.conditions": list(summary.conditions)}
+    result: dict[str, Any] = {
+        "job.conditions": list(summary.conditions),
+        "job.condition_messages": dict(sorted(summary.condition_messages.items())),
+    }
     for key, value in summary.status.items():
         result[f"job.status.{key}"] = value
     result["job.deleted"] = summary.job_deleted
     for kind in sorted(summary.events):
         result[f"events.{kind}"] = sorted(summary.events[kind])
+        result[f"event_types.{kind}"] = sorted(summary.event_types[kind])
     for index in sorted(summary.indexes):
         attempts = summary.indexes[index]
         result[f"index.{index}.attempts"] = len(attempts)
@@ -303,6 +324,9 @@ def facts(summary: Summary) -> dict[str, Any]:
                 name: f"{reason}/{code}"
                 for name, (reason, code) in sorted(attempt.terminated.items())
             }
+            result[f"{prefix}.termination_messages"] = dict(sorted(attempt.messages.items()))
+            result[f"{prefix}.ready"] = list(attempt.ready)
+            result[f"{prefix}.reason"] = attempt.reason
             result[f"{prefix}.disruption"] = attempt.disruption
             result[f"{prefix}.not_scheduled"] = attempt.not_scheduled
             result[f"{prefix}.finalizer_removed"] = attempt.finalizer_removed
