@@ -67,6 +67,8 @@ CONTROLLER_NAME = "kubernetes.io/job-controller"
 
 DEFAULT_BACKOFF_S = 10.0  # DefaultJobPodFailureBackOff
 MAX_BACKOFF_S = 600.0  # MaxJobPodFailureBackOff (the docs say 6 min; the code says 10)
+CREATE_RETRY_INITIAL_S = 1.0  # DefaultJobApiBackOff
+CREATE_RETRY_MAX_S = 60.0  # MaxJobApiBackOff
 MAX_UNCOUNTED_PODS = 500  # MaxUncountedPods
 MAX_POD_CREATE_DELETE_PER_SYNC = 500
 MAX_GENERATED_NAME_PREFIX = 58  # apiserver names.MaxGeneratedNameLength
@@ -597,6 +599,7 @@ class JobController:
         self._stopped = False
         self._unsubscribe: Any = None
         self._backoff: dict[tuple[str, str], BackoffRecord] = {}
+        self._create_failures: dict[tuple[str, str], int] = {}
         self._timers: dict[tuple[str, str], TimerHandle] = {}
         self._timer_when: dict[tuple[str, str], float] = {}
         self._busy = False
@@ -713,8 +716,16 @@ class JobController:
             new_handle = self.clock.call_later(delay_s, fire)
             self._timers[job_key] = new_handle
 
+    def _create_retry_delay(self, namespace: str, name: str) -> float:
+        """The next retry after a failed pod create: the JC workqueue's per-item exponential
+        rate limiter (1 s doubling to 60 s; the quota-refused trace retries at 1, 2, 4, 8 s)."""
+        failures = self._create_failures.get((namespace, name), 0)
+        self._create_failures[(namespace, name)] = failures + 1
+        return float(min(CREATE_RETRY_INITIAL_S * 2**failures, CREATE_RETRY_MAX_S))
+
     def _forget(self, namespace: str, name: str) -> None:
         job_key = (namespace, name)
+        self._create_failures.pop(job_key, None)
         self._backoff.pop(job_key, None)
         with self._cond:
             handle = self._timers.pop(job_key, None)
@@ -1187,9 +1198,14 @@ class _Sync:
                 ctl.store.create("pods", self.ns, pod)
             except ApiError as exc:
                 # Stop the batch on the first error, as the slow-start creation loop does.
-                _log.debug("creating a pod for %s/%s failed: %s", self.ns, self.name, exc)
-                ctl._enqueue(("job", self.ns, self.name), 1.0)
+                # exc.message is the apiserver's text (the FailedCreate event's "Error
+                # creating: ..."), e.g. a quota refusal.
+                _log.debug("creating a pod for %s/%s failed: %s", self.ns, self.name, exc.message)
+                ctl._enqueue(
+                    ("job", self.ns, self.name), ctl._create_retry_delay(self.ns, self.name)
+                )
                 break
+            ctl._create_failures.pop((self.ns, self.name), None)
             created += 1
         return active + created
 

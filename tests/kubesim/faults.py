@@ -1,14 +1,28 @@
 """Fault injection handle for tests: API failures, slow responses, dropped and expired watches,
-and RBAC denials.
+watch errors, and RBAC denials.
 
 Every rule is checked by the HTTP server before it touches the store, so a faulted request has
 no effect, as a request refused by a real apiserver's filters.
+
+* :meth:`Faults.fail_next`: the next N matching requests get an error status (429, 5xx...).
+* :meth:`Faults.delay`: matching requests are held before anything is answered (not even the
+  response headers); the returned :class:`DelayHandle` tells how many are held right now
+  (``wait_held``) and lets them go early (``release``). A stopping server releases them too.
+  ``watch=True`` holds only watch requests (``?watch=true``), ``watch=False`` only the others.
+* :meth:`Faults.watch_too_large_rv`: the next N matching watches get what a real apiserver
+  answers when its watch cache lags behind the requested resourceVersion: HTTP 200, then a
+  single ``ERROR`` event carrying ``Status{code: 504, reason: Timeout, message: "Timeout: Too
+  large resource version: X, current: Y", details: {causes: [{reason:
+  ResourceVersionTooLarge}], retryAfterSeconds: 1}}``, then the end of the stream (the official
+  client raises ``ApiException(504)``, as in the traces' "error" lines).
+* :meth:`Faults.drop_watches`, :meth:`Faults.compact`, :meth:`Faults.deny`.
 """
 
 from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -45,11 +59,56 @@ class _Delay:
     methods: frozenset[str] | None
     path: re.Pattern[str] | None
     remaining: int | None
+    watch: bool | None = None
+    held: int = 0
+    hits: int = 0
+    released: bool = False
 
-    def matches(self, method: str, path: str) -> bool:
-        return (self.methods is None or method in self.methods) and (
-            self.path is None or self.path.search(path) is not None
+    def matches(self, method: str, path: str, watch: bool) -> bool:
+        return (
+            not self.released
+            and (self.remaining is None or self.remaining > 0)
+            and (self.methods is None or method in self.methods)
+            and (self.path is None or self.path.search(path) is not None)
+            and (self.watch is None or self.watch == watch)
         )
+
+
+@dataclass
+class _WatchError:
+    remaining: int
+    path: re.Pattern[str] | None
+
+
+class DelayHandle:
+    """One :meth:`Faults.delay` rule: how many requests it holds, and an early release."""
+
+    def __init__(self, faults: Faults, delay: _Delay) -> None:
+        self._faults = faults
+        self._delay = delay
+
+    @property
+    def held(self) -> int:
+        """Requests held by this rule right now."""
+        with self._faults._lock:
+            return self._delay.held
+
+    @property
+    def hits(self) -> int:
+        """Requests this rule has held so far (including those let go)."""
+        with self._faults._lock:
+            return self._delay.hits
+
+    def wait_held(self, n: int = 1, timeout: float = 10.0) -> bool:
+        """Wait until ``n`` requests are held; ``False`` after ``timeout`` seconds."""
+        with self._faults._cond:
+            return self._faults._cond.wait_for(lambda: self._delay.held >= n, timeout)
+
+    def release(self) -> None:
+        """Answer the held requests now, and hold no later one."""
+        with self._faults._cond:
+            self._delay.released = True
+            self._faults._cond.notify_all()
 
 
 @dataclass
@@ -62,7 +121,11 @@ class Faults:
     _failures: list[_Failure] = field(default_factory=list)
     _delays: list[_Delay] = field(default_factory=list)
     _denied: set[tuple[str, str, str | None]] = field(default_factory=set)
+    _watch_errors: list[_WatchError] = field(default_factory=list)
     _closing: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        self._cond = threading.Condition(self._lock)
 
     def fail_next(
         self,
@@ -95,16 +158,30 @@ class Faults:
         path_regex: str | None = None,
         methods: str | tuple[str, ...] | None = None,
         count: int | None = None,
-    ) -> None:
-        """Hold matching requests for ``seconds`` before serving (``count`` times, or always)."""
+        watch: bool | None = None,
+    ) -> DelayHandle:
+        """Hold matching requests for ``seconds`` before answering (``count`` times, or always).
+
+        ``watch``: ``True`` holds only watch requests, ``False`` only the others. Nothing is
+        sent while a request is held, so a client that gives up meanwhile has no answer yet.
+        """
+        delay = _Delay(
+            seconds,
+            _methods(methods),
+            re.compile(path_regex) if path_regex else None,
+            count,
+            watch,
+        )
         with self._lock:
-            self._delays.append(
-                _Delay(
-                    seconds,
-                    _methods(methods),
-                    re.compile(path_regex) if path_regex else None,
-                    count,
-                )
+            self._delays.append(delay)
+        return DelayHandle(self, delay)
+
+    def watch_too_large_rv(self, n: int = 1, *, path_regex: str | None = None) -> None:
+        """Answer the next ``n`` matching watches with the watch cache's "Too large resource
+        version" ``ERROR`` event (504 Timeout), as a real apiserver whose cache lags."""
+        with self._lock:
+            self._watch_errors.append(
+                _WatchError(n, re.compile(path_regex) if path_regex else None)
             )
 
     def deny(self, verb: str, resource: str, namespace: str | None = None) -> None:
@@ -125,11 +202,21 @@ class Faults:
         self._compact()
 
     def clear(self) -> None:
-        """Remove every pending failure, delay and denial."""
-        with self._lock:
+        """Remove every pending failure, delay, watch error and denial (held requests go on)."""
+        with self._cond:
             self._failures.clear()
+            for delay in self._delays:
+                delay.released = True
             self._delays.clear()
+            self._watch_errors.clear()
             self._denied.clear()
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """The server is stopping: every held request goes on at once, none is held again."""
+        with self._cond:
+            self._closing.set()
+            self._cond.notify_all()
 
     # --- used by the server ------------------------------------------------------------------
 
@@ -157,19 +244,59 @@ class Faults:
                     )
         return None
 
-    def injected_delay(self, method: str, path: str) -> float:
-        with self._lock:
-            total = 0.0
-            for delay in self._delays:
-                if delay.matches(method, path) and (delay.remaining is None or delay.remaining > 0):
-                    total += delay.seconds
-                    if delay.remaining is not None:
-                        delay.remaining -= 1
-            return total
+    def hold(self, method: str, path: str, *, watch: bool = False) -> None:
+        """Hold a request for the delays that match it (their sum), until released or the
+        server stops."""
+        with self._cond:
+            if self._closing.is_set():
+                return
+            matched = [d for d in self._delays if d.matches(method, path, watch)]
+            if not matched:
+                return
+            for delay in matched:
+                delay.hits += 1
+                delay.held += 1
+                if delay.remaining is not None:
+                    delay.remaining -= 1
+            self._cond.notify_all()
+            deadline = time.monotonic() + sum(d.seconds for d in matched)
+            try:
+                while not self._closing.is_set() and not any(d.released for d in matched):
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+            finally:
+                for delay in matched:
+                    delay.held -= 1
+                self._cond.notify_all()
 
-    def wait(self, seconds: float) -> None:
-        """Sleep for an injected delay, cut short when the server shuts down."""
-        self._closing.wait(seconds)
+    def injected_watch_error(
+        self, path: str, requested: int | None, current: int
+    ) -> ApiError | None:
+        """The "Too large resource version" error for this watch, if one is pending."""
+        with self._lock:
+            for fault in self._watch_errors:
+                if fault.remaining > 0 and (fault.path is None or fault.path.search(path)):
+                    fault.remaining -= 1
+                    self._watch_errors = [f for f in self._watch_errors if f.remaining > 0]
+                    break
+            else:
+                return None
+        # The cache is behind what the client asks for: "current" is the cache's revision.
+        asked = requested if requested is not None else current + 1
+        cache = max(0, min(current, asked - 1))
+        return ApiError(
+            504,
+            "Timeout",
+            f"Timeout: Too large resource version: {asked}, current: {cache}",
+            details={
+                "causes": [
+                    {"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}
+                ],
+                "retryAfterSeconds": 1,
+            },
+        )
 
     def is_denied(
         self, verb: str, resource: str, namespace: str | None, *, all_namespaces: bool = False

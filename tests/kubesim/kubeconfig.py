@@ -67,8 +67,8 @@ class Kubesim:
     """A running kubesim: ``with Kubesim() as sim: load_kube_config(sim.kubeconfig_path)``.
 
     Attributes: ``url``, ``kubeconfig_path``, ``store``, ``clock``, ``faults``, ``server``,
-    ``kubelet``, ``controller``, ``gc``, ``scheduler`` (the last four are ``None`` when the
-    controller half is not available or ``controllers=False``).
+    ``kubelet``, ``controller``, ``gc``, ``scheduler``, ``quota`` (the last five are ``None``
+    when the controller half is not available or ``controllers=False``).
     """
 
     def __init__(
@@ -101,6 +101,7 @@ class Kubesim:
         self.controller: Any = None
         self.gc: Any = None
         self.scheduler: Any = None
+        self.quota: Any = None
         self.server = ApiServer(
             self.store,
             port=port,
@@ -112,6 +113,9 @@ class Kubesim:
         admit_job = _optional("job_admission", "admit_job")
         if admit_job is not None:
             self.store.register_admission("jobs", admit_job)
+        quota = _optional("quota", "register")
+        if quota is not None:
+            quota(self.store)
         if controllers:
             self._build_controllers(runtime, node, kubelet_options or {})
         self.kubeconfig_path = str(self.workdir / "kubeconfig")
@@ -125,6 +129,9 @@ class Kubesim:
         gc = _optional("gc", "GarbageCollector")
         scheduler = _optional("scheduler", "Scheduler")
         kubelet = _optional("kubelet", "Kubelet")
+        quota = _optional("quota", "QuotaController")
+        if quota is not None:
+            self.quota = quota(self.store, self.clock)
         if controller is not None:
             self.controller = controller(self.store, self.clock)
         if gc is not None:
@@ -150,9 +157,10 @@ class Kubesim:
         return self.server.faults
 
     def _components(self) -> list[Any]:
-        return [
-            c for c in (self.controller, self.gc, self.scheduler, self.kubelet) if c is not None
-        ]
+        # The quota controller first: it subscribes first, so a quota's status is current
+        # before the other components hear of the same change.
+        components = (self.quota, self.controller, self.gc, self.scheduler, self.kubelet)
+        return [c for c in components if c is not None]
 
     def start(self) -> Kubesim:
         with self._lock:

@@ -29,6 +29,14 @@ Stuck states that never end on their own: unpullable images, ``CreateContainerCo
 Deletion: SIGTERM, SIGKILL after ``deletionGracePeriodSeconds`` of clock time, terminal phase,
 then ``delete(grace_period_seconds=0)``.
 
+PID 1 in the process runtime: a container's command is PID 1 of its PID namespace, and the
+kernel delivers a signal other than SIGKILL/SIGSTOP to it only if it installed a handler. So
+before signalling, the kubelet reads the ``SigCgt`` mask of ``/proc/PID/status`` and signals the
+main process (not its group, as ``StopContainer`` signals PID 1 only) only if the bit is set: a
+program without a SIGTERM handler runs through the grace period and ends with SIGKILL (137).
+SIGKILL takes the whole container down (process group and process tree), and so does the main
+process exiting. The podman runtime gets all of this from the real PID namespace.
+
 Fault injection: :meth:`Kubelet.kill_pod`, :meth:`Kubelet.evict`, :meth:`Kubelet.lose_node`.
 """
 
@@ -50,6 +58,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from . import eviction
 from .clock import Clock, TimerHandle
 from .errors import ApiError
 from .scheduler import parse_quantity
@@ -243,6 +252,7 @@ class _PodRun:
         self.cond = threading.Condition()
         self.deleting = False
         self.grace_timer: TimerHandle | None = None
+        self.grace_over = False  # the deletion's grace period ended (SIGKILL was sent)
         self.lost = False
         self.phase = "Pending"
         self.start_time: str | None = None
@@ -266,6 +276,72 @@ def _signal_group(proc: subprocess.Popen[bytes] | None, sig: int) -> None:
         return
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)
+
+
+def _catches(pid: int, sig: int) -> bool:
+    """Whether process ``pid`` installed a handler for ``sig`` (``SigCgt`` of /proc/PID/status)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` in the process tree, from /proc."""
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as fh:
+                    children = [int(x) for x in fh.read().split()]
+                found.extend(children)
+                pending.extend(children)
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def _kill_container(proc: subprocess.Popen[bytes] | None) -> None:
+    """SIGKILL the whole container: its main process, its process group and its tree.
+
+    Also after the main process has exited: when PID 1 of a PID namespace dies, the kernel
+    kills every other process of the namespace.
+    """
+    if proc is None:
+        return
+    tree = _descendants(proc.pid) if proc.returncode is None else []
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    for pid in tree:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _signal_pid1(proc: subprocess.Popen[bytes] | None, sig: int) -> None:
+    """Signal a container's main process as the kernel treats PID 1 of a PID namespace.
+
+    SIGKILL takes the whole container down. Any other signal reaches the main process only,
+    and only if it installed a handler for it: the kernel drops signals whose action is the
+    default for a namespace's init (a Python program without a SIGTERM handler runs on
+    through a graceful delete and is SIGKILLed when the grace period ends, exit 137).
+    """
+    if proc is None or proc.poll() is not None:
+        return
+    if sig in (signal.SIGKILL, signal.SIGSTOP):
+        if sig == signal.SIGKILL:
+            _kill_container(proc)
+        else:
+            _signal_group(proc, sig)
+        return
+    if _catches(proc.pid, sig):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(proc.pid, sig)
 
 
 def _tree_rss_bytes(pid: int) -> int:
@@ -348,7 +424,7 @@ class Kubelet:
         for run in runs:
             with run.cond:
                 for c in run.all_containers():
-                    _signal_group(c.proc, signal.SIGKILL)
+                    self._kill(c)
                 run.cond.notify_all()
             if run.grace_timer is not None:
                 run.grace_timer.cancel()
@@ -383,7 +459,7 @@ class Kubelet:
                 with run.cond:
                     run.lost = True
                     for c in run.all_containers():
-                        _signal_group(c.proc, signal.SIGKILL)
+                        self._kill(c)
                     run.cond.notify_all()
             return
         self._observe(obj)
@@ -437,11 +513,19 @@ class Kubelet:
 
         def kill() -> None:
             with run.cond:
+                run.grace_over = True
                 for c in run.all_containers():
                     self._stop_container(c, signal.SIGKILL)
                 run.cond.notify_all()
 
         run.grace_timer = self.clock.call_later(grace, kill)
+
+    def _kill(self, c: _Container) -> None:
+        """SIGKILL a container at once (the whole container for the process runtime)."""
+        if self.runtime == "process":
+            _kill_container(c.proc)
+        else:
+            _signal_group(c.proc, signal.SIGKILL)
 
     def _stop_container(self, c: _Container, sig: int) -> None:
         if self.runtime == "podman" and c.proc is not None and c.proc.poll() is None:
@@ -449,7 +533,10 @@ class Kubelet:
             if name:
                 self._spawn(self._podman_quiet, ["kill", "--signal", str(int(sig)), name])
                 return
-        _signal_group(c.proc, sig)
+        if self.runtime == "process":
+            _signal_pid1(c.proc, sig)
+        else:
+            _signal_group(c.proc, sig)
 
     # --- fault injection -------------------------------------------------------------------
 
@@ -467,23 +554,10 @@ class Kubelet:
             for c in run.all_containers():
                 self._stop_container(c, sig)
 
-    def evict(self, namespace: str, name: str) -> None:
-        """The Eviction API: DisruptionTarget (EvictionByEvictionAPI), then a graceful delete."""
-        now = _stamp(self.clock.now())
-
-        def mark(pod: Obj) -> bool:
-            _set_condition(
-                pod,
-                "DisruptionTarget",
-                "True",
-                now,
-                "EvictionByEvictionAPI",
-                "Eviction API: evicting",
-            )
-            return True
-
-        self.store.mutate("pods", namespace, name, mark)
-        self.store.delete("pods", namespace, name)
+    def evict(self, namespace: str, name: str, delete_options: Obj | None = None) -> None:
+        """The Eviction API (as ``POST .../pods/NAME/eviction``): DisruptionTarget
+        (EvictionByEvictionAPI), then a graceful delete; see :mod:`eviction`."""
+        eviction.evict(self.store, namespace, name, delete_options)
 
     def lose_node(self) -> None:
         """The node vanishes: every pod on it is killed, then PodGC fails and deletes it.
@@ -561,7 +635,7 @@ class Kubelet:
         finally:
             with run.cond:
                 for c in run.all_containers():
-                    _signal_group(c.proc, signal.SIGKILL)
+                    self._kill(c)
             run.done = True
 
     def _run_pod_inner(self, run: _PodRun) -> None:
@@ -762,7 +836,7 @@ class Kubelet:
             c.ready = not c.init
             c.started = True
             if run.deleting:
-                self._stop_container(c, signal.SIGTERM)
+                self._stop_container(c, signal.SIGKILL if run.grace_over else signal.SIGTERM)
         run.phase = "Running" if not c.init else run.phase
         self._publish(run)
         readers = [
@@ -774,6 +848,9 @@ class Kubelet:
         if memory_limit is not None and self.runtime == "process":
             self._watch_memory(run, c, proc, memory_limit)
         code = proc.wait()
+        if self.runtime == "process":
+            # The main process is PID 1: when it exits, the rest of the container dies.
+            _kill_container(proc)
         for t in readers:
             t.join()
         for stream in (proc.stdout, proc.stderr):
@@ -880,7 +957,7 @@ class Kubelet:
             while proc.poll() is None and not self._stopping:
                 if _tree_rss_bytes(proc.pid) > limit:
                     c.oom_killed = True
-                    _signal_group(proc, signal.SIGKILL)
+                    _kill_container(proc)
                     return
                 stop.wait(self.oom_poll_s)
 

@@ -28,8 +28,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from tests.kubesim import eviction, schema, tables
 from tests.kubesim import patch as patching
-from tests.kubesim import schema, tables
 from tests.kubesim import watch as watching
 from tests.kubesim.errors import ApiError
 from tests.kubesim.faults import Faults
@@ -49,7 +49,12 @@ KUBERNETES_VERSION = {
 }
 USER = "kubesim-admin"
 ANONYMOUS = "system:anonymous"
-_SUBRESOURCES = {"jobs": ("status",), "pods": ("status", "log"), "namespaces": ("status",)}
+_SUBRESOURCES = {
+    "jobs": ("status",),
+    "pods": ("status", "log", "eviction"),
+    "namespaces": ("status",),
+    "resourcequotas": ("status",),
+}
 _CORE = re.compile(
     r"^/api/v1/(?:namespaces/(?P<ns>[^/]+)/)?(?P<res>[a-z]+)(?:/(?P<name>[^/]+)(?:/(?P<sub>[a-z]+))?)?$"
 )
@@ -142,6 +147,19 @@ def _discovery_resources(group: str) -> list[dict[str, Any]]:
             entry["categories"] = ["all"]
         resources.append(entry)
         for sub in _SUBRESOURCES.get(info.name, ()):
+            if sub == "eviction":
+                resources.append(
+                    {
+                        "name": "pods/eviction",
+                        "singularName": "",
+                        "namespaced": True,
+                        "group": "policy",
+                        "version": "v1",
+                        "kind": "Eviction",
+                        "verbs": ["create"],
+                    }
+                )
+                continue
             resources.append(
                 {
                     "name": f"{info.name}/{sub}",
@@ -234,6 +252,12 @@ class ApiServer:
     def open_watches(self) -> int:
         return self.hub.open_count
 
+    @property
+    def handler_threads(self) -> set[threading.Thread]:
+        """The threads serving a connection right now (one per open connection)."""
+        with self._httpd._conn_lock:
+            return set(self._httpd.handler_threads)
+
     def kubelet(self) -> Any:
         return self._kubelet()
 
@@ -256,7 +280,7 @@ class ApiServer:
         # Watches end cleanly (terminating chunk) first, as on a graceful apiserver shutdown;
         # then the remaining keep-alive connections are cut.
         self.hub.close_all()
-        self.faults._closing.set()
+        self.faults.close()
         deadline = time.monotonic() + 5
         while self.hub.open_count and time.monotonic() < deadline:
             with self.store.changed:
@@ -405,9 +429,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.api.requests.append(RequestRecord(method, path, query, content_type, body))
         try:
             self._authenticate()
-            delay = self.api.faults.injected_delay(method, path)
-            if delay:
-                self.api.faults.wait(delay)
+            watch = method == "GET" and query.get("watch") in ("true", "1")
+            self.api.faults.hold(method, path, watch=watch)
             failure = self.api.faults.injected_failure(method, path)
             if failure is not None:
                 raise failure
@@ -526,6 +549,10 @@ class _Handler(BaseHTTPRequestHandler):
     @staticmethod
     def _verb(method: str, route: Route, query: dict[str, str]) -> str:
         named = route.name is not None
+        if route.subresource == "eviction":
+            if method != "POST":
+                raise _method_not_allowed()
+            return "create"
         if method == "GET":
             if named:
                 return "get"
@@ -726,6 +753,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             obj = store.get(info.name, route.namespace, route.name or "")
             self._send_object(200, obj, query)
+        elif verb == "create" and route.subresource == "eviction":
+            self._evict(route, query, body, content_type)
         elif verb == "create":
             self._create(route, query, body, content_type)
         elif verb == "update":
@@ -805,7 +834,17 @@ class _Handler(BaseHTTPRequestHandler):
     def _watch(self, route: Route, query: dict[str, str]) -> None:
         info = route.info
         selector = Selector.parse(info.name, query.get("labelSelector"), query.get("fieldSelector"))
-        watching.parse_resource_version(query.get("resourceVersion"))
+        requested = watching.parse_resource_version(query.get("resourceVersion"))
+        injected = self.api.faults.injected_watch_error(
+            self.path.split("?")[0], requested, self.api.store.current_rv
+        )
+        if injected is not None:
+            # As the watch cache's newErrWatcher: 200, one ERROR event, the end of the stream.
+            self._start_chunked("application/json")
+            event = {"type": "ERROR", "object": injected.status()}
+            self._chunk(json.dumps(event, separators=(",", ":")).encode() + b"\n")
+            self._end_chunked()
+            return
         timeout = query.get("timeoutSeconds")
         request = watching.WatchRequest(
             resource=info.name,
@@ -1003,6 +1042,52 @@ class _Handler(BaseHTTPRequestHandler):
             route.info.name, route.namespace, obj, dry_run=_dry_run(query)
         )
         self._send_object(201, created, query, warnings)
+
+    def _evict(self, route: Route, query: dict[str, str], body: bytes, content_type: str) -> None:
+        """``POST pods/NAME/eviction``: see :mod:`tests.kubesim.eviction`."""
+        if content_type and content_type not in ("application/json", "*/*"):
+            raise ApiError(
+                415,
+                "UnsupportedMediaType",
+                "the body of the request was in an unknown format - accepted media types "
+                "include: application/json, application/yaml, "
+                "application/vnd.kubernetes.protobuf",
+            )
+        obj = _decode(body)
+        api_version = obj.get("apiVersion")
+        if api_version and api_version not in ("policy/v1", "policy/v1beta1"):
+            raise ApiError(
+                400,
+                "BadRequest",
+                f"the API version in the data ({api_version}) does not match the expected API "
+                "version (policy/v1)",
+            )
+        kind = obj.get("kind")
+        if kind and kind != "Eviction":
+            raise ApiError(400, "BadRequest", f"not a Eviction object: *core.{kind}")
+        meta = obj.get("metadata") or {}
+        if not isinstance(meta, dict):
+            raise ApiError(400, "BadRequest", "metadata must be an object")
+        if meta.get("namespace") and meta["namespace"] != route.namespace:
+            raise ApiError(
+                400,
+                "BadRequest",
+                "the namespace of the provided object does not match the namespace sent on the "
+                "request",
+            )
+        if meta.get("name", "") != route.name:
+            raise ApiError(400, "BadRequest", "name in URL does not match name in Eviction object")
+        options = obj.get("deleteOptions") or {}
+        if not isinstance(options, dict):
+            raise ApiError(400, "BadRequest", "deleteOptions must be an object")
+        answer = eviction.evict(
+            self.api.store,
+            route.namespace or "default",
+            route.name or "",
+            options,
+            dry_run=_dry_run(query),
+        )
+        self._send_json(201, answer)
 
     def _update(self, route: Route, query: dict[str, str], body: bytes, content_type: str) -> None:
         obj = self._decode_object(route, body, content_type)

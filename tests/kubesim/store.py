@@ -83,6 +83,9 @@ RESOURCES: dict[str, ResourceInfo] = {
         ResourceInfo("configmaps", "", "v1", "ConfigMap", True, ("cm",), "configmap"),
         ResourceInfo("events", "", "v1", "Event", True, ("ev",), "event"),
         ResourceInfo("namespaces", "", "v1", "Namespace", False, ("ns",), "namespace"),
+        ResourceInfo(
+            "resourcequotas", "", "v1", "ResourceQuota", True, ("quota",), "resourcequota"
+        ),
     )
 }
 
@@ -652,7 +655,7 @@ class Store:
                 grace = min(grace, int(current_grace))
             if grace == 0 and not finalizers:
                 self._remove(resource, key, old)
-                if resource == "pods":
+                if resource in ("pods", "resourcequotas"):  # their stores' ReturnDeletedObject
                     return copy.deepcopy(self._last_removed), True
                 return self._success(info, old), True
             if (

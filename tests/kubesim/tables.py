@@ -146,6 +146,22 @@ def _event_row(obj: Obj, now: datetime) -> list[Any]:
     return [seen, obj.get("type", ""), obj.get("reason", ""), target, obj.get("message", "")]
 
 
+def _quota_row(obj: Obj, now: datetime) -> list[Any]:
+    # printResourceQuota: "resource: used/hard" pairs, the limits.* ones in their own column.
+    status = obj.get("status") or {}
+    hard, used = status.get("hard") or {}, status.get("used") or {}
+    request: list[str] = []
+    limit: list[str] = []
+    for name in sorted(hard):
+        column = limit if name.split(".")[0] == "limits" and "." in name else request
+        column.append(f"{name}: {used.get(name, '0')}/{hard[name]}")
+    return [obj["metadata"]["name"], _age(obj, now), ", ".join(request), ", ".join(limit)]
+
+
+def _serviceaccount_row(obj: Obj, now: datetime) -> list[Any]:
+    return [obj["metadata"]["name"], len(obj.get("secrets") or []), _age(obj, now)]
+
+
 def _col(name: str, kind: str = "string", priority: int = 0, fmt: str = "") -> dict[str, Any]:
     column: dict[str, Any] = {
         "name": name,
@@ -186,6 +202,14 @@ _COLUMNS = {
     "configmaps": (
         [_col("Name", fmt="name"), _col("Data", "integer"), _col("Age")],
         _configmap_row,
+    ),
+    "resourcequotas": (
+        [_col("Name", fmt="name"), _col("Age"), _col("Request"), _col("Limit")],
+        _quota_row,
+    ),
+    "serviceaccounts": (
+        [_col("Name", fmt="name"), _col("Secrets", "integer"), _col("Age")],
+        _serviceaccount_row,
     ),
     "events": (
         [_col("Last Seen"), _col("Type"), _col("Reason"), _col("Object"), _col("Message")],

@@ -25,12 +25,21 @@ def py(code: str) -> list[str]:
     return [sys.executable, "-c", code]
 
 
-def job_body(name: str, code: str = "pass", *, indexed: bool = True, **spec: Any) -> dict[str, Any]:
+def job_body(
+    name: str, code: str = "pass", *, indexed: bool = True, grace: int | None = None, **spec: Any
+) -> dict[str, Any]:
+    """A Job running ``code``; ``grace``: the pods' ``terminationGracePeriodSeconds``.
+
+    The code runs as PID 1 of its container: without a SIGTERM handler a deleted pod lives on
+    until its grace period ends (30 s by default), so tests that kill running pods on a wall
+    clock give them a short one.
+    """
     container: dict[str, Any] = {"name": "task", "image": "python:3.12-slim", "command": py(code)}
     container.update(spec.pop("container", {}))
-    body: dict[str, Any] = {
-        "template": {"spec": {"restartPolicy": "Never", "containers": [container]}},
-    }
+    pod_spec: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}
+    if grace is not None:
+        pod_spec["terminationGracePeriodSeconds"] = grace
+    body: dict[str, Any] = {"template": {"spec": pod_spec}}
     if indexed:
         body["completionMode"] = "Indexed"
         body.setdefault("completions", 1)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -256,3 +258,110 @@ def test_logs_follow_streams_chunks_as_they_come(sim: Kubesim, core: Any) -> Non
         assert b"".join(chunks) == b"line 2\n"
     finally:
         response.release_conn()
+
+
+def test_watch_too_large_resource_version(sim: Kubesim, core: Any, batch: Any) -> None:
+    rv = core.list_namespaced_pod("default").metadata.resource_version
+    sim.faults.watch_too_large_rv(2, path_regex=r"/pods$")
+    # The raw answer: 200, one ERROR event with the watch cache's Status, the end.
+    response = core.list_namespaced_pod(
+        "default", watch=True, resource_version=rv, _preload_content=False
+    )
+    assert response.status == 200
+    lines = [line for line in response.data.decode().splitlines() if line]
+    assert [json.loads(line) for line in lines] == [
+        {
+            "type": "ERROR",
+            "object": {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "metadata": {},
+                "status": "Failure",
+                "message": f"Timeout: Too large resource version: {rv}, current: {int(rv) - 1}",
+                "reason": "Timeout",
+                "details": {
+                    "causes": [
+                        {
+                            "reason": "ResourceVersionTooLarge",
+                            "message": "Too large resource version",
+                        }
+                    ],
+                    "retryAfterSeconds": 1,
+                },
+                "code": 504,
+            },
+        }
+    ]
+    # Through the client's Watch: the exception of the traces' "error" lines.
+    with pytest.raises(ApiException) as caught:
+        for _ in Watch().stream(core.list_namespaced_pod, "default", resource_version=rv):
+            pass
+    assert str(caught.value) == (
+        f"(504)\nReason: Timeout: Timeout: Too large resource version: {rv}, "
+        f"current: {int(rv) - 1}\n"
+    )
+    # Other paths were never affected, and the two faults are spent: the next watch works.
+    batch.create_namespaced_job("default", job_manifest("after"))
+    jobs = Watch().stream(
+        batch.list_namespaced_job, "default", resource_version=rv, timeout_seconds=1
+    )
+    assert [e["object"].metadata.name for e in jobs] == ["after"]
+    core.create_namespaced_pod("default", pod_manifest("p"))
+    pods = Watch().stream(
+        core.list_namespaced_pod, "default", resource_version=rv, timeout_seconds=1
+    )
+    assert [(e["type"], e["object"].metadata.name) for e in pods] == [("ADDED", "p")]
+
+
+def _raw_watch(sim: Kubesim, path: str) -> socket.socket:
+    """Send a watch request on a socket of our own, so the test decides when it closes."""
+    sock = socket.create_connection((sim.server.host, sim.server.port), timeout=10)
+    request = (
+        f"GET {path}?watch=true HTTP/1.1\r\nHost: {sim.server.host}\r\n"
+        f"Authorization: Bearer {sim.token}\r\n\r\n"
+    )
+    sock.sendall(request.encode())
+    return sock
+
+
+def test_delay_holds_a_watch_until_released(sim: Kubesim, batch: Any) -> None:
+    hold = sim.faults.delay(60, path_regex=r"/jobs$", watch=True, count=1)
+    assert batch.list_namespaced_job("default").items == []  # the client's connection is open
+    before = sim.server.handler_threads
+    sock = _raw_watch(sim, "/apis/batch/v1/namespaces/default/jobs")
+    try:
+        assert hold.wait_held(1)
+        (handler,) = sim.server.handler_threads - before
+        # Only the watch is held: a list of the same path is answered at once.
+        assert batch.list_namespaced_job("default").items == []
+        sock.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            sock.recv(1)  # not even the response headers
+        assert sim.server.open_watches == 0
+    finally:
+        sock.close()  # the client gives up while the answer is held
+    hold.release()
+    wait_for(lambda: hold.held == 0, what="the held request to go on")
+    assert hold.hits == 1
+    # The server notices the closed client and ends that watch; nothing stays behind.
+    handler.join(timeout=10)
+    assert not handler.is_alive() and sim.server.open_watches == 0
+    # count=1 is spent and released: later watches are not held.
+    events = Watch().stream(batch.list_namespaced_job, "default", timeout_seconds=1)
+    assert list(events) == []
+
+
+def test_stopping_server_releases_held_requests(
+    kubesim_factory: Callable[..., Kubesim],
+) -> None:
+    sim = kubesim_factory(controllers=False)
+    hold = sim.faults.delay(120, watch=True)
+    sock = _raw_watch(sim, "/api/v1/namespaces/default/pods")
+    try:
+        assert hold.wait_held(1)
+        started = time.monotonic()
+        sim.close()
+        assert time.monotonic() - started < 10
+        assert hold.held == 0
+    finally:
+        sock.close()

@@ -373,7 +373,7 @@ def test_s9_09_count_on_pod_condition(live: Any, tmp_path: Any) -> None:
     rules = [
         {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
     ]
-    job = _create(batch, _policy_job("cond", BLOCK.format(path=str(gate)), rules))
+    job = _create(batch, _policy_job("cond", BLOCK.format(path=str(gate)), rules, grace=1))
     pod = wait_for(lambda: [p for p in job_pods(core, job) if phase(p) == "Running"], 10)[0]
     sim.kubelet.evict(NS, pod["metadata"]["name"])
     failed = wait_job(batch, "cond", "Failed")
@@ -433,6 +433,7 @@ def test_s9_10_max_failed_indexes_exceeded(live: Any, tmp_path: Any) -> None:
         parallelism=4,
         backoffLimitPerIndex=0,
         maxFailedIndexes=1,
+        grace=1,
     )
     _create(batch, body)
     job = wait_job(batch, "maxfi", "Failed", timeout=20)
@@ -464,7 +465,7 @@ def test_s9_11_backoff_limit_and_terminal_after_pods_terminal(live: Any, tmp_pat
         "import os,time\nif os.environ['JOB_COMPLETION_INDEX']=='0': raise SystemExit(2)\n"
         + BLOCK.format(path=str(gate))
     )
-    _create(batch, job_body("bol", code, completions=2, parallelism=2, backoffLimit=0))
+    _create(batch, job_body("bol", code, completions=2, parallelism=2, backoffLimit=0, grace=1))
     job = wait_job(batch, "bol", "Failed", timeout=20)
     assert condition(job, "FailureTarget")["reason"] == "BackoffLimitExceeded"
     assert condition(job, "Failed")["message"] == "Job has reached the specified backoff limit"
@@ -507,6 +508,7 @@ def test_s9_11_success_policy(live: Any, tmp_path: Any) -> None:
         completions=3,
         parallelism=3,
         successPolicy={"rules": [{"succeededIndexes": "0"}]},
+        grace=1,
     )
     _create(batch, body)
     job = wait_job(batch, "sp", "Complete", timeout=20)
@@ -627,7 +629,7 @@ def test_s9_17_delete_propagation(live: Any, tmp_path: Any, policy: str) -> None
     batch, core, _ = live
     gate = tmp_path / "go"
     job = _create(
-        batch, job_body("del", BLOCK.format(path=str(gate)), completions=2, parallelism=2)
+        batch, job_body("del", BLOCK.format(path=str(gate)), completions=2, parallelism=2, grace=1)
     )
     wait_for(lambda: len([p for p in job_pods(core, job) if phase(p) == "Running"]) == 2, 10)
     response = raw(

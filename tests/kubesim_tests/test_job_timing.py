@@ -120,7 +120,7 @@ def test_s9_08_replacement_backoff_doubles(fake: Any) -> None:
 
 
 def test_s9_12_active_deadline_and_reset_on_resume(fake: Any, tmp_path: Any) -> None:
-    batch, _, sim = fake
+    batch, core, sim = fake
     clock: FakeClock = sim.clock
     gate = tmp_path / "never"
     code = f"import os,time\nwhile not os.path.exists({str(gate)!r}): time.sleep(0.02)\n"
@@ -138,6 +138,16 @@ def test_s9_12_active_deadline_and_reset_on_resume(fake: Any, tmp_path: Any) -> 
     assert condition(early, "FailureTarget") is None and condition(early, "Failed") is None
     assert early["status"]["active"] == 1
     clock.advance(1)
+    # The pod is deleted; its process has no SIGTERM handler (PID 1 ignores SIGTERM), so the
+    # Job is Failed only once the pod's 30 s grace period ends and it is SIGKILLed.
+    wait_for(
+        lambda: all(p["metadata"].get("deletionTimestamp") for p in job_pods(core, "dl", batch)),
+        10,
+        "the pod deleted",
+    )
+    assert sim.store.sync()  # the kubelet has seen the deletion and set its grace timer
+    assert condition(get_job(batch, "dl"), "Failed") is None
+    clock.advance(30)
     job = wait_for(lambda: (j := get_job(batch, "dl")) and condition(j, "Failed") and j, 10)
     assert_ended(
         job,

@@ -13,6 +13,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client import ApiException
 
+from tests.kubesim.clock import FakeClock
 from tests.kubesim.errors import ApiError
 from tests.kubesim.kubeconfig import Kubesim
 from tests.kubesim_tests.conftest import wait_for
@@ -218,14 +219,17 @@ def test_faults_kill_evict_lose_node(kubesim: Kubesim, core: Any) -> None:
     kubesim.kubelet.kill_pod(NS, "k", signal.SIGKILL)
     term = _state(_wait_phase(core, "k", "Failed"))["terminated"]
     assert (term["exitCode"], term["reason"]) == (137, "Error")
+    # No SIGTERM handler: PID 1 ignores the SIGTERM, the end of the (short) grace period kills.
     evicted = _pod("ev", sleeper)
     evicted["metadata"]["finalizers"] = ["example.com/hold"]
+    evicted["spec"]["terminationGracePeriodSeconds"] = 1
     core.create_namespaced_pod(NS, evicted)
     wait_for(lambda: _up(kubesim, "ev"), 10)
     kubesim.kubelet.evict(NS, "ev")
     gone = _wait_phase(core, "ev", "Failed")
     target = _cond(gone, "DisruptionTarget")
     assert (target["status"], target["reason"]) == ("True", "EvictionByEvictionAPI")
+    assert _state(gone)["terminated"]["exitCode"] == 137
     # Losing the node fails *every* pod still running on it: the held ones stay visible (Failed,
     # force-deleted), the free one is removed at once. Terminal pods ("k", "ev") are untouched.
     held = ["lost-0", "lost-1", "lost-2"]
@@ -262,3 +266,121 @@ def test_faults_kill_evict_lose_node(kubesim: Kubesim, core: Any) -> None:
     # The replacement node runs new pods at once.
     core.create_namespaced_pod(NS, _pod("after"))
     _wait_phase(core, "after", "Succeeded")
+
+
+# --- PID 1 semantics (the traces delete-running-pid1 and delete-running-handler) -------------
+
+_BEATING = (
+    "import itertools, pathlib, signal, sys, time\n"
+    "{setup}"
+    "beat = pathlib.Path({beat!r})\n"
+    "for n in itertools.count():\n"
+    "    beat.write_text(str(n))\n"
+    "    time.sleep(0.02)\n"
+)
+
+
+def _beats(path: Any) -> int:
+    try:
+        return int(path.read_text() or -1)
+    except (OSError, ValueError):
+        return -1
+
+
+def _beating_pod(name: str, beat: Any, setup: str = "", grace: int = 30) -> dict[str, Any]:
+    pod = _pod(name, _BEATING.format(setup=setup, beat=str(beat)))
+    pod["spec"]["terminationGracePeriodSeconds"] = grace
+    pod["metadata"]["finalizers"] = ["example.com/hold"]  # the terminal pod stays to be read
+    return pod
+
+
+@pytest.fixture
+def fake_sim(kubesim_factory: Any) -> Kubesim:
+    return kubesim_factory(clock=FakeClock())
+
+
+def test_pid1_without_handler_runs_through_the_grace_period(
+    fake_sim: Kubesim, tmp_path: Any
+) -> None:
+    with fake_sim.api_client() as api:
+        core = client.CoreV1Api(api)
+        beat = tmp_path / "beat"
+        core.create_namespaced_pod(NS, _beating_pod("pid1", beat))
+        wait_for(lambda: _beats(beat) >= 0, 15, "the process to run")
+        answer = raw(core.delete_namespaced_pod("pid1", NS, _preload_content=False))
+        assert answer["metadata"]["deletionGracePeriodSeconds"] == 30
+        # Once the kubelet has seen the deletion its SIGTERM is sent (and dropped: no handler).
+        assert fake_sim.store.sync()
+        seen = _beats(beat)
+        wait_for(lambda: _beats(beat) > seen + 1, 10, "the process to live on after SIGTERM")
+        pod = _get(core, "pid1")
+        assert phase(pod) == "Running" and "running" in _state(pod)
+        # The end of the grace period: SIGKILL, 137, as on a real node.
+        fake_sim.clock.advance(30)
+        term = _state(_wait_phase(core, "pid1", "Failed"))["terminated"]
+        assert (term["exitCode"], term["reason"]) == (137, "Error")
+        core.patch_namespaced_pod("pid1", NS, {"metadata": {"finalizers": None}})
+        wait_for(lambda: not core.list_namespaced_pod(NS).items, 10, "the pod removed")
+
+
+def test_pid1_with_handler_gets_sigterm(fake_sim: Kubesim, tmp_path: Any) -> None:
+    with fake_sim.api_client() as api:
+        core = client.CoreV1Api(api)
+        beat = tmp_path / "beat"
+        setup = "signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))\n"
+        core.create_namespaced_pod(NS, _beating_pod("handler", beat, setup))
+        wait_for(lambda: _beats(beat) >= 0, 15, "the process to run")
+        core.delete_namespaced_pod("handler", NS)
+        # No clock time passes: the handler ran on SIGTERM.
+        term = _state(_wait_phase(core, "handler", "Failed"))["terminated"]
+        assert (term["exitCode"], term["reason"]) == (143, "Error")
+        core.patch_namespaced_pod("handler", NS, {"metadata": {"finalizers": None}})
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_sigterm_reaches_the_main_process_only_and_sigkill_the_whole_tree(
+    fake_sim: Kubesim, tmp_path: Any
+) -> None:
+    with fake_sim.api_client() as api:
+        core = client.CoreV1Api(api)
+        beat, child_pid = tmp_path / "beat", tmp_path / "child"
+        # The main process forwards nothing: its SIGTERM handler only notes it. The child
+        # (same process group, default SIGTERM action) must not be signalled at all.
+        setup = (
+            "import subprocess\n"
+            f"c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+            f"pathlib.Path({str(child_pid)!r}).write_text(str(c.pid))\n"
+            f"signal.signal(signal.SIGTERM, lambda *a: pathlib.Path({str(tmp_path / 'term')!r})"
+            ".touch())\n"
+        )
+        core.create_namespaced_pod(NS, _beating_pod("tree", beat, setup, grace=5))
+        wait_for(lambda: _beats(beat) >= 0, 15, "the process to run")
+        pid = int(child_pid.read_text())
+        core.delete_namespaced_pod("tree", NS)
+        wait_for((tmp_path / "term").exists, 10, "the main process's handler")
+        assert _alive(pid) and phase(_get(core, "tree")) == "Running"
+        fake_sim.clock.advance(5)
+        term = _state(_wait_phase(core, "tree", "Failed"))["terminated"]
+        assert term["exitCode"] == 137
+        wait_for(lambda: not _alive(pid), 10, "the child killed with its container")
+
+
+def test_the_container_ends_with_its_main_process(core: Any, tmp_path: Any) -> None:
+    child_pid = tmp_path / "child"
+    code = (
+        "import pathlib, subprocess, sys\n"
+        "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'],"
+        " stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+        f"pathlib.Path({str(child_pid)!r}).write_text(str(c.pid))\n"
+    )
+    core.create_namespaced_pod(NS, _pod("orphan", code))
+    assert _state(_wait_phase(core, "orphan", "Succeeded"))["terminated"]["exitCode"] == 0
+    pid = int(child_pid.read_text())
+    wait_for(lambda: not _alive(pid), 10, "the orphan killed with PID 1")
