@@ -6,7 +6,10 @@ Kubernetes API flow: Job, controller, pods, watch), or, in real-cluster mode
 (``K8SX_TEST_CLUSTER``, see ``docs/testing.md``), against that cluster, and
 ``kubernetes-podman`` against kubesim with its podman kubelet: every pod a real container
 whose worker is PID 1 and gets its signals from the kubelet, as on a real node (not in
-real-cluster mode; it needs podman and fails under ``CI=true`` without it). A test that only
+real-cluster mode; it needs podman and fails under ``CI=true`` without it).
+``local-s3`` and ``kubernetes-s3`` are the first two with the run's storage in S3 (a moto
+server on loopback, one per session) instead of a local directory: s3fs brings its own
+event loop, threads and retries, and some faults show only there. A test that only
 makes sense on some backends says so with ``@pytest.mark.backends("local")``; it is then
 not generated for the others (not skipped).
 
@@ -17,6 +20,7 @@ this machine: on a real cluster the workers are elsewhere.
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,9 +38,18 @@ from tests.kube_helpers import (
     real_cluster_config,
 )
 from tests.kube_helpers import shared_dir as make_shared_dir
+from tests.s3server import S3Server, s3_server
 
-BACKENDS = ["local", "kubernetes", "kubernetes-podman"]
+BACKENDS = ["local", "local-s3", "kubernetes", "kubernetes-s3", "kubernetes-podman"]
 PODMAN = "kubernetes-podman"
+S3 = "-s3"
+BUCKET = "behaviour"
+
+
+def base_backend(name: str) -> str:
+    """The backend of a variant: ``local-s3`` is ``local`` with S3 storage."""
+    return name.removesuffix(S3)
+
 
 ExecutorFactory = Callable[..., KubernetesExecutor]
 
@@ -69,7 +82,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         marker = metafunc.definition.get_closest_marker("backends")
         names = [b for b in BACKENDS if marker is None or b in marker.args]
         if real_cluster_config(metafunc.config) is not None:
-            names = [b for b in names if b != PODMAN]  # a kubesim of its own
+            # The real cluster brings its own storage; the podman kubelet is a kubesim.
+            names = [b for b in names if b != PODMAN and not b.endswith(S3)]
         metafunc.parametrize("backend_name", names, indirect=True)
 
 
@@ -84,7 +98,8 @@ def shared_dir(
 ) -> Iterator[SharedPath]:
     """A directory the test and its workers both reach: ``tmp_path`` unless the workers
     are pods of a real cluster (then a prefix under its storage, removed afterwards)."""
-    config = real_cluster_config(request.config) if backend_name == "kubernetes" else None
+    real = base_backend(backend_name) == "kubernetes"
+    config = real_cluster_config(request.config) if real else None
     with make_shared_dir(tmp_path, config) as shared:
         yield shared
 
@@ -94,7 +109,14 @@ def local_workers(backend_name: str, request: pytest.FixtureRequest) -> bool:
     """Workers are processes of this machine (their pids and CLOCK_MONOTONIC are ours)."""
     if backend_name == PODMAN:
         return False  # containers: their own pid namespace
-    return backend_name == "local" or real_cluster_config(request.config) is None
+    return base_backend(backend_name) == "local" or real_cluster_config(request.config) is None
+
+
+@pytest.fixture(scope="session")
+def behaviour_s3() -> Iterator[S3Server]:
+    """One moto server for the ``-s3`` backends of the whole session."""
+    with s3_server(buckets=(BUCKET,)) as server:
+        yield server
 
 
 @pytest.fixture
@@ -123,10 +145,19 @@ def executor_kwargs(
     backend_name: str, request: pytest.FixtureRequest, shared_dir: SharedPath
 ) -> dict[str, Any]:
     """What a test passes to KubernetesExecutor to run on the current backend."""
-    if backend_name == "local":
-        return {"backend": "local"}
-    cluster: ClusterUnderTest = request.getfixturevalue("cluster")
-    return cluster.executor_kwargs(shared_dir / "storage")
+    if base_backend(backend_name) == "local":
+        kwargs: dict[str, Any] = {"backend": "local"}
+    else:
+        cluster: ClusterUnderTest = request.getfixturevalue("cluster")
+        kwargs = cluster.executor_kwargs(shared_dir / "storage")
+    if backend_name.endswith(S3):
+        server: S3Server = request.getfixturevalue("behaviour_s3")
+        kwargs.update(
+            storage=f"s3://{BUCKET}/{uuid.uuid4().hex[:12]}",
+            storage_options=server.storage_options(),
+            share_storage_options=True,  # the pods reach the same server with them
+        )
+    return kwargs
 
 
 @pytest.fixture
