@@ -28,14 +28,14 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, Protocol
 
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
 from tests.kubesim.traces import Scenario, load_trace, scenario_from_trace
 
-__all__ = ["ACTIONS", "Recorder", "record", "with_images"]
+__all__ = ["ACTIONS", "Recorder", "Sink", "record", "with_images"]
 
 Obj = dict[str, Any]
 
@@ -49,6 +49,14 @@ _WATCH_TIMEOUT_S = 30  # a watch that sees nothing ends after this, and is resum
 _Watch: Any = watch.Watch
 
 
+class Sink(Protocol):
+    """Where the lines go as they come (an open text file will do)."""
+
+    def write(self, text: str, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
 class Recorder:
     """Watches one namespace and keeps every line of the trace (see :func:`record`)."""
 
@@ -59,7 +67,7 @@ class Recorder:
         *,
         clock: Callable[[], float] = time.monotonic,
         speed: float = 1.0,
-        out: IO[str] | None = None,
+        out: Sink | None = None,
     ) -> None:
         self.api = api
         self.namespace = namespace
@@ -124,7 +132,14 @@ class Recorder:
             )
             self._threads.append(thread)
             thread.start()
-        self._ready.wait(timeout=60)
+        try:
+            self._ready.wait(timeout=60)
+        except threading.BrokenBarrierError:
+            errors = [line["error"] for line in self.lines() if "error" in line][-3:]
+            raise RuntimeError(
+                f"the watches of namespace {self.namespace} did not start within 60 s: "
+                f"{errors or 'no answer'}"
+            ) from None
 
     def stop(self) -> None:
         self._stop.set()
@@ -142,14 +157,17 @@ class Recorder:
 
     def _watch_loop(self, name: str, fn: Any) -> None:
         known: dict[str, Obj] = {}
-        rv = ""
+        # The last resourceVersion seen ("" = list first), kept across a watch that breaks
+        # midway, so the next one resumes after the last event recorded, not before.
+        state = {"rv": ""}
         first = True
+        failures = 0
         while not self._stop.is_set():
             try:
-                if not rv:
+                if not state["rv"]:
                     # A fresh start, or the history is gone (410): list, and report what
                     # changed since the last state seen, as an informer's relist does.
-                    listed, rv = self._list(fn)
+                    listed, state["rv"] = self._list(fn)
                     for uid, obj in listed.items():
                         old = known.get(uid)
                         if old is None:
@@ -165,37 +183,41 @@ class Recorder:
                     first = False
                     with contextlib.suppress(threading.BrokenBarrierError):
                         self._ready.wait(timeout=60)
-                rv = self._watch_once(name, fn, rv, known)
+                self._watch_once(name, fn, state, known)
+                failures = 0
+                continue
             except ApiException as exc:
                 if self._stop.is_set():
                     break
                 self.emit({"watch": name, "error": f"({exc.status})\nReason: {exc.reason}\n"})
                 if exc.status == 410:
-                    rv = ""
-                self._stop.wait(0.1)
+                    state["rv"] = ""
             except Exception as exc:  # a dropped connection: resume from the last version
                 if self._stop.is_set():
                     break
                 self.emit({"watch": name, "error": f"{type(exc).__name__}: {exc}"})
-                self._stop.wait(0.1)
+            # Resume at once after one failure; back off when they repeat (a refused watch).
+            self._stop.wait(min(5.0, 0.05 * 2**failures) if failures else 0.0)
+            failures += 1
 
-    def _watch_once(self, name: str, fn: Any, rv: str, known: dict[str, Obj]) -> str:
+    def _watch_once(self, name: str, fn: Any, state: dict[str, str], known: dict[str, Obj]) -> None:
         w = _Watch()
         with self._lock:
             self._watches.append(w)
         try:
             if self._stop.is_set():
-                return rv
+                return
             for event in w.stream(
                 fn,
                 self.namespace,
-                resource_version=rv,
+                resource_version=state["rv"],
                 allow_watch_bookmarks=True,
                 timeout_seconds=_WATCH_TIMEOUT_S,
-                deserialize=False,
             ):
-                obj = event.get("object") or {}
-                rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
+                # The object as the server sent it (the client's ERROR handling needs the
+                # deserialising mode, which keeps the raw object beside the model).
+                obj = event.get("raw_object") or {}
+                state["rv"] = str((obj.get("metadata") or {}).get("resourceVersion") or state["rv"])
                 if event.get("type") == "BOOKMARK":
                     continue
                 uid = str(obj["metadata"]["uid"])
@@ -204,7 +226,6 @@ class Recorder:
                 else:
                     known[uid] = obj
                 self.emit({"watch": name, "type": event["type"], "object": obj})
-            return rv
         finally:
             with self._lock:
                 self._watches.remove(w)
@@ -284,7 +305,7 @@ class Recorder:
 def record(
     api: Any,
     scenario: Scenario,
-    out: IO[str] | None = None,
+    out: Sink | None = None,
     *,
     namespace: str | None = None,
     clock: Callable[[], float] = time.monotonic,

@@ -66,8 +66,15 @@ SPEED = {"process": 10.0, "podman": 5.0}
 MAX_SPEED = {"delete-running-handler": 4.0, "suspend-resume": 5.0}
 # Scenarios that depend on how PID 1 of a container treats SIGTERM: replayed on podman too.
 PODMAN_SCENARIOS = ("delete-running-pid1", "delete-running-handler", "suspend-resume")
-# Scenarios of more than ~3 s of wall time (on either runtime).
-SLOW = ("evicted", "suspend-resume", "delete-running-pid1", "image-pull-backoff")
+# Scenarios of about 3 s of wall time or more (and every one on podman).
+SLOW = (
+    "evicted",
+    "suspend-resume",
+    "delete-running-pid1",
+    "delete-running-handler",
+    "missing-secret",
+    "image-pull-backoff",
+)
 
 # (scenario, runtime) -> {fact pattern: the CONTRACT.md entry giving the reason}. A pattern is
 # a fact key of traces.facts() or a dotted prefix of keys, "*" matching within one segment.
@@ -218,7 +225,8 @@ def _stop_pods(api: Any, namespace: str) -> None:
 
 
 def _params(runtime: str, names: list[str]) -> list[Any]:
-    marks = {name: [pytest.mark.slow] if name in SLOW else [] for name in names}
+    slow = [pytest.mark.slow]
+    marks = {name: slow if name in SLOW or runtime == "podman" else [] for name in names}
     return [pytest.param(name, id=name, marks=marks[name]) for name in names]
 
 
@@ -258,3 +266,40 @@ def test_summary_of_a_trace_is_what_its_facts_say() -> None:
         for other, other_summary in summaries.items():
             if other != name:
                 assert differences(summary, other_summary), (name, other)
+
+
+class _DropWatchesOnce:
+    """A trace file that drops every open watch once, when the first pod is running."""
+
+    def __init__(self, sim: Kubesim, out: Any) -> None:
+        self.sim, self.out, self.dropped = sim, out, 0
+
+    def write(self, text: str) -> int:
+        if not self.dropped and '"phase": "Running"' in text:
+            self.dropped = self.sim.faults.drop_watches()
+        return int(self.out.write(text))
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
+def test_recording_survives_broken_watches(
+    kubesim_factory: Callable[..., Kubesim], tmp_path: Path
+) -> None:
+    """A watch that breaks (a dropped connection, the watch cache's 504 as in the
+    suspend-resume trace) is resumed from the last version seen: nothing is lost."""
+    name = "indexed-success"
+    lines = load_trace(TRACES / f"{name}.jsonl")
+    speed = SPEED["process"]
+    scenario = for_kubesim(scenario_from_trace(name, lines), "process", speed)
+    sim = kubesim_factory(clock=ScaledClock(speed))
+    sim.faults.watch_too_large_rv(2, path_regex=r"/pods")
+    with sim.api_client() as api, open(tmp_path / "trace.jsonl", "w") as fh:
+        out = _DropWatchesOnce(sim, fh)
+        recorded = record(
+            api, scenario, out, namespace=name, clock=sim.clock.monotonic, speed=speed
+        )
+    errors = [line for line in recorded if "error" in line]
+    assert out.dropped == 3, "the three watches were running"
+    assert sum("Too large resource version" in line["error"] for line in errors) == 2
+    assert differences(summarize(lines), summarize(recorded)) == {}
