@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,7 @@ from k8s_executor import (
 )
 from tests import helpers
 from tests.helpers import SharedPath
-from tests.kube_helpers import ClusterUnderTest
+from tests.kube_helpers import ClusterUnderTest, kubesim_kwargs
 
 
 def hold_memory(megabytes: int) -> int:
@@ -183,6 +184,63 @@ def test_api_storm_and_dropped_watches_lose_no_future(kubesim: Any, kw: dict[str
         faults.drop_watches()
         assert first == [i * i for i in range(20)]
         assert [f.result(timeout=60) for f in futures] == list(range(1, 11))
+
+
+def test_watch_cache_504_is_retried(kubesim: Any, kw: dict[str, Any]) -> None:
+    # A real apiserver answers a watch with "Too large resource version" (504) while its
+    # watch cache lags behind the list it just served: retry, do not give up.
+    kubesim.faults.watch_too_large_rv(4)
+    with KubernetesExecutor(max_workers=2, **kw) as ex:
+        assert list(ex.map(helpers.square, range(8))) == [i * i for i in range(8)]
+
+
+def test_job_whose_pods_are_refused_fails_within_startup(kubesim: Any, kw: dict[str, Any]) -> None:
+    from kubernetes import client
+
+    with kubesim.api_client() as api:
+        client.CoreV1Api(api).create_namespaced_resource_quota(
+            "default",
+            {"metadata": {"name": "tight"}, "spec": {"hard": {"pods": "0"}}},
+        )
+    kw["timeouts"] = dataclasses.replace(kw["timeouts"], startup=3)
+    with KubernetesExecutor(**kw) as ex:
+        future = ex.submit(helpers.square, 3)
+        # No pod ever exists to be stuck: the clock runs from the Job's creation.
+        with pytest.raises(PodStartError, match="NoPodCreated.*FailedCreate") as info:
+            future.result(timeout=60)
+        assert info.value.reason == "NoPodCreated"
+        run_id = ex.run_id
+    assert (
+        kubesim.store.list("jobs", "default", label_selector=f"k8s-executor.io/run={run_id}")[0]
+        == []
+    )
+
+
+def test_close_while_a_watch_answer_is_held(kubesim_factory: Any, tmp_path: Path) -> None:
+    # The race of the real cluster's slow exits: close() runs while a watch request is on
+    # its way. When its answer comes, that connection carries a live stream; given back to
+    # the pool, the run Secret's DELETE was written on it and waited behind the stream for
+    # minutes. Bookmarks as rare as a real apiserver's (about a minute), so that nothing
+    # is waiting to be read on the stranded connection (urllib3 drops such connections).
+    sim = kubesim_factory(bookmark_interval=600)
+    held = sim.faults.delay(600, watch=True)
+    ex = KubernetesExecutor(**kubesim_kwargs(sim, tmp_path / "storage"))
+    try:
+        assert list(ex.map(helpers.square, [])) == []
+        assert held.wait_held(2, timeout=30)
+        secret = f"k8sx-{ex.run_id}"
+        releaser = threading.Timer(1.0, held.release)  # the answers arrive during close()
+        releaser.start()
+        began = time.monotonic()
+        ex.shutdown(wait=True)
+        took = time.monotonic() - began
+    finally:
+        held.release()
+    # The stated bound of close() (docs/kubernetes.md), not a speed goal: the Secret's
+    # DELETE did not wait behind a watch stream.
+    assert took < 20
+    secrets = sim.store.list("secrets", "default", field_selector=f"metadata.name={secret}")
+    assert secrets[0] == []
 
 
 def test_shutdown_leaves_no_job_pod_secret_or_storage(
