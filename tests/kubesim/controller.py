@@ -1062,6 +1062,9 @@ class _Sync:
                     ensure_condition(
                         conditions, "Suspended", "True", "JobSuspended", "Job suspended", now
                     )
+                    # A suspended Job has no startTime (the real-cluster trace suspend-resume):
+                    # resuming sets a new one, and the pod template may change meanwhile.
+                    self.status.pop("startTime", None)
                 elif ensure_condition(
                     conditions, "Suspended", "False", "JobResumed", "Job resumed", now
                 ):

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -117,6 +118,7 @@ class Attempt:
     """One pod of a completion index, from creation to its last recorded state."""
 
     name: str
+    created: dict[str, Any] = field(default_factory=dict)
     phases: list[str] = field(default_factory=list)
     waiting: list[str] = field(default_factory=list)
     terminated: dict[str, tuple[str, int]] = field(default_factory=dict)
@@ -137,6 +139,7 @@ class Summary:
 
     conditions: list[str] = field(default_factory=list)
     condition_messages: dict[str, str] = field(default_factory=dict)
+    start_time: list[str] = field(default_factory=list)
     status: dict[str, Any] = field(default_factory=dict)
     job_deleted: bool = False
     indexes: dict[int, list[Attempt]] = field(default_factory=dict)
@@ -159,6 +162,8 @@ def _final_status(job: Obj) -> dict[str, Any]:
         if key == "uncountedTerminatedPods" and isinstance(value, dict):
             value = {k: len(v or []) for k, v in sorted(value.items())}
         result[key] = value
+    for key in ("startTime", "completionTime"):
+        result[key] = "set" if status.get(key) else None
     return result
 
 
@@ -181,6 +186,44 @@ def _condition(pod: Obj, ctype: str) -> Obj | None:
     return None
 
 
+def _as_created(pod: Obj) -> dict[str, Any]:
+    """What the Job controller wrote into a pod it created, with the Job's name and uid as
+    ``JOB`` and ``UID`` (annotations and labels with their values: the index and its failure
+    counts matter)."""
+    meta = pod.get("metadata") or {}
+    spec = pod.get("spec") or {}
+    owners: list[Obj] = meta.get("ownerReferences") or []
+    owner: Obj = next((o for o in owners if o.get("controller")), {})
+    job, uid = str(owner.get("name", "")), str(owner.get("uid", ""))
+
+    def plain(value: Obj) -> Obj:
+        text = json.dumps(value, sort_keys=True)
+        if uid:
+            text = text.replace(uid, "UID")
+        if job:
+            text = re.sub(rf'(?<![\w-]){re.escape(job)}(?=-|"|$)', "JOB", text)
+        result: Obj = json.loads(text)
+        return result
+
+    return plain(
+        {
+            "generateName": meta.get("generateName"),
+            "labels": meta.get("labels") or {},
+            "annotations": meta.get("annotations") or {},
+            "owner": {
+                k: owner.get(k) for k in ("apiVersion", "kind", "controller", "blockOwnerDeletion")
+            },
+            "finalizers": meta.get("finalizers") or [],
+            "hostname": spec.get("hostname"),
+            "subdomain": spec.get("subdomain"),
+            "env": {
+                str(c.get("name")): c.get("env") or []
+                for c in (spec.get("initContainers") or []) + (spec.get("containers") or [])
+            },
+        }
+    )
+
+
 class _PodTracker:
     def __init__(self, summary: Summary) -> None:
         self.summary = summary
@@ -201,7 +244,7 @@ class _PodTracker:
         attempts = self.summary.indexes.setdefault(index, [])
         if uid not in self.by_uid:
             self.by_uid[uid] = (index, len(attempts))
-            attempts.append(Attempt(name=str(meta.get("name"))))
+            attempts.append(Attempt(name=str(meta.get("name")), created=_as_created(pod)))
             self._milestone(index, len(attempts) - 1, "created")
         index, number = self.by_uid[uid]
         attempt = self.summary.indexes[index][number]
@@ -284,6 +327,9 @@ def summarize(lines: Iterable[Mapping[str, Any]]) -> Summary:
             for cond in (obj.get("status") or {}).get("conditions") or []:
                 key = f"{cond.get('type')}/{cond.get('reason') or ''}"
                 summary.condition_messages[key] = str(cond.get("message") or "")
+            started = "set" if (obj.get("status") or {}).get("startTime") else "unset"
+            if not summary.start_time or summary.start_time[-1] != started:
+                summary.start_time.append(started)
             last_job = obj
             summary.job_deleted = event_type == "DELETED"
         elif watch == "pods":
@@ -305,6 +351,7 @@ def facts(summary: Summary) -> dict[str, Any]:
     result: dict[str, Any] = {
         "job.conditions": list(summary.conditions),
         "job.condition_messages": dict(sorted(summary.condition_messages.items())),
+        "job.start_time": list(summary.start_time),
     }
     for key, value in summary.status.items():
         result[f"job.status.{key}"] = value
@@ -318,6 +365,7 @@ def facts(summary: Summary) -> dict[str, Any]:
         result[f"index.{index}.timeline"] = list(summary.timelines.get(index, []))
         for number, attempt in enumerate(attempts):
             prefix = f"index.{index}.a{number}"
+            result[f"{prefix}.created"] = attempt.created
             result[f"{prefix}.phases"] = list(attempt.phases)
             result[f"{prefix}.waiting"] = list(attempt.waiting)
             result[f"{prefix}.terminated"] = {

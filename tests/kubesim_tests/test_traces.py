@@ -179,3 +179,43 @@ def test_scaled_clock_runs_its_timers_faster() -> None:
         assert clock.monotonic() >= 10.0
     finally:
         clock.stop()
+
+
+def test_what_the_controller_wrote_into_a_pod_is_kept_without_names() -> None:
+    pod = _pod("p1", 0, "Pending")
+    pod["metadata"].update(
+        generateName="jo-0-",
+        labels={"batch.kubernetes.io/job-name": "jo", "controller-uid": "u-1", "app": "jo-x"},
+        ownerReferences=[{"kind": "Job", "name": "jo", "uid": "u-1", "controller": True}],
+    )
+    pod["spec"] = {"hostname": "jo-0", "containers": [{"name": "main", "env": []}]}
+    created = facts(summarize([_line("pods", "ADDED", pod)]))["index.0.a0.created"]
+    assert created["generateName"] == "JOB-0-"
+    assert created["hostname"] == "JOB-0"
+    assert created["labels"] == {
+        "batch.kubernetes.io/job-name": "JOB",
+        "controller-uid": "UID",
+        "app": "JOB-x",
+    }
+    assert created["owner"] == {
+        "apiVersion": None,
+        "kind": "Job",
+        "controller": True,
+        "blockOwnerDeletion": None,
+    }
+    assert created["finalizers"] == [FINALIZER]
+
+
+def test_start_time_comes_and_goes_with_suspension() -> None:
+    def job(**status: Any) -> dict[str, Any]:
+        return {"metadata": {"name": "j"}, "status": status}
+
+    lines = [
+        _line("jobs", "ADDED", job()),
+        _line("jobs", "MODIFIED", job(startTime="2026-01-01T00:00:00Z")),
+        _line("jobs", "MODIFIED", job(startTime="2026-01-01T00:00:00Z", active=1)),
+        _line("jobs", "MODIFIED", job()),
+    ]
+    got = facts(summarize(lines))
+    assert got["job.start_time"] == ["unset", "set", "unset"]
+    assert got["job.status.startTime"] is None
