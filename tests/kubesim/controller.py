@@ -30,6 +30,7 @@ from typing import Any
 
 from .clock import Clock, TimerHandle
 from .errors import ApiError
+from .events import record as record_event
 from .indexes import IndexFormatError, format_indexes, parse_indexes
 from .job_admission import CONTROLLER_UID_LABEL
 
@@ -64,6 +65,7 @@ FAILURE_COUNT_ANNOTATION = "batch.kubernetes.io/job-index-failure-count"
 IGNORED_FAILURE_COUNT_ANNOTATION = "batch.kubernetes.io/job-index-ignored-failure-count"
 INDEX_ENV = "JOB_COMPLETION_INDEX"
 CONTROLLER_NAME = "kubernetes.io/job-controller"
+EVENT_SOURCE = "job-controller"  # the recorder's component (source and reportingComponent)
 
 DEFAULT_BACKOFF_S = 10.0  # DefaultJobPodFailureBackOff
 MAX_BACKOFF_S = 600.0  # MaxJobPodFailureBackOff (the docs say 6 min; the code says 10)
@@ -833,7 +835,10 @@ class JobController:
         if has_finalizer(pod) and _controller_uid(pod) is None:
             self._remove_finalizer(namespace, name)
 
-    def _delete_pod(self, pod: Obj, *, keep_finalizer: bool) -> bool:
+    def _event(self, job: Obj, type_: str, reason: str, message: str) -> None:
+        record_event(self.store, job, type_, reason, message, EVENT_SOURCE)
+
+    def _delete_pod(self, pod: Obj, *, keep_finalizer: bool, job: Obj) -> bool:
         meta = pod["metadata"]
         if not keep_finalizer and has_finalizer(pod):
             # JC deleteJobPods: untrack first so suspend/scale-down pods are not counted failed.
@@ -842,7 +847,11 @@ class JobController:
             self.store.delete("pods", meta["namespace"], meta["name"])
         except ApiError as exc:
             if exc.code != 404:
+                # RealPodControl.DeletePod: no event for a pod that is already gone.
+                self._event(job, "Warning", "FailedDelete", f"Error deleting: {exc.message}")
                 raise
+            return True
+        self._event(job, "Normal", "SuccessfulDelete", f"Deleted pod: {meta['name']}")
         return True
 
     def _write_status(self, namespace: str, name: str, status: Obj, job: Obj) -> None:
@@ -1036,7 +1045,7 @@ class _Sync:
             # Failure or success policy: stop what still runs. Kept finalizers let the flush
             # count killed pods as failed (not on success).
             for pod in self.active_pods:
-                ctl._delete_pod(pod, keep_finalizer=True)
+                ctl._delete_pod(pod, keep_finalizer=True, job=job)
                 self.terminating += 1
             active = 0
             self.ready = 0
@@ -1059,15 +1068,17 @@ class _Sync:
                 )
             elif manage_called:
                 if self.suspended:
-                    ensure_condition(
+                    if ensure_condition(
                         conditions, "Suspended", "True", "JobSuspended", "Job suspended", now
-                    )
+                    ):
+                        ctl._event(job, "Normal", "Suspended", "Job suspended")
                     # A suspended Job has no startTime (the real-cluster trace suspend-resume):
                     # resuming sets a new one, and the pod template may change meanwhile.
                     self.status.pop("startTime", None)
                 elif ensure_condition(
                     conditions, "Suspended", "False", "JobResumed", "Job resumed", now
                 ):
+                    ctl._event(job, "Normal", "Resumed", "Job resumed")
                     # The deadline counts continuous activity: resuming restarts it.
                     self.status["startTime"] = format_time(now)
                     if spec.get("activeDeadlineSeconds") is not None:
@@ -1134,7 +1145,7 @@ class _Sync:
             for pod in active_pods_for_removal(self.job, self.active_pods, active):
                 if is_ready(pod):
                     self.ready -= 1
-                ctl._delete_pod(pod, keep_finalizer=False)
+                ctl._delete_pod(pod, keep_finalizer=False, job=self.job)
                 removed += 1
             self.terminating += removed
             return active - removed
@@ -1149,7 +1160,7 @@ class _Sync:
             for pod in to_delete:
                 if is_ready(pod):
                     self.ready -= 1
-                ctl._delete_pod(pod, keep_finalizer=False)
+                ctl._delete_pod(pod, keep_finalizer=False, job=self.job)
             self.terminating += len(to_delete)
             return active - len(to_delete)
         terminating = self.terminating if only_replace_failed(self.job) else 0
@@ -1198,8 +1209,13 @@ class _Sync:
                 failure_count, ignored = self._inherited_counts(self.delayed.get(ix))
             pod = build_pod(self.job, ix, failure_count, ignored)
             try:
-                ctl.store.create("pods", self.ns, pod)
+                created_pod = ctl.store.create("pods", self.ns, pod)
             except ApiError as exc:
+                # RealPodControl: no event when the namespace is being terminated.
+                if "because it is being terminated" not in exc.message:
+                    ctl._event(
+                        self.job, "Warning", "FailedCreate", f"Error creating: {exc.message}"
+                    )
                 # Stop the batch on the first error, as the slow-start creation loop does.
                 # exc.message is the apiserver's text (the FailedCreate event's "Error
                 # creating: ..."), e.g. a quota refusal.
@@ -1208,6 +1224,12 @@ class _Sync:
                     ("job", self.ns, self.name), ctl._create_retry_delay(self.ns, self.name)
                 )
                 break
+            ctl._event(
+                self.job,
+                "Normal",
+                "SuccessfulCreate",
+                f"Created pod: {created_pod['metadata']['name']}",
+            )
             ctl._create_failures.pop((self.ns, self.name), None)
             created += 1
         return active + created
@@ -1297,20 +1319,44 @@ class _Sync:
             status["failed"] = int(status.get("failed") or 0) + len(self.unc_failed)
             self.unc_succeeded, self.unc_failed = [], []
             status["uncountedTerminatedPods"] = {}
-        self._enact_finished()
+        enacted = self._enact_finished()
         ctl._write_status(self.ns, self.name, status, job)
+        if enacted and self.finished is not None:
+            self._record_finished(self.finished)
 
-    def _enact_finished(self) -> None:
-        """JC ``enactJobFinished``: the terminal condition waits for every pod to be terminal."""
+    def _enact_finished(self) -> bool:
+        """JC ``enactJobFinished``: the terminal condition waits for every pod to be terminal.
+
+        True when this sync added the terminal condition.
+        """
         if self.finished is None or self.unc_succeeded or self.unc_failed:
-            return
+            return False
         if self.terminating > 0:
-            return
+            return False
         conditions: list[Obj] = self.status["conditions"]
         f = self.finished
-        ensure_condition(conditions, f["type"], f["status"], f["reason"], f["message"], self.now)
+        added = ensure_condition(
+            conditions, f["type"], f["status"], f["reason"], f["message"], self.now
+        )
         if f["type"] == "Complete" and not self.status.get("completionTime"):
             self.status["completionTime"] = format_time(self.now)
+        return added
+
+    def _record_finished(self, finished: Obj) -> None:
+        """JC ``recordJobFinished``, once the terminal condition is stored."""
+        ctl = self.ctl
+        if finished["type"] != "Complete":
+            ctl._event(self.job, "Warning", finished["reason"], finished["message"])
+            return
+        succeeded = int(self.status.get("succeeded") or 0)
+        if self.completions is not None and succeeded > self.completions:
+            ctl._event(
+                self.job,
+                "Warning",
+                "TooManySucceededPods",
+                "Too many succeeded pods running after completion count reached",
+            )
+        ctl._event(self.job, "Normal", "Completed", "Job completed")
 
 
 def _absolute_failures(pod: Obj) -> int:

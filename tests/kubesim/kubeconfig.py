@@ -67,8 +67,9 @@ class Kubesim:
     """A running kubesim: ``with Kubesim() as sim: load_kube_config(sim.kubeconfig_path)``.
 
     Attributes: ``url``, ``kubeconfig_path``, ``store``, ``clock``, ``faults``, ``server``,
-    ``kubelet``, ``controller``, ``gc``, ``scheduler``, ``quota`` (the last five are ``None``
-    when the controller half is not available or ``controllers=False``).
+    ``kubelet``, ``controller``, ``gc``, ``scheduler``, ``quota``, ``serviceaccounts`` (the
+    last six are ``None`` when the controller half is not available or ``controllers=False``).
+    Components record Events through :mod:`tests.kubesim.events`.
     """
 
     def __init__(
@@ -102,6 +103,7 @@ class Kubesim:
         self.gc: Any = None
         self.scheduler: Any = None
         self.quota: Any = None
+        self.serviceaccounts: Any = None
         self.server = ApiServer(
             self.store,
             port=port,
@@ -129,6 +131,9 @@ class Kubesim:
         gc = _optional("gc", "GarbageCollector")
         scheduler = _optional("scheduler", "Scheduler")
         kubelet = _optional("kubelet", "Kubelet")
+        serviceaccounts = _optional("serviceaccounts", "ServiceAccountController")
+        if serviceaccounts is not None:
+            self.serviceaccounts = serviceaccounts(self.store, self.clock)
         quota = _optional("quota", "QuotaController")
         if quota is not None:
             self.quota = quota(self.store, self.clock)
@@ -159,7 +164,14 @@ class Kubesim:
     def _components(self) -> list[Any]:
         # The quota controller first: it subscribes first, so a quota's status is current
         # before the other components hear of the same change.
-        components = (self.quota, self.controller, self.gc, self.scheduler, self.kubelet)
+        components = (
+            self.quota,
+            self.serviceaccounts,
+            self.controller,
+            self.gc,
+            self.scheduler,
+            self.kubelet,
+        )
         return [c for c in components if c is not None]
 
     def start(self) -> Kubesim:

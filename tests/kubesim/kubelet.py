@@ -61,6 +61,8 @@ from typing import Any
 from . import eviction
 from .clock import Clock, TimerHandle
 from .errors import ApiError
+from .events import go_duration
+from .events import record as record_event
 from .scheduler import parse_quantity
 
 __all__ = ["TERMINATION_ENV", "Kubelet", "LogLine", "resolve_env"]
@@ -490,6 +492,10 @@ class Kubelet:
                 )
                 run.thread.start()
         if meta.get("deletionTimestamp"):
+            if not run.deleting:
+                for c in run.all_containers():
+                    if c.running:
+                        self._event(run, c, "Normal", "Killing", f"Stopping container {c.name}")
             self._begin_delete(run, int(meta.get("deletionGracePeriodSeconds") or 0))
 
     def _spawn(self, fn: Any, *args: Any) -> None:
@@ -706,17 +712,54 @@ class Kubelet:
         }
         c.ready = False
         c.started = False
+        self._event(
+            run,
+            c,
+            "Warning",
+            "BackOff",
+            f"Back-off restarting failed container {c.name} in pod "
+            f"{run.name}_{run.namespace}({run.uid})",
+        )
         self._publish(run)
         self._wait(run, delay)
         return not self._interrupted(run)
+
+    def _event(self, run: _PodRun, c: _Container, type_: str, reason: str, message: str) -> None:
+        """Record an Event about container ``c`` of the pod, as this node's kubelet."""
+        field_path = f"spec.{'initContainers' if c.init else 'containers'}{{{c.name}}}"
+        record_event(
+            self.store,
+            run.pod,
+            type_,
+            reason,
+            message,
+            "kubelet",
+            self.node_name,
+            field_path=field_path,
+        )
+
+    def _image_present(self, run: _PodRun, c: _Container) -> None:
+        image = c.spec.get("image", "")
+        self._event(
+            run,
+            c,
+            "Normal",
+            "Pulled",
+            f'Container image "{image}" already present on machine and can be accessed by the pod',
+        )
 
     def _pull(self, run: _PodRun, c: _Container) -> bool:
         image = str(c.spec.get("image", ""))
         backoff = IMAGE_BACKOFF_INITIAL_S
         while not self._interrupted(run):
-            error = self._try_pull(image, c)
+            error = self._try_pull(image, c, run)
             if error is None:
                 return True
+            if error.endswith("pull policy of Never"):
+                self._event(run, c, "Warning", "ErrImageNeverPull", error)
+            else:
+                self._event(run, c, "Warning", "Failed", f'Failed to pull image "{image}": {error}')
+            self._event(run, c, "Warning", "Failed", "Error: ErrImagePull")
             c.state = {"waiting": {"reason": "ErrImagePull", "message": error}}
             self._publish(run)
             # The kubelet reports ErrImagePull until the next sync, then backs off.
@@ -729,27 +772,46 @@ class Kubelet:
                     "message": f'Back-off pulling image "{image}": ErrImagePull: {error}',
                 }
             }
+            self._event(run, c, "Normal", "BackOff", f'Back-off pulling image "{image}"')
+            self._event(run, c, "Warning", "Failed", "Error: ImagePullBackOff")
             self._publish(run)
             self._wait(run, backoff)
             backoff = min(backoff * 2, IMAGE_BACKOFF_MAX_S)
         return False
 
-    def _try_pull(self, image: str, c: _Container) -> str | None:
+    def _try_pull(self, image: str, c: _Container, run: _PodRun) -> str | None:
+        policy = c.spec.get("imagePullPolicy", "IfNotPresent")
         if self.unpullable is not None and self.unpullable.search(image):
+            self._event(run, c, "Normal", "Pulling", f'Pulling image "{image}"')
             return (
                 f'rpc error: code = NotFound desc = failed to pull and unpack image "{image}": '
                 f'failed to resolve reference "{image}": {image}: not found'
             )
         if self.runtime != "podman":
             c.image_id = f"kubesim-process://{image}"
+            if policy == "Always":
+                # Nothing to fetch for a local process: the pull is instant and its size unknown.
+                self._event(run, c, "Normal", "Pulling", f'Pulling image "{image}"')
+                self._event(
+                    run,
+                    c,
+                    "Normal",
+                    "Pulled",
+                    f'Successfully pulled image "{image}" in 0s (0s including waiting). '
+                    "Image size: 0 bytes.",
+                )
+            else:
+                self._image_present(run, c)
             return None
-        policy = c.spec.get("imagePullPolicy", "IfNotPresent")
         present = self._podman_quiet(["image", "exists", image]) == 0
         if present and policy != "Always":
             c.image_id = image
+            self._image_present(run, c)
             return None
         if policy == "Never":
             return f'Container image "{image}" is not present with pull policy of Never'
+        self._event(run, c, "Normal", "Pulling", f'Pulling image "{image}"')
+        pull_started = self.clock.monotonic()
         args = ["pull", "--quiet"]
         host = image.split("/", 1)[0]
         if host.startswith(("127.0.0.1", "localhost")):
@@ -761,6 +823,21 @@ class Kubelet:
             detail = result.stderr.strip().splitlines()[-1:] or ["pull failed"]
             return f'rpc error: code = Unknown desc = failed to pull image "{image}": {detail[0]}'
         c.image_id = result.stdout.strip() or image
+        took = go_duration(self.clock.monotonic() - pull_started)
+        size = subprocess.run(
+            [*self.podman_cmd, "image", "inspect", "--format", "{{.Size}}", image],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        self._event(
+            run,
+            c,
+            "Normal",
+            "Pulled",
+            f'Successfully pulled image "{image}" in {took} ({took} including waiting). '
+            f"Image size: {size or 0} bytes.",
+        )
         return None
 
     def _podman_quiet(self, args: list[str]) -> int:
@@ -779,8 +856,12 @@ class Kubelet:
                 return resolve_env(self.store, pod, c.spec)
             except ConfigError as exc:
                 c.state = {"waiting": {"reason": "CreateContainerConfigError", "message": str(exc)}}
+                self._event(run, c, "Warning", "Failed", f"Error: {exc}")
                 self._publish(run)
                 self._wait(run, CONFIG_RETRY_S, config=True)
+                if not self._interrupted(run):
+                    # The next pod sync goes through EnsureImageExists again.
+                    self._image_present(run, c)
             except ApiError:
                 return None
         return None
@@ -798,6 +879,7 @@ class Kubelet:
         started = self.clock.now()
         try:
             argv = self._argv(run, c, full_env, limits)
+            self._event(run, c, "Normal", "Created", "Container created")
             proc = subprocess.Popen(
                 argv,
                 cwd=run.dir,
@@ -820,6 +902,7 @@ class Kubelet:
                     "finishedAt": _stamp(finished),
                 }
             }
+            self._event(run, c, "Warning", "Failed", f"Error: {c.state['terminated']['message']}")
             self._publish(run)
             return 128
         with run.cond:
@@ -837,6 +920,7 @@ class Kubelet:
             c.started = True
             if run.deleting:
                 self._stop_container(c, signal.SIGKILL if run.grace_over else signal.SIGTERM)
+        self._event(run, c, "Normal", "Started", "Container started")
         run.phase = "Running" if not c.init else run.phase
         self._publish(run)
         readers = [

@@ -4,19 +4,22 @@ Binds a pending pod to the simulated :class:`Node` when its resource requests fi
 node has left (requests of the non-terminal pods already bound are subtracted), its
 ``nodeSelector`` matches the node labels and it tolerates the node's NoSchedule/NoExecute
 taints. Otherwise the pod gets ``PodScheduled=False`` reason ``Unschedulable`` with the
-scheduler's message format, e.g.::
+scheduler's message format (the unschedulable trace of a 1.36 cluster), e.g.::
 
-    0/1 nodes are available: 1 Insufficient cpu. preemption: 0/1 nodes are available:
-    1 No preemption victims found for incoming pod.
+    0/1 nodes are available: 1 Insufficient cpu. no new claims to deallocate, preemption:
+    0/1 nodes are available: 1 Preemption is not helpful for scheduling.
 
-(one line) — and stays Pending until something changes on the node (a pod leaves), which makes
-the scheduler retry, as the real one does on cluster events. Pods with ``schedulingGates`` get
-``reason: SchedulingGated``.
+(one line; "not helpful" when no eviction could make room: the request exceeds what the node
+has at all, or the node selector/taints rule the node out; "No preemption victims found" when
+only the other pods' usage is in the way, since kubesim's pods all have priority 0; the same
+text is the ``FailedScheduling`` Event) — and stays Pending until something changes on the
+node (a pod leaves), which makes the scheduler retry, as the real one does on cluster events.
+Pods with ``schedulingGates`` get ``reason: SchedulingGated`` (and no Event). A bound pod gets
+the ``Scheduled`` Event.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import re
@@ -27,6 +30,7 @@ from typing import Any
 
 from .clock import Clock
 from .errors import ApiError
+from .events import record as record_event
 
 __all__ = ["Node", "Scheduler", "parse_quantity", "pod_requests", "unschedulable_reasons"]
 
@@ -147,15 +151,33 @@ def unschedulable_reasons(
     return reasons
 
 
-def _message(reasons: list[str]) -> str:
+def _preemption_helps(pod: Obj, node: Node, reasons: list[str]) -> bool:
+    """Whether evicting pods could make room (the Filter status was not Unresolvable)."""
+    if not all(r.startswith("Insufficient") or r == "Too many pods" for r in reasons):
+        return False  # node selector / taints: UnschedulableAndUnresolvable
+    # NodeResourcesFit: a request above the node's allocatable is Unresolvable too.
+    requests = pod_requests(pod.get("spec") or {})
+    return all(
+        requests.get(r.removeprefix("Insufficient "), 0.0)
+        <= parse_quantity(node.allocatable.get(r.removeprefix("Insufficient "), "0"))
+        for r in reasons
+        if r.startswith("Insufficient")
+    )
+
+
+def _message(reasons: list[str], preemption_helps: bool = True) -> str:
     counted = ", ".join(f"1 {r}" for r in sorted(reasons))
-    resource_only = all(r.startswith("Insufficient") or r == "Too many pods" for r in reasons)
     preemption = (
         "1 No preemption victims found for incoming pod"
-        if resource_only
+        if preemption_helps
         else "1 Preemption is not helpful for scheduling"
     )
-    return f"0/1 nodes are available: {counted}. preemption: 0/1 nodes are available: {preemption}."
+    # The DynamicResources PostFilter speaks first ("no new claims to deallocate" for a pod
+    # without ResourceClaims), then DefaultPreemption.
+    return (
+        f"0/1 nodes are available: {counted}. no new claims to deallocate, preemption: "
+        f"0/1 nodes are available: {preemption}."
+    )
 
 
 def _stamp(now: datetime) -> str:
@@ -245,14 +267,22 @@ class Scheduler:
                 continue
             reasons = unschedulable_reasons(pod, self.node, used, count)
             if reasons:
-                self._condition(pod, "Unschedulable", _message(reasons))
+                message = _message(reasons, _preemption_helps(pod, self.node, reasons))
+                if self._condition(pod, "Unschedulable", message):
+                    # Recorded when the verdict changes; kubesim retries far more often than
+                    # the real scheduler's backoff queue, which would only bump the count.
+                    self._event(pod, "Warning", "FailedScheduling", message)
                 continue
             if self._bind(pod):
                 count += 1
                 for name, value in pod_requests(pod["spec"]).items():
                     used[name] = used.get(name, 0.0) + value
 
-    def _condition(self, pod: Obj, reason: str, message: str) -> None:
+    def _event(self, pod: Obj, type_: str, reason: str, message: str) -> None:
+        record_event(self.store, pod, type_, reason, message, "default-scheduler")
+
+    def _condition(self, pod: Obj, reason: str, message: str) -> bool:
+        """Set ``PodScheduled=False``; True when that changed the pod."""
         now = _stamp(self.clock.now())
 
         def apply(obj: Obj) -> bool:
@@ -282,8 +312,11 @@ class Scheduler:
             )
             return True
 
-        with contextlib.suppress(ApiError):  # the pod went away meanwhile
-            self.store.mutate("pods", pod["metadata"]["namespace"], pod["metadata"]["name"], apply)
+        try:
+            meta = pod["metadata"]
+            return self.store.mutate("pods", meta["namespace"], meta["name"], apply) is not None
+        except ApiError:  # the pod went away meanwhile
+            return False
 
     def _bind(self, pod: Obj) -> bool:
         now = _stamp(self.clock.now())
@@ -312,7 +345,17 @@ class Scheduler:
             return True
 
         try:
-            self.store.mutate("pods", pod["metadata"]["namespace"], pod["metadata"]["name"], apply)
+            bound_pod = self.store.mutate(
+                "pods", pod["metadata"]["namespace"], pod["metadata"]["name"], apply
+            )
         except ApiError:
             return False
+        if bound and bound_pod is not None:
+            meta = bound_pod["metadata"]
+            self._event(
+                pod,
+                "Normal",
+                "Scheduled",
+                f"Successfully assigned {meta['namespace']}/{meta['name']} to {self.node.name}",
+            )
         return bound

@@ -210,7 +210,8 @@ def _event_fields(obj: dict[str, Any]) -> dict[str, str]:
         fields[f"involvedObject.{key}"] = _text(_get(obj, "involvedObject", key))
     fields["reason"] = _text(obj.get("reason"))
     fields["reportingComponent"] = _text(obj.get("reportingComponent"))
-    fields["source"] = _text(_get(obj, "source", "component"))
+    # The event strategy falls back to reportingComponent for events.k8s.io-made Events.
+    fields["source"] = _text(_get(obj, "source", "component") or obj.get("reportingComponent"))
     fields["type"] = _text(obj.get("type"))
     return fields
 
@@ -235,6 +236,7 @@ FIELD_GETTERS: dict[str, Callable[[dict[str, Any]], dict[str, str]]] = {
     "secrets": _secret_fields,
     "configmaps": _meta_fields,
     "namespaces": _namespace_fields,
+    "serviceaccounts": _meta_fields,
 }
 
 

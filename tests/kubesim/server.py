@@ -28,6 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from tests.kubesim import events as kevents
 from tests.kubesim import eviction, schema, tables
 from tests.kubesim import patch as patching
 from tests.kubesim import watch as watching
@@ -60,6 +61,9 @@ _CORE = re.compile(
 )
 _BATCH = re.compile(
     r"^/apis/batch/v1/(?:namespaces/(?P<ns>[^/]+)/)?(?P<res>[a-z]+)(?:/(?P<name>[^/]+)(?:/(?P<sub>[a-z]+))?)?$"
+)
+_EVENTS_V1 = re.compile(
+    r"^/apis/events\.k8s\.io/v1/(?:namespaces/(?P<ns>[^/]+)/)?(?P<res>events)(?:/(?P<name>[^/]+))?$"
 )
 _NAMESPACE_SUB = re.compile(r"^/api/v1/namespaces/(?P<name>[^/]+)/(?P<sub>status|finalize)$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -310,6 +314,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "kubesim"
     sys_version = ""
     user = ANONYMOUS
+    _events_v1 = False  # this request is served as events.k8s.io/v1 (see _route)
     # TCP_NODELAY, as the real API server's Go net/http sets on every connection. Without
     # it Nagle's algorithm holds each small response until the client's delayed ACK:
     # ~40 ms on every create/patch/delete, a latency no real cluster has (measured by
@@ -472,7 +477,18 @@ class _Handler(BaseHTTPRequestHandler):
         route = self._match(path)
         verb = self._verb(method, route, query)
         self._authorize(verb, route)
-        self._serve(method, verb, route, query, body, content_type)
+        self._events_v1 = route.info is kevents.EVENTS_V1
+        if not self._events_v1:
+            self._serve(method, verb, route, query, body, content_type)
+            return
+        # events.k8s.io/v1: the stored core Events seen through the other group (events.py).
+        try:
+            if query.get("fieldSelector"):
+                selector = kevents.v1_field_selector(query["fieldSelector"])
+                query = {**query, "fieldSelector": selector or ""}
+            self._serve(method, verb, route, query, body, content_type)
+        except ApiError as exc:
+            raise kevents.v1_error(exc) from None
 
     def _discovery(self, path: str) -> Any:
         if path in ("/healthz", "/readyz", "/livez"):
@@ -490,6 +506,7 @@ class _Handler(BaseHTTPRequestHandler):
         groups = {
             "batch": _group("batch"),
             "authorization.k8s.io": _group("authorization.k8s.io"),
+            "events.k8s.io": _group("events.k8s.io"),
         }
         if path == "/apis":
             return {"kind": "APIGroupList", "apiVersion": "v1", "groups": list(groups.values())}
@@ -507,6 +524,13 @@ class _Handler(BaseHTTPRequestHandler):
                 "apiVersion": "v1",
                 "groupVersion": "batch/v1",
                 "resources": _discovery_resources("batch"),
+            }
+        if path == "/apis/events.k8s.io/v1":
+            return {
+                "kind": "APIResourceList",
+                "apiVersion": "v1",
+                "groupVersion": "events.k8s.io/v1",
+                "resources": kevents.discovery_v1(),
             }
         if path == "/apis/authorization.k8s.io/v1":
             return {
@@ -530,6 +554,8 @@ class _Handler(BaseHTTPRequestHandler):
             if match["sub"] != "status":
                 raise _not_found_path()
             return Route(RESOURCES["namespaces"], None, match["name"], "status")
+        if match := _EVENTS_V1.match(path):
+            return Route(kevents.EVENTS_V1, match["ns"], match["name"], None)
         for pattern, group in ((_CORE, ""), (_BATCH, "batch")):
             match = pattern.match(path)
             if match is None:
@@ -788,6 +814,8 @@ class _Handler(BaseHTTPRequestHandler):
             )
             self._send_json(code, table)
             return
+        if self._events_v1 and info is not None and info.name == "events":
+            obj = kevents.core_to_v1(obj)
         self._send_json(code, obj, warnings=warnings)
 
     def _list(self, route: Route, query: dict[str, str]) -> None:
@@ -821,6 +849,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self._wants_table():
             self._send_json(200, tables.to_table(info.name, items, meta, store.now()))
             return
+        if self._events_v1:
+            items = [kevents.core_to_v1(o) for o in items]
         self._send_json(
             200,
             {
@@ -865,7 +895,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._start_chunked("application/json")
         try:
             for event in events:
-                self._chunk(json.dumps(event, separators=(",", ":")).encode() + b"\n")
+                sent = kevents.watch_event_to_v1(event) if self._events_v1 else event
+                self._chunk(json.dumps(sent, separators=(",", ":")).encode() + b"\n")
         except watching.WatchDropped:
             self._cut_connection()
             return
@@ -1019,10 +1050,16 @@ class _Handler(BaseHTTPRequestHandler):
         self, route: Route, obj: dict[str, Any], query: dict[str, str]
     ) -> tuple[dict[str, Any], list[str]]:
         name = (obj.get("metadata") or {}).get("name") or route.name or ""
+        if self._events_v1:
+            obj = kevents.v1_to_core(obj)
         outcome = schema.validate(
             route.info.name, name, obj, field_validation=query.get("fieldValidation")
         )
         warnings = list(outcome.warnings)
+        if route.info.name == "events":
+            kevents.validate(
+                kevents.normalize_core(outcome.obj), v1=self._events_v1, namespace=route.namespace
+            )
         if route.info.name == "jobs" and name and not _DNS_LABEL.match(name):
             # Job validation warns (not rejects) when the name is not a DNS label.
             warnings.append(
@@ -1140,7 +1177,9 @@ class _Handler(BaseHTTPRequestHandler):
         # Retry on conflicts the patch itself did not ask for (the patch handler does the same).
         for _ in range(5):
             current = store.get(info.name, route.namespace, name)
-            patched = patching.apply_patch(content_type, current, body)
+            patched = patching.apply_patch(
+                content_type, kevents.core_to_v1(current) if self._events_v1 else current, body
+            )
             meta = patched.setdefault("metadata", {})
             if not isinstance(meta, dict):
                 raise ApiError(422, "Invalid", "metadata must be an object")
@@ -1212,7 +1251,7 @@ class _Handler(BaseHTTPRequestHandler):
         store = self.api.store
         if options.get("dryRun"):
             obj = store.get(route.info.name, route.namespace, route.name or "")
-            self._send_json(200, obj)
+            self._send_json(200, kevents.core_to_v1(obj) if self._events_v1 else obj)
             return
         result, removed = store.delete_detailed(
             route.info.name,
@@ -1222,6 +1261,8 @@ class _Handler(BaseHTTPRequestHandler):
             propagation_policy=options.get("propagationPolicy"),
             preconditions=options.get("preconditions"),
         )
+        if self._events_v1 and result.get("kind") == "Status":
+            result["details"] = {"group": kevents.EVENTS_V1.group, **result.get("details", {})}
         self._send_json(200 if removed else 202, result)
 
     def _delete_collection(self, route: Route, query: dict[str, str], body: bytes) -> None:
@@ -1249,6 +1290,8 @@ class _Handler(BaseHTTPRequestHandler):
                     continue
                 raise
             deleted.append(item if result.get("kind") == "Status" else result)
+        if self._events_v1:
+            deleted = [kevents.core_to_v1(o) for o in deleted]
         rv = store.resource_version
         self._send_json(
             200,

@@ -84,6 +84,9 @@ RESOURCES: dict[str, ResourceInfo] = {
         ResourceInfo("events", "", "v1", "Event", True, ("ev",), "event"),
         ResourceInfo("namespaces", "", "v1", "Namespace", False, ("ns",), "namespace"),
         ResourceInfo(
+            "serviceaccounts", "", "v1", "ServiceAccount", True, ("sa",), "serviceaccount"
+        ),
+        ResourceInfo(
             "resourcequotas", "", "v1", "ResourceQuota", True, ("quota",), "resourcequota"
         ),
     )
@@ -913,10 +916,14 @@ class Store:
         if any(
             k[0] == namespace
             for r, objs in self._objects.items()
-            if r != "namespaces"
+            if r not in ("namespaces", "events")
             for k in objs
         ):
             return None
+        # Events may still be written into a terminating namespace (the kubelet's Killing while
+        # its pods wind down); the namespace controller's next pass deletes them.
+        for key in [k for k in self._objects["events"] if k[0] == namespace]:
+            self._commit("DELETED", "events", key, copy.deepcopy(self._objects["events"][key]))
         self._remove("namespaces", ns_key, ns_obj)
         return copy.deepcopy(self._last_removed)
 

@@ -59,7 +59,9 @@ def _cond(pod: dict[str, Any], ctype: str) -> dict[str, Any]:
 
 
 def _state(pod: dict[str, Any], key: str = "containerStatuses") -> dict[str, Any]:
-    return dict(pod["status"][key][0]["state"])
+    # {} until the kubelet first reports (a poll may land between the binding and that report).
+    statuses = pod["status"].get(key) or [{}]
+    return dict(statuses[0].get("state") or {})
 
 
 def test_s9_15_lifecycle_success_and_failure(core: Any, tmp_path: Any) -> None:
@@ -144,8 +146,8 @@ def test_s9_15_stuck_states_never_fail(kubesim: Kubesim, core: Any) -> None:
     )[0]
     assert (sched["status"], sched["reason"]) == ("False", "Unschedulable")
     assert sched["message"] == (
-        "0/1 nodes are available: 1 Insufficient cpu. preemption: 0/1 nodes are available: "
-        "1 No preemption victims found for incoming pod."
+        "0/1 nodes are available: 1 Insufficient cpu. no new claims to deallocate, preemption: "
+        "0/1 nodes are available: 1 Preemption is not helpful for scheduling."
     )
     for name in ("pull", "cfg", "big"):
         assert phase(_get(core, name)) == "Pending"
