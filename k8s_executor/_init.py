@@ -31,8 +31,9 @@ import signal
 import sys
 from typing import Final
 
-ENV: Final = "K8S_EXECUTOR_INIT"
-"""``1``: run as an init; ``0``: never; unset: only when the worker is PID 1."""
+from ._contract import ENV_INIT
+
+ENV: Final = ENV_INIT
 
 # Signals a kubelet, a container runtime or `kubectl exec kill` may send to stop or poke
 # the container; all are passed on to the worker. SIGCHLD is ours.

@@ -24,7 +24,7 @@ reads ``URL/fn`` and ``URL/in/3``, runs the tasks of index 3 in order, writes
     ``1`` (set by the Job manifest) or PID 1: the process forks and stays behind as the
     container's init, passing signals on and reaping orphans (``_init``); ``0``: never.
 
-Exit codes (``_exitcodes``): 0 every task succeeded; 83 the outcome is written and some
+Exit codes (``_contract``): 0 every task succeeded; 83 the outcome is written and some
 task raised (not worth a retry); 84 the index could not run at all (bad payload, version
 mismatch) and a JSON failure was written; 85 bad invocation; 86 the parent went away;
 87 the client's heartbeat stopped (``K8S_EXECUTOR_HEARTBEAT_GRACE``). Anything else (a
@@ -46,7 +46,7 @@ from typing import Any, Final, NoReturn
 
 import cloudpickle
 
-from . import _exitcodes as codes
+from . import _contract as codes
 from . import _init
 from . import _payload as wire
 from ._options import StorageRetry
@@ -68,8 +68,8 @@ def _usage(message: str) -> NoReturn:
 
 
 def _read_key() -> bytes:
-    key_hex = os.environ.get("K8S_EXECUTOR_KEY")
-    key_file = os.environ.get("K8S_EXECUTOR_KEY_FILE")
+    key_hex = os.environ.get(codes.ENV_KEY)
+    key_file = os.environ.get(codes.ENV_KEY_FILE)
     if key_hex is None and key_file:
         with open(key_file) as f:
             key_hex = f.read().strip()
@@ -242,20 +242,20 @@ def main(argv: list[str] | None = None) -> NoReturn:
         _init.become_init()
     if len(args) != 1:
         _usage("usage: python -m k8s_executor.worker BATCH_URL")
-    index_text = os.environ.get("JOB_COMPLETION_INDEX")
+    index_text = os.environ.get(codes.ENV_INDEX)
     if index_text is None or not index_text.isdigit():
         _usage(f"JOB_COMPLETION_INDEX must be a non-negative integer, got {index_text!r}")
-    parent = os.environ.get("K8S_EXECUTOR_PARENT_PID")
+    parent = os.environ.get(codes.ENV_PARENT_PID)
     if parent:
         _watch_parent(int(parent))
-    options = json.loads(os.environ.get("K8S_EXECUTOR_STORAGE_OPTIONS") or "{}")
+    options = json.loads(os.environ.get(codes.ENV_STORAGE_OPTIONS) or "{}")
     try:
-        retry = StorageRetry.from_env(os.environ.get("K8S_EXECUTOR_STORAGE_RETRY"))
+        retry = StorageRetry.from_env(os.environ.get(codes.ENV_STORAGE_RETRY))
     except ConfigError as exc:
         _usage(str(exc))
     key = _read_key()
     run = RunStore(args[0].rstrip("/").rsplit("/", 1)[0], options, retry)
-    grace = os.environ.get("K8S_EXECUTOR_HEARTBEAT_GRACE")
+    grace = os.environ.get(codes.ENV_HEARTBEAT_GRACE)
     if grace:
         _watch_heartbeat(run, float(grace))
     code = run_index(RunStore(args[0], options, retry), key, int(index_text), run)

@@ -11,25 +11,37 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from .. import _exitcodes as codes
+from .. import _contract as c
+from .._contract import (
+    ANNOTATION_OWNER,
+    ANNOTATION_STORAGE,
+    CONTAINER,
+    LABEL_BATCH,
+    LABEL_INDEX,
+    LABEL_MANAGED_BY,
+    LABEL_RUN,
+    MANAGED_BY,
+)
 from .._options import PodOptions, Resources, Scheduling, StorageRetry, Timeouts
 
-MANAGED_BY: Final = "k8s-executor"
-LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
-LABEL_RUN: Final = "k8s-executor.io/run"
-LABEL_BATCH: Final = "k8s-executor.io/batch"
-ANNOTATION_OWNER: Final = "k8s-executor.io/owner"
-ANNOTATION_STORAGE: Final = "k8s-executor.io/storage"
-"""On the run's Secret: the run's storage prefix, so that ``k8s-executor cleanup`` can
-delete what a killed client left there (a URL, never credentials)."""
-CONTAINER: Final = "worker"
+__all__ = [  # the contract's names, re-exported for the modules that build on manifests
+    "ANNOTATION_OWNER",
+    "ANNOTATION_STORAGE",
+    "CONTAINER",
+    "LABEL_BATCH",
+    "LABEL_INDEX",
+    "LABEL_MANAGED_BY",
+    "LABEL_RUN",
+    "MANAGED_BY",
+]
+
 ENTRY_KEY: Final = "key"
 ENTRY_STORAGE_OPTIONS: Final = "storage-options"
 
 # Worker exit codes: the outcome is written, or the index cannot run at all (retrying
 # would only repeat it); or the worker found its client gone (the whole Job should stop).
-EXIT_NOT_RETRIED: Final = codes.NOT_RETRIED
-EXIT_ABANDONED: Final = codes.ABANDONED
+EXIT_NOT_RETRIED: Final = c.NOT_RETRIED
+EXIT_ABANDONED: Final = c.ABANDONED
 
 
 def job_name(run_id: str, batch_id: str) -> str:
@@ -136,21 +148,21 @@ def _env(p: JobParams) -> list[dict[str, Any]]:
     secret = secret_name(p.run_id)
     env: list[dict[str, Any]] = [
         {
-            "name": "K8S_EXECUTOR_KEY",
+            "name": c.ENV_KEY,
             "valueFrom": {"secretKeyRef": {"name": secret, "key": ENTRY_KEY}},
         },
-        {"name": "K8S_EXECUTOR_HEARTBEAT_GRACE", "value": str(p.timeouts.heartbeat_grace)},
-        {"name": "K8S_EXECUTOR_STORAGE_RETRY", "value": p.storage_retry.to_env()},
+        {"name": c.ENV_HEARTBEAT_GRACE, "value": str(p.timeouts.heartbeat_grace)},
+        {"name": c.ENV_STORAGE_RETRY, "value": p.storage_retry.to_env()},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         # The worker is its container's PID 1: it runs as a small init (signals passed
         # on, orphans reaped; see worker.py). Set, not guessed from the pid, so that
         # runtimes where it is not PID 1 (shareProcessNamespace, a test kubelet) agree.
-        {"name": "K8S_EXECUTOR_INIT", "value": "1"},
+        {"name": c.ENV_INIT, "value": "1"},
     ]
     if p.storage_options_in_secret:
         env.append(
             {
-                "name": "K8S_EXECUTOR_STORAGE_OPTIONS",
+                "name": c.ENV_STORAGE_OPTIONS,
                 "valueFrom": {"secretKeyRef": {"name": secret, "key": ENTRY_STORAGE_OPTIONS}},
             }
         )

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._contract import LABEL_INDEX
 from . import _manifest as m
 from ._base import IndexExit
 
@@ -29,7 +30,7 @@ IMAGE_REASONS = frozenset(
     {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
 )
 CONFIG_REASONS = frozenset({"CreateContainerConfigError", "CreateContainerError"})
-INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
+INDEX_LABEL = LABEL_INDEX
 
 
 @dataclass(frozen=True)

@@ -727,7 +727,7 @@ class KubernetesBackend:
         meta = pod.get("metadata") or {}
         name = str(meta.get("name"))
         labels = meta.get("labels") or {}
-        index = labels.get("batch.kubernetes.io/job-completion-index", "?")
+        index = labels.get(m.LABEL_INDEX, "?")
         prefix = f"[{labels.get(m.LABEL_BATCH, '?')}/{index}] "
         with self._lock:
             if name in self._log_threads or self._stop.is_set():

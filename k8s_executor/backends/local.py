@@ -18,6 +18,7 @@ import threading
 from collections.abc import Collection
 from dataclasses import dataclass
 
+from .. import _contract as c
 from ..errors import ConfigError
 from ._base import IndexExit, LaunchSpec, Listener, RunContext
 
@@ -134,12 +135,14 @@ class LocalBackend:
         spec = item.spec
         env = dict(os.environ)
         env.update(
-            JOB_COMPLETION_INDEX=str(item.index),
-            K8S_EXECUTOR_KEY=spec.key.hex(),
-            K8S_EXECUTOR_STORAGE_OPTIONS=json.dumps(dict(spec.storage_options)),
-            K8S_EXECUTOR_STORAGE_RETRY=spec.storage_retry.to_env(),
-            K8S_EXECUTOR_PARENT_PID=str(os.getpid()),
-            PYTHONPATH=_python_path(),
+            {
+                c.ENV_INDEX: str(item.index),
+                c.ENV_KEY: spec.key.hex(),
+                c.ENV_STORAGE_OPTIONS: json.dumps(dict(spec.storage_options)),
+                c.ENV_STORAGE_RETRY: spec.storage_retry.to_env(),
+                c.ENV_PARENT_PID: str(os.getpid()),
+                "PYTHONPATH": _python_path(),
+            }
         )
         with self._cond:
             killed = self._killed

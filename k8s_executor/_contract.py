@@ -1,0 +1,60 @@
+"""The worker's contract, in one place: what the client, the Job manifest and the worker
+must agree on (exit codes, environment variable names, label and annotation keys).
+
+The exit codes sit in a range user code rarely passes to ``os._exit`` (3 or 7 would be
+plausible), because the pod failure policy acts on them: a user's own exit code must not
+be taken for "outcome written, do not retry" or, worse, "client gone, fail the whole Job".
+
+Imported by the worker: standard library only.
+"""
+
+from typing import Final
+
+# -- exit codes of ``python -m k8s_executor.worker`` -----------------------------------------
+
+OK: Final = 0
+"""Every task succeeded; the outcome is written."""
+TASK_FAILED: Final = 83
+"""The outcome is written and some task raised: retrying would only repeat it."""
+INDEX_FAILED: Final = 84
+"""The index could not run at all (bad payload, version mismatch); a JSON failure is written."""
+USAGE: Final = 85
+"""The worker was invoked wrongly (missing index or key)."""
+ORPHANED: Final = 86
+"""Local backend: the client process that started the worker is gone."""
+ABANDONED: Final = 87
+"""The client's heartbeat stopped: the run is abandoned, its Job should fail."""
+
+NOT_RETRIED: Final = (TASK_FAILED, INDEX_FAILED, USAGE)
+
+# -- the worker's environment --------------------------------------------------------------
+
+ENV_INDEX: Final = "JOB_COMPLETION_INDEX"
+"""The index to run (set by the Kubernetes Job controller, or by the local backend)."""
+ENV_KEY: Final = "K8S_EXECUTOR_KEY"
+"""The run's signing key in hex (from the run Secret on Kubernetes)."""
+ENV_KEY_FILE: Final = "K8S_EXECUTOR_KEY_FILE"
+"""A file holding the key instead."""
+ENV_STORAGE_OPTIONS: Final = "K8S_EXECUTOR_STORAGE_OPTIONS"
+"""JSON object of fsspec storage options (also read by the client, as a default)."""
+ENV_STORAGE_RETRY: Final = "K8S_EXECUTOR_STORAGE_RETRY"
+"""JSON of the executor's ``StorageRetry``."""
+ENV_PARENT_PID: Final = "K8S_EXECUTOR_PARENT_PID"
+"""Local backend: the worker exits when this process is no longer its parent."""
+ENV_HEARTBEAT_GRACE: Final = "K8S_EXECUTOR_HEARTBEAT_GRACE"
+"""Seconds without a client heartbeat after which the worker gives up (exit ABANDONED)."""
+ENV_INIT: Final = "K8S_EXECUTOR_INIT"
+"""``1``: run as the container's init; ``0``: never; unset: only as PID 1 (``_init``)."""
+
+# -- labels and annotations on Jobs, pods and Secrets -----------------------------------------
+
+MANAGED_BY: Final = "k8s-executor"
+LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+LABEL_RUN: Final = "k8s-executor.io/run"
+LABEL_BATCH: Final = "k8s-executor.io/batch"
+ANNOTATION_OWNER: Final = "k8s-executor.io/owner"
+ANNOTATION_STORAGE: Final = "k8s-executor.io/storage"
+LABEL_INDEX: Final = "batch.kubernetes.io/job-completion-index"
+"""Set by the Job controller on every pod of an Indexed Job (label and annotation)."""
+CONTAINER: Final = "worker"
+"""The name of the worker's container in every pod."""
