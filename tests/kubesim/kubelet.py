@@ -1137,7 +1137,12 @@ class Kubelet:
             if run.init:
                 status["initContainerStatuses"] = [self._container_status(c) for c in run.init]
             status["containerStatuses"] = [self._container_status(c) for c in run.containers]
-            reason = "PodCompleted" if terminal else "ContainersNotReady"
+            # The kubelet's reason for a terminal pod: PodFailed when it failed (as the
+            # real-cluster traces show), PodCompleted when it succeeded.
+            if terminal:
+                reason = "PodFailed" if run.phase == "Failed" else "PodCompleted"
+            else:
+                reason = "ContainersNotReady"
             message = (
                 None if terminal else f"containers with unready status: [{' '.join(not_ready)}]"
             )
