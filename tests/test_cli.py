@@ -271,7 +271,7 @@ def test_doctor_refused_credentials(
 def test_a_check_that_hangs_fails_at_its_deadline() -> None:
     stuck = threading.Event()
     try:
-        status, text = cli._bounded(lambda: str(stuck.wait(30)), 0.2)
+        status, text = cli.doctor.bounded(lambda: str(stuck.wait(30)), 0.2)
     finally:
         stuck.set()  # let the check's thread end
     assert (status, text) == ("fail", "no answer within 0.2s")

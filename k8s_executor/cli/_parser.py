@@ -1,0 +1,197 @@
+"""The command line's arguments: every subcommand, option and default (docs/cli.md)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from datetime import timedelta
+
+_DURATION = re.compile(r"^(\d+)([smhd])$")
+
+
+def _duration(text: str) -> timedelta:
+    match = _DURATION.match(text)
+    if not match:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30m, 2h or 7d")
+    unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[match.group(2)]
+    return timedelta(**{unit: int(match.group(1))})
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds > 0")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every subcommand and option (``--help`` shows them)."""
+    parser = argparse.ArgumentParser(
+        prog="k8s-executor",
+        description="Check the setup, look at k8s_executor runs and their logs, clean up.",
+        epilog="Exit codes: 0 done, 1 a failure (or a failed doctor check, or no such run), "
+        "2 bad usage.",
+    )
+    cluster = argparse.ArgumentParser(add_help=False)
+    cluster.add_argument("--kubeconfig", help="kubeconfig file (default: KUBECONFIG)")
+    cluster.add_argument("--context", help="kubeconfig context (default: current)")
+    cluster.add_argument("-n", "--namespace", help="namespace (default: the context's)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    doctor = sub.add_parser(
+        "doctor",
+        parents=[cluster],
+        help="check what a first run needs: cluster, namespace, permissions, storage, "
+        "registry, podman, base image Python",
+        description="Check, in order, what a first run needs, one line per check: "
+        "✓ passed, ✗ failed (with the fix), or skipped (and why). Exit code 0 when every "
+        "check that ran passed, 1 otherwise.",
+    )
+    doctor.add_argument(
+        "--storage",
+        default=os.environ.get("K8S_EXECUTOR_STORAGE"),
+        help="fsspec URL or path runs store their data under (default: K8S_EXECUTOR_STORAGE); "
+        "a probe object is written, read back and deleted there",
+    )
+    doctor.add_argument(
+        "--registry",
+        default=os.environ.get("K8S_EXECUTOR_REGISTRY"),
+        help="host[:port]/namespace environment images are pushed to "
+        "(default: K8S_EXECUTOR_REGISTRY)",
+    )
+    doctor.add_argument("--repository", default="k8s-executor-env", help="repository name")
+    doctor.add_argument(
+        "--image",
+        default=os.environ.get("K8S_EXECUTOR_IMAGE"),
+        help="an image pods run as is (default: K8S_EXECUTOR_IMAGE); with one, nothing is "
+        "built here and the registry, podman and base Python checks are skipped",
+    )
+    doctor.add_argument(
+        "--base-image",
+        default=os.environ.get("K8S_EXECUTOR_BASE_IMAGE"),
+        help="image the environment image is built on (default: K8S_EXECUTOR_BASE_IMAGE or "
+        "python:X.Y-slim)",
+    )
+    doctor.add_argument(
+        "--podman-url",
+        help="podman's REST service, needed for a base image in podman's store "
+        "(default: CONTAINER_HOST or the standard socket)",
+    )
+    doctor.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="how long to wait for each answer (default: 5)",
+    )
+    doctor.add_argument(
+        "--pod",
+        action="store_true",
+        help="also run one worker pod, as a first run would (one Indexed Job of one "
+        "index, with the executor's settings from the environment): it writes, reads "
+        "back and deletes an object in the storage, and says what it saw",
+    )
+    doctor.add_argument(
+        "--pod-timeout",
+        type=_seconds,
+        default=300.0,
+        metavar="SECONDS",
+        help="how long the pod may take to start and answer (default: 300)",
+    )
+
+    sub.add_parser("ls", parents=[cluster], help="list runs and their Jobs")
+
+    logs = sub.add_parser(
+        "logs",
+        parents=[cluster],
+        help="print a task's log, or list a run's indexes",
+        description="Without INDEX: list the run's indexes with their state, attempts and "
+        "pod. With INDEX (N, or BATCH/N as in `b00001/3` when the run has several batches): "
+        "print the log of its latest attempt (earlier attempts are noted on stderr). Logs "
+        "exist while the run's pods do: an executor deletes them when it shuts down.",
+    )
+    logs.add_argument("run", metavar="RUN", help="run id (`k8s-executor ls` lists them)")
+    logs.add_argument("index", metavar="INDEX", nargs="?", help="N or BATCH/N")
+    logs.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="keep printing while the task runs (waits for it to start); needs INDEX",
+    )
+    logs.add_argument(
+        "--all",
+        action="store_true",
+        help="print the log of every index, each line prefixed with [batch/index]",
+    )
+    logs.add_argument(
+        "--attempt",
+        type=int,
+        metavar="N",
+        help="the Nth attempt (1 = first) instead of the latest",
+    )
+    logs.add_argument("--tail", type=int, metavar="LINES", help="only the last LINES lines")
+
+    cleanup = sub.add_parser(
+        "cleanup",
+        parents=[cluster],
+        help="delete runs' Jobs, pods and Secrets (dry run unless --yes)",
+    )
+    cleanup.add_argument("runs", nargs="*", metavar="RUN", help="run ids to delete")
+    cleanup.add_argument(
+        "--older-than", type=_duration, metavar="AGE", help="every run older than AGE (2h, 1d)"
+    )
+    cleanup.add_argument("--all-mine", action="store_true", help="every run started by this user")
+    cleanup.add_argument(
+        "--finished", action="store_true", help="only runs whose Jobs have all finished"
+    )
+    cleanup.add_argument("--yes", action="store_true", help="delete (default: only show)")
+    cleanup.add_argument(
+        "--keep-storage",
+        action="store_true",
+        help="leave the runs' storage prefixes (default: delete them too, with this "
+        "machine's credentials)",
+    )
+    cleanup.add_argument(
+        "--storage-options",
+        metavar="JSON",
+        help='fsspec options to open the storage, e.g. \'{"profile": "team"}\' '
+        "(default: credentials from the environment)",
+    )
+
+    build = sub.add_parser(
+        "build", help="snapshot this virtualenv into an image and push it (if changed)"
+    )
+    build.add_argument(
+        "--registry",
+        default=os.environ.get("K8S_EXECUTOR_REGISTRY"),
+        help="host[:port]/namespace to push to (default: K8S_EXECUTOR_REGISTRY)",
+    )
+    build.add_argument(
+        "--base-image",
+        default=os.environ.get("K8S_EXECUTOR_BASE_IMAGE"),
+        help="image to build on (default: K8S_EXECUTOR_BASE_IMAGE or python:X.Y-slim)",
+    )
+    build.add_argument("--repository", default="k8s-executor-env", help="repository name")
+    build.add_argument(
+        "--push",
+        choices=("oci", "podman"),
+        default=None,
+        help="oci: upload changed layers to the registry directly (fast); podman: load the "
+        "image into podman and let it push, for registries only podman's configuration "
+        "reaches (default: K8S_EXECUTOR_IMAGE_PUSH, else oci)",
+    )
+    build.add_argument(
+        "--platform",
+        default=os.environ.get("K8S_EXECUTOR_PLATFORM"),
+        help="the cluster nodes' os/arch: linux/amd64 or linux/arm64 (default: "
+        "K8S_EXECUTOR_PLATFORM, else this machine's on Linux, linux/amd64 elsewhere)",
+    )
+
+    rbac = sub.add_parser("rbac", help="print the Role and RoleBinding the executor needs")
+    rbac.add_argument("-n", "--namespace", default="default")
+    rbac.add_argument("--service-account", default="k8s-executor")
+    return parser

@@ -1,0 +1,120 @@
+"""``k8s-executor ls`` and ``cleanup``: the runs in a namespace, and deleting them."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import sys
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+from ..errors import K8sExecutorError
+from ._text import count, print_table
+
+if TYPE_CHECKING:
+    from ..backends.kubernetes import Cluster
+
+
+def _age(created: str, now: datetime) -> timedelta:
+    try:
+        when = datetime.fromisoformat(created.replace("Z", "+00:00"))
+    except ValueError:
+        return timedelta(0)
+    return now - when
+
+
+def _human(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "m")):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def ls(cluster: Cluster) -> int:
+    """``k8s-executor ls``: one line per run in the namespace."""
+    runs = cluster.runs()
+    if not runs:
+        print(f"no runs in namespace {cluster.namespace}")
+        return 0
+    now = datetime.now(UTC)
+    rows = [("RUN", "AGE", "OWNER", "JOBS", "RUNNING", "SUCCEEDED", "FAILED", "STATE")]
+    for r in runs:
+        state = "finished" if r.finished else "running"
+        rows.append(
+            (r.run_id, _human(_age(r.created, now)), r.owner or "?", str(r.jobs),
+             str(r.active), str(r.succeeded), str(r.failed), state)
+        )  # fmt: skip
+    print_table(rows)
+    return 0
+
+
+def cleanup(cluster: Cluster, args: argparse.Namespace) -> int:
+    """``k8s-executor cleanup``: delete (or, without ``--yes``, list) the chosen runs."""
+    if not (args.runs or args.older_than or args.all_mine):
+        print("k8s-executor cleanup: name runs, or use --older-than or --all-mine", file=sys.stderr)
+        return 2
+    now = datetime.now(UTC)
+    me = getpass.getuser()
+    chosen = []
+    for run in cluster.runs():
+        if args.runs and run.run_id not in args.runs:
+            continue
+        if args.older_than and _age(run.created, now) < args.older_than:
+            continue
+        if args.all_mine and run.owner.split("@")[0] != me:
+            continue
+        if args.finished and not run.finished:
+            continue
+        chosen.append(run)
+    missing = set(args.runs) - {r.run_id for r in chosen}
+    for run_id in sorted(missing):
+        print(f"{run_id}: no such run in namespace {cluster.namespace} (or filtered out)")
+    failed = False
+    for run in chosen:
+        storage = "" if args.keep_storage else run.storage
+        if not args.yes:
+            also = f" and storage {storage}" if storage else ""
+            print(
+                f"would delete run {run.run_id} ({count(run.jobs, 'Job')}, owner "
+                f"{run.owner or '?'})" + also
+            )
+            continue
+        jobs, secrets = cluster.delete_run(run.run_id)
+        print(
+            f"deleted run {run.run_id}: {count(len(jobs), 'Job')} (and their pods), "
+            f"{count(len(secrets), 'Secret')}"
+        )
+        if storage:
+            failed |= not _delete_storage(run.run_id, storage, args.storage_options)
+    if chosen and not args.yes:
+        print("dry run: add --yes to delete")
+    return 1 if failed else 0
+
+
+def _delete_storage(run_id: str, url: str, options_json: str | None) -> bool:
+    """Delete a run's storage prefix (what a killed client left); False on failure."""
+    import json
+
+    from .._store import RunStore
+
+    # The URL comes from an annotation anyone allowed to edit Secrets could change:
+    # delete only what is shaped like a run prefix, <storage>/<run-id>.
+    if url.rstrip("/").rsplit("/", 1)[-1] != run_id:
+        print(
+            f"  not deleting storage {url!r}: it does not end with the run id {run_id}",
+            file=sys.stderr,
+        )
+        return False
+    try:
+        options = json.loads(options_json) if options_json else {}
+        RunStore(url, options).delete_all()
+    except (K8sExecutorError, ValueError) as exc:
+        print(
+            f"  could not delete storage {url}: {exc} (this machine needs credentials for "
+            "it: the environment's, or --storage-options JSON)",
+            file=sys.stderr,
+        )
+        return False
+    print(f"  deleted storage {url}")
+    return True
