@@ -259,6 +259,7 @@ class _PodRun:
         self.phase = "Pending"
         self.start_time: str | None = None
         self.initialized = not self.init
+        self.sandbox_ready = False  # PodReadyToStartContainers: False until the first start
         self.thread: threading.Thread | None = None
         self.config_changed = False
         self.done = False
@@ -647,6 +648,10 @@ class Kubelet:
     def _run_pod_inner(self, run: _PodRun) -> None:
         run.dir.mkdir(parents=True, exist_ok=True)
         run.start_time = _stamp(self.clock.now())
+        # The real kubelet reports the pod before its sandbox is up, then again once it is
+        # (PodReadyToStartContainers False, then True), before pulling any image.
+        self._publish(run)
+        run.sandbox_ready = True
         self._publish(run)
         # 1. images
         for c in run.all_containers():
@@ -1146,13 +1151,18 @@ class Kubelet:
             message = (
                 None if terminal else f"containers with unready status: [{' '.join(not_ready)}]"
             )
-            _set_condition(pod, "PodReadyToStartContainers", "False" if terminal else "True", now)
+            sandbox = run.sandbox_ready and not terminal
+            _set_condition(pod, "PodReadyToStartContainers", "True" if sandbox else "False", now)
+            initialized_reason: str | None = "ContainersNotInitialized"
+            if run.initialized:
+                # As the real kubelet: PodCompleted once the pod succeeded, no reason before.
+                initialized_reason = "PodCompleted" if run.phase == "Succeeded" else None
             _set_condition(
                 pod,
                 "Initialized",
                 "True" if run.initialized else "False",
                 now,
-                None if run.initialized else "ContainersNotInitialized",
+                initialized_reason,
                 None
                 if run.initialized
                 else "containers with incomplete status: "

@@ -8,11 +8,13 @@ A trace is what ``tests/kubesim/recorder.py`` writes, one JSON object a line (th
     {"t": 3.0, "watch": "pods", "error": "..."}          # a broken watch, resumed
 
 :func:`summarize` keeps what a cluster must get right and drops what only depends on timing,
-names or the machine: the Job's condition transitions and final status counters; per
-completion index, each pod attempt (phases, container waiting reasons, termination, disruption,
-tracking finalizer) and the order of the attempts' milestones; the Event reasons per kind of
-involved object. :func:`facts` flattens a summary into ``{"dotted.key": value}``, and
-:func:`differences` lists the keys on which two summaries disagree.
+names or the machine: the Job's condition transitions (and messages), its startTime coming
+and going, its final status counters; per completion index, each pod attempt (what the Job
+controller wrote into it, phases, container waiting reasons, termination and its message,
+pod conditions and the Ready reasons in order, disruption, tracking finalizer) and the order
+of the attempts' milestones; the Event reasons (and types) per kind of involved object.
+:func:`facts` flattens a summary into ``{"dotted.key": value}``, and :func:`differences`
+lists the keys on which two summaries disagree.
 
 :func:`scenario_from_trace` rebuilds the scenario that produced a trace: the Job as the user
 sent it (server-set fields stripped), the timed actions and the duration.
@@ -124,6 +126,7 @@ class Attempt:
     terminated: dict[str, tuple[str, int]] = field(default_factory=dict)
     messages: dict[str, str] = field(default_factory=dict)
     ready: list[str] = field(default_factory=list)
+    conditions: set[str] = field(default_factory=set)
     reason: str | None = None
     disruption: str | None = None
     not_scheduled: str | None = None
@@ -276,6 +279,10 @@ class _PodTracker:
                 attempt.messages[str(cs.get("name"))] = str(terminated.get("message") or "")
         if status.get("reason") and attempt.reason is None:
             attempt.reason = str(status["reason"])
+        for cond in status.get("conditions") or []:
+            attempt.conditions.add(
+                f"{cond.get('type')}={cond.get('status')}/{cond.get('reason') or ''}"
+            )
         ready = _condition(pod, "Ready")
         if ready is not None:
             entry = f"{ready.get('status')}/{ready.get('reason') or ''}"
@@ -374,6 +381,7 @@ def facts(summary: Summary) -> dict[str, Any]:
             }
             result[f"{prefix}.termination_messages"] = dict(sorted(attempt.messages.items()))
             result[f"{prefix}.ready"] = list(attempt.ready)
+            result[f"{prefix}.conditions"] = sorted(attempt.conditions)
             result[f"{prefix}.reason"] = attempt.reason
             result[f"{prefix}.disruption"] = attempt.disruption
             result[f"{prefix}.not_scheduled"] = attempt.not_scheduled
