@@ -74,7 +74,7 @@ def test_slots_freed_while_the_waiting_job_is_created_resume_it(
         first = ex.submit(helpers.touch_then_wait, str(started), str(release))
         helpers.wait_for(first.running, 60, "the first call to run")
         backend: Any = ex._backend
-        create = backend._batch.create_namespaced_job
+        create = backend._api.batch.create_namespaced_job
 
         def create_after_the_slot_is_freed(*args: Any, **kwargs: Any) -> Any:
             release.touch()
@@ -83,7 +83,9 @@ def test_slots_freed_while_the_waiting_job_is_created_resume_it(
             )
             return create(*args, **kwargs)
 
-        monkeypatch.setattr(backend._batch, "create_namespaced_job", create_after_the_slot_is_freed)
+        monkeypatch.setattr(
+            backend._api.batch, "create_namespaced_job", create_after_the_slot_is_freed
+        )
         second = ex.submit(helpers.square, 7)
         assert first.result(timeout=60) > 0
         assert second.result(timeout=60) == 49

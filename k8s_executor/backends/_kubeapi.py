@@ -1,0 +1,562 @@
+"""The Kubernetes API boundary: the only module that imports ``kubernetes``.
+
+Everything the executor and the admin side (``k8s-executor``) ask of the API server goes
+through :class:`KubeApi`: connecting (a kubeconfig or the pod's service account), calls
+with a retry policy passed in (:class:`Retry`), listing, watching (list, then a watch
+resumed from the last ``resourceVersion``, relisting after ``410 Gone``), log streams and
+deletes. Every request carries a (connect, read) timeout, and a stream that is not read to
+its end is closed, never handed back to the connection pool.
+
+Foreign errors (``ApiException``, urllib3's ``HTTPError``, the client's config errors) are
+translated here, in one table (:func:`translate`), into :class:`~k8s_executor.errors.ClusterError`
+or :class:`~k8s_executor.errors.ConfigError` with what happened and what to do, ``from``
+the original.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from .._cluster import config_source
+from ..errors import ClusterError, ConfigError
+
+__all__ = ["ONCE", "RBAC_RULES", "RETRY", "KubeApi", "LogStream", "Retry", "translate"]
+
+T = TypeVar("T")
+
+# What the executor needs to be allowed to do in its namespace (for error messages and
+# `k8s-executor rbac`).
+RBAC_RULES = (
+    ("batch", "jobs", ("create", "get", "list", "watch", "delete", "patch")),
+    ("", "pods", ("get", "list", "watch", "delete")),
+    ("", "pods/log", ("get",)),
+    ("", "secrets", ("create", "get", "list", "delete")),
+)
+_RBAC_TEXT = "; ".join(
+    f"{', '.join(verbs)} on {resource}{'.' + group if group else ''}"
+    for group, resource, verbs in RBAC_RULES
+)
+_RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+WATCH_SECONDS = 240
+"""A watch's ``timeoutSeconds``: below every apiserver's --min-request-timeout."""
+REQUEST_TIMEOUT = (10.0, 30.0)
+"""(connect, read) seconds of every request. A read timeout is retried like a dropped
+connection; a watch's read bound is its own timeoutSeconds plus slack."""
+FOLLOW_TIMEOUT = (10.0, 24 * 3600.0)
+"""A log follow may see nothing for hours (a silent task): its read bound is a day, the
+default Job deadline. (The client refuses None for "no read timeout".)"""
+
+
+@dataclass(frozen=True)
+class Retry:
+    """How :meth:`KubeApi.call` retries: overload and server errors (429, 5xx, honouring
+    ``Retry-After``) up to ``attempts`` tries with exponential backoff and full jitter;
+    an unreachable server only ``unreachable_attempts`` times (then the user is told at
+    once rather than after a minute of backoff)."""
+
+    attempts: int = 8
+    first_delay: float = 0.2
+    max_delay: float = 10.0
+    unreachable_attempts: int = 4
+
+
+RETRY = Retry()
+"""The executor's default: rides out a few seconds of throttling or a restarting server."""
+ONCE = Retry(attempts=1, unreachable_attempts=1)
+"""One try: for ``doctor`` and other checks that must answer quickly."""
+
+
+class KubeApi:
+    """A connection to one namespace of one cluster."""
+
+    def __init__(
+        self,
+        client: Any,
+        namespace: str,
+        *,
+        kubeconfig: str | None = None,
+        context: str | None = None,
+    ) -> None:
+        from kubernetes import client as k8s
+
+        self.client = client
+        self.namespace = namespace
+        self.kubeconfig = kubeconfig
+        self.context = context
+        self.core: Any = k8s.CoreV1Api(client)
+        self.batch: Any = k8s.BatchV1Api(client)
+        self._streams: set[Any] = set()
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+
+    @classmethod
+    def connect(
+        cls,
+        kubeconfig: str | None = None,
+        context: str | None = None,
+        namespace: str | None = None,
+    ) -> KubeApi:
+        """Connect with a kubeconfig (``kubeconfig``/``context``, ``KUBECONFIG``,
+        ``~/.kube/config``) or, inside a pod, its service account.
+
+        Raises:
+            ConfigError: no usable configuration, saying where it looked and what to set.
+        """
+        # Imported here: `import k8s_executor` must not import kubernetes.
+        from kubernetes import client, config
+
+        in_cluster = config_source(kubeconfig, context) == "in-cluster"
+        try:
+            if in_cluster:
+                configuration = client.Configuration()
+                config.load_incluster_config(client_configuration=configuration)
+                api = client.ApiClient(configuration)
+                if namespace is None:
+                    with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as f:
+                        namespace = f.read().strip()
+            else:
+                api = config.new_client_from_config(config_file=kubeconfig, context=context)
+                if namespace is None:
+                    namespace = _context_namespace(kubeconfig, context)
+        except (config.ConfigException, FileNotFoundError, TypeError) as exc:
+            detail = str(exc).rstrip(".")
+            if in_cluster:
+                found = (
+                    "KUBERNETES_SERVICE_HOST is set but the in-cluster configuration is not "
+                    f"usable ({detail}; is a service account token mounted in this pod?)"
+                )
+            else:
+                where = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+                found = f"no usable Kubernetes configuration in {where} ({detail})"
+            raise ConfigError(
+                f"{found}. Point KUBECONFIG (or kubeconfig=) at a kubeconfig file, pick a "
+                "context with context=, or run inside a pod (the quickstart shows how to "
+                "make a kind or k3d cluster to try on); to run without a cluster, pass "
+                "backend='local'"
+            ) from exc
+        return cls(api, namespace, kubeconfig=kubeconfig, context=context)
+
+    # -- facts about the connection ---------------------------------------------------------
+
+    @property
+    def host(self) -> str:
+        """The API server's URL."""
+        return str(getattr(getattr(self.client, "configuration", None), "host", "?"))
+
+    def context_name(self) -> str | None:
+        """The kubeconfig context in use (None when there is none, e.g. inside a pod)."""
+        from kubernetes import config
+
+        if self.context is not None:
+            return self.context
+        try:
+            _, active = config.list_kube_config_contexts(config_file=self.kubeconfig)
+        except (config.ConfigException, OSError, TypeError):
+            return None
+        name = (active or {}).get("name")
+        return str(name) if name else None
+
+    def version_api(self) -> Any:
+        """``VersionApi`` of this connection."""
+        from kubernetes import client
+
+        return client.VersionApi(self.client)
+
+    def authorization_api(self) -> Any:
+        """``AuthorizationV1Api`` of this connection."""
+        from kubernetes import client
+
+        return client.AuthorizationV1Api(self.client)
+
+    # -- calls ------------------------------------------------------------------------------
+
+    def call(
+        self,
+        what: str,
+        fn: Callable[..., T],
+        *args: Any,
+        retry: Retry = RETRY,
+        deadline: float | None = None,
+        stop: threading.Event | None = None,
+        **kwargs: Any,
+    ) -> T:
+        """``fn(*args, **kwargs)``, retried by ``retry``; errors translated (``what`` is
+        what the message says could not be done, e.g. ``"create Job k8sx-..."``).
+
+        Every try is bounded by :data:`REQUEST_TIMEOUT` unless ``_request_timeout`` is
+        passed. ``deadline`` (monotonic) also bounds the retries; ``stop``, once set,
+        cuts the backoff waits short (the caller is shutting down).
+
+        Raises:
+            ClusterError: refused, or still failing after the retries.
+        """
+        from kubernetes.client.exceptions import ApiException
+        from urllib3.exceptions import HTTPError
+
+        kwargs.setdefault("_request_timeout", REQUEST_TIMEOUT)
+        delay = retry.first_delay
+        for attempt in range(1, retry.attempts + 1):
+            last = attempt == retry.attempts or (
+                deadline is not None and time.monotonic() >= deadline
+            )
+            try:
+                return fn(*args, **kwargs)
+            except ApiException as exc:
+                if exc.status not in _RETRY_STATUSES or last:
+                    raise self.translate(what, exc) from exc
+                retry_after = (exc.headers or {}).get("Retry-After")
+                wait = float(retry_after) if retry_after and retry_after.isdigit() else delay
+            except HTTPError as exc:
+                if attempt >= retry.unreachable_attempts or last:
+                    raise self.translate(what, exc) from exc
+                wait = delay
+            # Full jitter: many clients backing off together should not return together.
+            pause = random.uniform(wait / 2, wait)
+            if deadline is not None:
+                pause = max(0.0, min(pause, deadline - time.monotonic()))
+            if stop is not None and deadline is None:
+                stop.wait(pause)
+            else:
+                threading.Event().wait(pause)
+            delay = min(delay * 2, retry.max_delay)
+        raise AssertionError("unreachable")
+
+    def read_json(
+        self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> dict[str, Any]:
+        """A call whose answer is parsed as JSON (no models: faster, and exact)."""
+        resp = self.call(what, fn, *args, _preload_content=False, **kwargs)
+        try:
+            data: dict[str, Any] = json.loads(resp.data)
+        finally:
+            resp.release_conn()
+        return data
+
+    def list(
+        self, what: str, fn: Callable[..., Any], selector: str, **kwargs: Any
+    ) -> list[dict[str, Any]]:
+        """The items of a namespaced list with a label selector."""
+        listing = self.read_json(what, fn, self.namespace, label_selector=selector, **kwargs)
+        return list(listing.get("items") or [])
+
+    def delete(
+        self,
+        kind: str,
+        fn: Callable[..., Any],
+        name: str,
+        *,
+        retry: Retry = RETRY,
+        deadline: float | None = None,
+    ) -> ClusterError | None:
+        """Delete a namespaced object (its dependents in the background: ``batch/v1``
+        Jobs default to ``Orphan``, which would leave their pods running).
+
+        Returns None when it is deleted or already gone, else the error (the caller says
+        what is left and how to remove it).
+        """
+        try:
+            self.call(
+                f"delete {kind} {name}",
+                fn,
+                name,
+                self.namespace,
+                propagation_policy="Background",
+                retry=retry,
+                deadline=deadline,
+            )
+        except ClusterError as exc:
+            return None if exc.status == 404 else exc
+        return None
+
+    # -- streams ----------------------------------------------------------------------------
+
+    def watch(
+        self,
+        list_fn: Callable[..., Any],
+        selector: str,
+        handle: Callable[[str, dict[str, Any]], None],
+        stop: threading.Event,
+    ) -> None:
+        """List, then watch from the list's resourceVersion, until ``stop`` is set;
+        relist after 410 Gone; back off on overload and dropped connections.
+
+        ``handle(event_type, object)`` gets every object (listed ones as ``ADDED``).
+
+        Raises:
+            ClusterError: the watch is refused (401/403): waiting will not help.
+        """
+        what = f"watch the run's {list_fn.__name__.removeprefix('list_namespaced_')}s"
+        rv: str | None = None
+        delay = 0.2
+        while not stop.is_set():
+            try:
+                if rv is None:
+                    listing = self.read_json(
+                        what, list_fn, self.namespace, label_selector=selector, stop=stop
+                    )
+                    rv = listing["metadata"]["resourceVersion"]
+                    for item in listing.get("items") or []:
+                        handle("ADDED", item)
+                for event in self._stream(list_fn, selector, rv, stop):
+                    kind = event.get("type")
+                    obj = event.get("object") or {}
+                    if kind == "ERROR":
+                        code = obj.get("code")
+                        if code == 410:
+                            rv = None  # history compacted: relist
+                            break
+                        # E.g. 504 "Too large resource version" from a lagging watch
+                        # cache: resume from the same version after a pause.
+                        raise _WatchError(code, obj.get("message"))
+                    rv = (obj.get("metadata") or {}).get("resourceVersion") or rv
+                    if kind != "BOOKMARK":
+                        handle(str(kind), obj)
+                delay = 0.2
+            except Exception as exc:
+                if stop.is_set():
+                    return
+                status = getattr(exc, "status", None)
+                if status in (401, 403):
+                    if isinstance(exc, ClusterError):
+                        raise
+                    raise self.translate(what, exc) from exc
+                if status == 410:
+                    rv = None
+                # Overload, a dropped connection, a restarting apiserver: wait, resume.
+                stop.wait(random.uniform(delay / 2, delay))
+                delay = min(delay * 2, 10.0)
+
+    def _stream(
+        self, list_fn: Callable[..., Any], selector: str, rv: str, stop: threading.Event
+    ) -> Iterator[dict[str, Any]]:
+        # Hand-rolled instead of kubernetes.watch.Watch: with deserialize=False that class
+        # fails on ERROR events (it reads a key only set when deserializing), and parsing
+        # into models is wasted work here.
+        from kubernetes.watch.watch import iter_resp_lines
+
+        resp = list_fn(
+            self.namespace,
+            label_selector=selector,
+            watch=True,
+            resource_version=rv,
+            allow_watch_bookmarks=True,
+            timeout_seconds=WATCH_SECONDS,
+            _preload_content=False,
+            _request_timeout=(REQUEST_TIMEOUT[0], WATCH_SECONDS + 30),
+        )
+        with self._lock:
+            self._streams.add(resp)
+        ended = False
+        try:
+            if stop.is_set() or self._closed.is_set():
+                return
+            for line in iter_resp_lines(resp):
+                if line:
+                    yield json.loads(line)
+            ended = True
+        finally:
+            with self._lock:
+                self._streams.discard(resp)
+            finish_response(resp, ended)
+
+    def open_log(
+        self,
+        pod: str,
+        container: str,
+        *,
+        follow: bool = False,
+        tail_lines: int | None = None,
+        retry: Retry = RETRY,
+        timeout: tuple[float, float] | None = None,
+    ) -> LogStream:
+        """A pod's log as a stream of chunks (with ``follow``, until the container ends).
+
+        Raises:
+            ClusterError: ``status`` 400 while the container has not started, 404 when the
+                pod is gone.
+        """
+        options: dict[str, Any] = {"container": container, "follow": follow}
+        if tail_lines is not None:
+            options["tail_lines"] = tail_lines
+        resp = self.call(
+            f"read the log of pod {pod}",
+            self.core.read_namespaced_pod_log,
+            pod,
+            self.namespace,
+            retry=retry,
+            _preload_content=False,
+            _request_timeout=timeout or (FOLLOW_TIMEOUT if follow else REQUEST_TIMEOUT),
+            **options,
+        )
+        stream = LogStream(self, pod, resp)
+        with self._lock:
+            self._streams.add(resp)
+        return stream
+
+    def log_tail(self, pod: str, container: str, lines: int) -> str:
+        """The last ``lines`` lines of a container's log ("" when there is none)."""
+        text = self.call(
+            f"read the log of pod {pod}",
+            self.core.read_namespaced_pod_log,
+            pod,
+            self.namespace,
+            container=container,
+            tail_lines=lines,
+        )
+        return str(text or "")
+
+    def shutdown_streams(self) -> None:
+        """Cut every open watch and log stream (their threads see the end at once)."""
+        self._closed.set()
+        with self._lock:
+            streams = list(self._streams)
+        for resp in streams:
+            with contextlib.suppress(Exception):
+                resp.shutdown()
+
+    def close(self) -> None:
+        """Cut the streams and release every connection."""
+        self.shutdown_streams()
+        self.client.close()
+
+    def _forget(self, resp: Any) -> None:
+        with self._lock:
+            self._streams.discard(resp)
+
+    # -- errors -----------------------------------------------------------------------------
+
+    def translate(self, what: str, exc: BaseException) -> ClusterError:
+        """This connection's wording of :func:`translate`."""
+        context = self.context_name()
+        return translate(what, exc, namespace=self.namespace, host=self.host, context=context)
+
+
+class LogStream:
+    """A pod log being read: iterate for chunks; the connection is closed unless the log
+    was read to its end (see :func:`finish_response`)."""
+
+    def __init__(self, api: KubeApi, pod: str, resp: Any) -> None:
+        self._api = api
+        self._pod = pod
+        self._resp = resp
+
+    def chunks(self, size: int = 4096) -> Iterator[bytes]:
+        """The log's bytes as they come.
+
+        Raises:
+            ClusterError: the stream was cut off midway.
+        """
+        from urllib3.exceptions import HTTPError
+
+        ended = False
+        try:
+            yield from self._resp.stream(size, decode_content=True)
+            ended = True
+        except HTTPError as exc:
+            raise ClusterError(
+                f"the log of pod {self._pod} was cut off ({type(exc).__name__}: {exc}); "
+                "run the command again to read it from the start"
+            ) from exc
+        finally:
+            self._api._forget(self._resp)
+            finish_response(self._resp, ended)
+
+
+class _WatchError(Exception):
+    """An ERROR event in a watch stream other than 410 (the watch is resumed)."""
+
+    def __init__(self, code: Any, message: Any) -> None:
+        super().__init__(f"{code} {message}")
+        self.status = code
+
+
+def finish_response(resp: Any, read_to_end: bool) -> None:
+    """Give a streamed response's connection back to the pool only if it was read to its
+    end. A watch or log follow left midway still has the server writing on it: returned
+    to the pool, the next request would be written on it and wait for an answer behind
+    the rest of the stream (up to the watch's 240 s). Closed, it is simply not reused."""
+    if read_to_end:
+        resp.release_conn()
+        return
+    with contextlib.suppress(Exception):
+        resp.close()
+    with contextlib.suppress(Exception):
+        resp.release_conn()  # a closed connection: the pool replaces it
+
+
+def _context_namespace(kubeconfig: str | None, context: str | None) -> str:
+    from kubernetes import config
+
+    contexts, active = config.list_kube_config_contexts(config_file=kubeconfig)
+    chosen = active
+    if context is not None:
+        chosen = next((c for c in contexts if c.get("name") == context), None)
+    namespace = ((chosen or {}).get("context") or {}).get("namespace")
+    return str(namespace or "default")
+
+
+def translate(
+    what: str,
+    exc: BaseException,
+    *,
+    namespace: str,
+    host: str,
+    context: str | None = None,
+) -> ClusterError:
+    """The one table from the client's errors to ours: ``cannot {what}: ...`` with the
+    likely cause and the fix. ``exc`` is an ``ApiException`` (refusals by status) or a
+    urllib3 ``HTTPError`` (nothing answers)."""
+    from kubernetes.client.exceptions import ApiException
+
+    if isinstance(exc, ApiException):
+        return _refused(what, exc, namespace)
+    # urllib3 wraps the cause (refused, timed out, unknown host) in layers of repr; the
+    # innermost message is the one a person can act on.
+    cause: Any = getattr(exc, "reason", None) or exc
+    detail = re.sub(r"^(<[^>]*>|\w+\(host=[^)]*\)): ", "", str(cause))
+    return ClusterError(
+        f"cannot {what}: nothing answers at {host}"
+        + (f" (context {context})" if context else "")
+        + f": {detail}; check the kubeconfig context (--context, KUBECONFIG), "
+        "your network or VPN, and `kubectl cluster-info`"
+    )
+
+
+def _refused(what: str, exc: Any, namespace: str) -> ClusterError:
+    status = exc.status
+    try:
+        body = json.loads(exc.body or "{}")
+        detail = body.get("message") or exc.reason
+    except (TypeError, ValueError):
+        detail = exc.reason
+    if status == 401:
+        return ClusterError(
+            f"cannot {what}: the Kubernetes API did not accept our credentials (401: "
+            f"{detail}); the token or certificate of the kubeconfig context may have "
+            "expired: log in again (e.g. refresh your cloud provider's credentials) and "
+            "check with `kubectl get pods`",
+            status=status,
+        )
+    if status == 403:
+        return ClusterError(
+            f"cannot {what}: the Kubernetes API refused it ({status}: {detail}). The "
+            f"executor needs, in namespace {namespace!r}: {_RBAC_TEXT}. "
+            "`k8s-executor rbac` prints a Role granting exactly these; "
+            f"`kubectl auth can-i create jobs.batch -n {namespace}` checks one",
+            status=status,
+        )
+    if status == 404 and "namespaces" in str(detail):
+        return ClusterError(
+            f"cannot {what}: {detail}; create the namespace or pass namespace=",
+            status=status,
+        )
+    return ClusterError(f"cannot {what}: {status} {detail}", status=status)
