@@ -92,3 +92,24 @@ def test_slots_freed_while_the_waiting_job_is_created_resume_it(
         job = _jobs(kubesim, ex.run_id)["b00001"]
         assert job["spec"]["suspend"] is False
         assert job["spec"]["parallelism"] == 1
+
+
+def test_resume_throttled_past_its_retries_is_sent_again(kubesim: Any, tmp_path: Path) -> None:
+    # Issue 19's hang: map A fills both slots, map B waits in a suspended Job; then exactly
+    # the retry budget of PATCHes (8) gets 429 with Retry-After: 1, as an apiserver under
+    # API Priority and Fairness answers. Nothing resumed B afterwards: its futures never
+    # resolved and shutdown() never returned. The owed PATCH is re-sent by the tick.
+    started, release = tmp_path / "started", tmp_path / "release"
+    kw = kubesim_kwargs(kubesim, tmp_path / "storage")
+    with KubernetesExecutor(max_workers=2, **kw) as ex:
+        first = [
+            ex.submit(helpers.touch_then_wait, str(started) + str(i), str(release))
+            for i in range(2)
+        ]
+        helpers.wait_for(lambda: all(f.running() for f in first), 60, "A to fill both slots")
+        waiting = ex.map(helpers.square, range(4))
+        helpers.wait_for(lambda: "b00001" in _jobs(kubesim, ex.run_id), 60, "B's Job")
+        assert _jobs(kubesim, ex.run_id)["b00001"]["spec"]["suspend"] is True
+        kubesim.faults.fail_next(8, 429, retry_after=1, methods="PATCH")
+        release.touch()
+        assert [f.result(timeout=60) for f in first] and list(waiting) == [0, 1, 4, 9]
