@@ -149,6 +149,7 @@ class Summary:
     timelines: dict[int, list[str]] = field(default_factory=dict)
     events: dict[str, set[str]] = field(default_factory=dict)
     event_types: dict[str, set[str]] = field(default_factory=dict)
+    event_messages: dict[str, set[str]] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
 
@@ -310,12 +311,46 @@ class _PodTracker:
             self._milestone(index, number, "deleted")
 
 
+class _Names:
+    """The names a trace's objects carry, to take out of Event messages: what remains is the
+    text a cluster must get right (pod, Job, namespace, node and image names, uids differ
+    from one recording to the next)."""
+
+    def __init__(self) -> None:
+        self.found: dict[str, str] = {}
+
+    def see(self, watch: str, obj: Obj) -> None:
+        meta = obj.get("metadata") or {}
+        if watch == "events":
+            return
+        kind = "POD" if watch == "pods" else "JOB"
+        self.found[str(meta.get("name"))] = kind
+        self.found[str(meta.get("uid"))] = "UID"
+        self.found[str(meta.get("namespace"))] = "NS"
+        spec = obj.get("spec") or {}
+        if watch == "jobs":
+            spec = (spec.get("template") or {}).get("spec") or {}
+        if spec.get("nodeName"):
+            self.found[str(spec["nodeName"])] = "NODE"
+        for container in (spec.get("initContainers") or []) + (spec.get("containers") or []):
+            self.found[str(container.get("image"))] = "IMAGE"
+
+    def plain(self, text: str) -> str:
+        for name in sorted(self.found, key=len, reverse=True):
+            if name and name != "None":
+                text = re.sub(rf"(?<![\w.-]){re.escape(name)}(?![\w-])", self.found[name], text)
+        # Pods the API refused were never seen: their generated names.
+        return re.sub(r'pods "[a-z0-9.-]+"', 'pods "POD"', text)
+
+
 def summarize(lines: Iterable[Mapping[str, Any]]) -> Summary:
     """Reduce a trace (file lines, or events recorded from kubesim) to a :class:`Summary`."""
     summary = Summary()
     pods = _PodTracker(summary)
     shown: set[str] = set()
     last_job: Obj | None = None
+    names = _Names()
+    messages: list[tuple[str, str, str]] = []
     for line in lines:
         if "error" in line:
             summary.errors.append(f"{line.get('watch')}: {line['error']}".strip())
@@ -325,6 +360,7 @@ def summarize(lines: Iterable[Mapping[str, Any]]) -> Summary:
         if watch is None or not isinstance(obj, dict):
             continue
         event_type = str(line.get("type"))
+        names.see(watch, obj)
         if watch == "jobs":
             keys = _condition_keys(obj)
             for key in keys:
@@ -348,6 +384,10 @@ def summarize(lines: Iterable[Mapping[str, Any]]) -> Summary:
             kind = str((obj.get("involvedObject") or {}).get("kind"))
             summary.events.setdefault(kind, set()).add(str(reason))
             summary.event_types.setdefault(kind, set()).add(f"{reason}/{obj.get('type')}")
+            messages.append((kind, str(reason), str(obj.get("message") or "")))
+    # Names only known by the end (an Event may name a pod before its watch shows it).
+    for kind, reason, message in messages:
+        summary.event_messages.setdefault(kind, set()).add(f"{reason}: {names.plain(message)}")
     if last_job is not None:
         summary.status = _final_status(last_job)
     return summary
@@ -366,6 +406,7 @@ def facts(summary: Summary) -> dict[str, Any]:
     for kind in sorted(summary.events):
         result[f"events.{kind}"] = sorted(summary.events[kind])
         result[f"event_types.{kind}"] = sorted(summary.event_types[kind])
+        result[f"event_messages.{kind}"] = sorted(summary.event_messages[kind])
     for index in sorted(summary.indexes):
         attempts = summary.indexes[index]
         result[f"index.{index}.attempts"] = len(attempts)

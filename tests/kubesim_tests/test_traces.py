@@ -219,3 +219,26 @@ def test_start_time_comes_and_goes_with_suspension() -> None:
     got = facts(summarize(lines))
     assert got["job.start_time"] == ["unset", "set", "unset"]
     assert got["job.status.startTime"] is None
+
+
+def test_event_messages_without_the_names_of_one_recording() -> None:
+    pod = _pod("u-7", 0, "Pending", meta={"name": "ok-0-abcde", "namespace": "ns-1"})
+    pod["spec"] = {"nodeName": "node1", "containers": [{"name": "main", "image": "reg/img:1"}]}
+
+    def event(reason: str, message: str) -> dict[str, Any]:
+        return {"reason": reason, "message": message, "involvedObject": {"kind": "Pod"}}
+
+    lines = [
+        # The Event comes before the pod on its own watch: names are taken out at the end.
+        _line(
+            "events", "ADDED", event("Scheduled", "Successfully assigned ns-1/ok-0-abcde to node1")
+        ),
+        _line("events", "ADDED", event("Pulled", 'Container image "reg/img:1" already present')),
+        _line("events", "ADDED", event("Failed", 'pods "ok-0-zzzzz" is forbidden: ok-0-abcdef')),
+        _line("pods", "ADDED", pod),
+    ]
+    assert facts(summarize(lines))["event_messages.Pod"] == [
+        'Failed: pods "POD" is forbidden: ok-0-abcdef',
+        'Pulled: Container image "IMAGE" already present',
+        "Scheduled: Successfully assigned NS/POD to NODE",
+    ]
