@@ -230,6 +230,36 @@ class KubeApi:
             delay = min(delay * 2, retry.max_delay)
         raise AssertionError("unreachable")
 
+    def create(
+        self,
+        kind: str,
+        create_fn: Callable[..., Any],
+        read_fn: Callable[..., Any],
+        body: dict[str, Any],
+        *,
+        stop: threading.Event | None = None,
+    ) -> None:
+        """Create a namespaced object, once: a ``409 AlreadyExists`` for an object that
+        carries all of ``body``'s labels is ours (a retry after a lost answer: the first
+        try was written, its response never came back), not a failure.
+
+        Raises:
+            ClusterError: refused, failing past the retries, or the name is taken by an
+                object that is not ours.
+        """
+        name = body["metadata"]["name"]
+        try:
+            self.call(f"create {kind} {name}", create_fn, self.namespace, body, stop=stop)
+        except ClusterError as exc:
+            if exc.status != 409:
+                raise
+            found = self.read_json(f"read {kind} {name}", read_fn, name, self.namespace, stop=stop)
+            labels = (found.get("metadata") or {}).get("labels") or {}
+            wanted = body["metadata"].get("labels") or {}
+            if not wanted or any(labels.get(k) != v for k, v in wanted.items()):
+                raise
+            # Ours: created by an earlier try whose answer was lost.
+
     def read_json(
         self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any
     ) -> dict[str, Any]:

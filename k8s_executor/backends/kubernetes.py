@@ -137,10 +137,10 @@ class KubernetesBackend:
         secret = m.secret_manifest(
             run.run_id, run.key, options, run_url=run.run_url, owner=_owner()
         )
-        api.call(
-            f"create Secret {m.secret_name(run.run_id)}",
+        api.create(
+            "Secret",
             api.core.create_namespaced_secret,
-            self.namespace,
+            api.core.read_namespaced_secret,
             secret,
             stop=self._stop,
         )
@@ -187,10 +187,10 @@ class KubernetesBackend:
             # Known before it is created, so that close() deletes it even if the answer
             # to the create is lost; PATCHed only once it exists (_created).
             self._jobs[spec.batch_id] = job["metadata"]["name"]
-        api.call(
-            f"create Job {job['metadata']['name']}",
+        api.create(
+            "Job",
             api.batch.create_namespaced_job,
-            self.namespace,
+            api.batch.read_namespaced_job,
             job,
             stop=self._stop,
         )
