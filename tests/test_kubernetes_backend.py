@@ -23,6 +23,7 @@ import pytest
 
 from k8s_executor import (
     ClusterError,
+    ConfigError,
     ExecutorBrokenError,
     KubernetesExecutor,
     PodStartError,
@@ -513,3 +514,27 @@ def test_task_error_with_streamed_logs_does_not_repeat_them(
             future.result(timeout=60)
     assert not getattr(info.value, "__notes__", [])
     assert "[b00000/0] looking at row 7" in capfd.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("just a string\n", "is not a kubeconfig: it holds a str"),
+        ("apiVersion: v1\nclusters: [\n", r"is not valid YAML: .* \(line 3, column 1\)"),
+    ],
+    ids=["bare string", "broken yaml"],
+)
+def test_bad_kubeconfig_is_a_config_error_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, message: str
+) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(text)
+    ex = KubernetesExecutor(kubeconfig=str(kubeconfig), image="x", storage=str(tmp_path / "s"))
+    try:
+        with pytest.raises(ConfigError, match=f"the kubeconfig {kubeconfig} {message}"):
+            ex.submit(helpers.square, 1)
+    finally:
+        ex.shutdown()
+    # The command line says the same, as an error line rather than a traceback.
+    assert cli.main(["ls", "--kubeconfig", str(kubeconfig)]) == 1
+    assert f"the kubeconfig {kubeconfig} " in capsys.readouterr().err

@@ -115,6 +115,8 @@ class KubeApi:
         from kubernetes import client, config
 
         in_cluster = config_source(kubeconfig, context) == "in-cluster"
+        if not in_cluster:
+            _check_kubeconfig_files(kubeconfig)
         try:
             if in_cluster:
                 configuration = client.Configuration()
@@ -521,6 +523,36 @@ def finish_response(resp: Any, read_to_end: bool) -> None:
         resp.close()
     with contextlib.suppress(Exception):
         resp.release_conn()  # a closed connection: the pool replaces it
+
+
+def _check_kubeconfig_files(kubeconfig: str | None) -> None:
+    """A kubeconfig that is not YAML, or not a mapping, is named in a ConfigError (the
+    client would raise a parser error or an AttributeError from deep inside)."""
+    import yaml
+
+    paths = [kubeconfig] if kubeconfig else (os.environ.get("KUBECONFIG") or "").split(os.pathsep)
+    paths = [os.path.expanduser(p) for p in paths if p] or [os.path.expanduser("~/.kube/config")]
+    for path in paths:
+        try:
+            with open(path) as f:
+                data = yaml.safe_load(f)
+        except OSError:
+            continue  # missing: the loader's own error says where it looked
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(
+                f"the kubeconfig {path} is not valid YAML: {problem}{where}; fix the file "
+                "or point KUBECONFIG (or kubeconfig=) at another one"
+            ) from exc
+        if data is not None and not isinstance(data, dict):
+            raise ConfigError(
+                f"the kubeconfig {path} is not a kubeconfig: it holds a "
+                f"{type(data).__name__}, not a mapping with clusters, users and contexts "
+                "(`kubectl config view` shows a valid one); point KUBECONFIG (or "
+                "kubeconfig=) at another file"
+            )
 
 
 def _context_namespace(kubeconfig: str | None, context: str | None) -> str:
