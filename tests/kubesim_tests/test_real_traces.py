@@ -29,6 +29,7 @@ import dataclasses
 import os
 import re
 import shutil
+import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -235,11 +236,17 @@ def test_replay_on_process_runtime(
 
 @pytest.fixture
 def podman() -> None:
-    """As tests/kubesim_tests/test_kubelet_podman.py: podman is required under CI=true."""
+    """As tests/kubesim_tests/test_kubelet_podman.py: podman and the local Python image that
+    .ci/containers.sh imports are required under CI=true."""
     if shutil.which("podman") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("podman is required under CI=true (apt-get install -y podman runc)")
-        pytest.skip("podman is not installed")
+        problem = "podman is not installed (apt-get install -y podman runc)"
+    elif subprocess.run([*podman_cmd(), "image", "exists", BASE_IMAGE], check=False).returncode:
+        problem = f"no local podman image {BASE_IMAGE} (bash .ci/containers.sh imports it)"
+    else:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(problem)
+    pytest.skip(problem)
 
 
 @pytest.mark.podman
