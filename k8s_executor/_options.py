@@ -418,10 +418,17 @@ class Timeouts(_Options):
     """Time limits that keep a stuck or abandoned run from holding the cluster."""
 
     startup: float = 300.0
-    """Seconds a worker pod may stay unable to start (image pull errors, unschedulable,
-    missing Secret) before its calls fail with ``PodStartError`` and its Job is deleted.
+    """Seconds a worker pod may stay unable to start (unschedulable, or its Job gets no
+    pod at all) before its calls fail with ``PodStartError`` and its Job is deleted.
     Counted only while no other worker pod of the run is running: a pod that waits for
     room on a busy cluster is not failed."""
+
+    startup_error: float = 60.0
+    """Seconds a worker pod may wait with a start-up error that does not go away by itself
+    (a missing Secret or ConfigMap: ``CreateContainerConfigError``; an image that cannot
+    be pulled: ``ErrImagePull``, ``ImagePullBackOff``, ``InvalidImageName``) before its
+    calls fail with ``PodStartError``; long enough to ride out a registry's blip, short
+    next to ``startup``. Never more than ``startup``."""
 
     job_deadline: float | None = 24 * 3600.0
     """``activeDeadlineSeconds`` of every Job: the longest a batch may run, not counting
@@ -449,6 +456,7 @@ class Timeouts(_Options):
 
     def __post_init__(self) -> None:
         check_seconds("Timeouts.startup", self.startup, allow_zero=False)
+        check_seconds("Timeouts.startup_error", self.startup_error, allow_zero=False)
         if self.job_deadline is not None:
             check_seconds("Timeouts.job_deadline", self.job_deadline, allow_zero=False)
         if (

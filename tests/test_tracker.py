@@ -356,3 +356,39 @@ def test_no_pod_clock_waits_while_the_run_is_busy(tracker: RunTracker) -> None:
     tracker.on_pod("MODIFIED", pod(0, "Succeeded", batch="b00001"), 500.0)
     assert tracker.tick(559.0) == []
     assert [e.reason for e in tracker.tick(561.0) if isinstance(e, Stuck)] == ["NoPodCreated"]
+
+
+def _waiting(reason: str) -> dict[str, Any]:
+    return {
+        "containerStatuses": [
+            {"name": "worker", "state": {"waiting": {"reason": reason, "message": "..."}}}
+        ]
+    }
+
+
+@pytest.mark.parametrize(
+    ("status", "limit"),
+    [
+        (_waiting("CreateContainerConfigError"), 10),  # a missing Secret: no waiting it out
+        (_waiting("ImagePullBackOff"), 10),
+        (
+            {
+                "conditions": [
+                    {"type": "PodScheduled", "status": "False", "reason": "Unschedulable"}
+                ]
+            },
+            60,  # an autoscaler may still add a node: the whole startup timeout
+        ),
+    ],
+    ids=["config error", "image", "unschedulable"],
+)
+def test_errors_that_do_not_resolve_fail_after_the_shorter_bound(
+    status: dict[str, Any], limit: float
+) -> None:
+    tracker = RunTracker(startup_timeout=60, error_timeout=10)
+    tracker.add_batch("b00000", 1)
+    tracker.on_pod("MODIFIED", pod(0, "Pending", **status), now=0)
+    assert tracker.tick(now=limit - 1) == []
+    (event,) = tracker.tick(now=limit + 1)
+    assert isinstance(event, Stuck)
+    assert tracker.limit(event.reason) == limit

@@ -159,6 +159,9 @@ class RunTracker:
     """The state of every index of a run, updated from pod and Job objects."""
 
     startup_timeout: float
+    # For start-up errors that do not resolve by themselves (IMAGE_REASONS, CONFIG_REASONS):
+    # a shorter bound (None: startup_timeout).
+    error_timeout: float | None = None
     jobs: dict[str, _Job] = field(default_factory=dict)  # by batch id
     # When a pod of the run was last seen running (refreshed by every tick while one is).
     # Pods of a run share spec, image and Secrets: a pending pod beside running ones waits
@@ -283,6 +286,12 @@ class RunTracker:
             events.extend(self._check_podless(job, now))
         return events
 
+    def limit(self, reason: str) -> float:
+        """Seconds a pod may stay unable to start for ``reason``."""
+        if self.error_timeout is not None and reason in IMAGE_REASONS | CONFIG_REASONS:
+            return min(self.error_timeout, self.startup_timeout)
+        return self.startup_timeout
+
     def _check_podless(self, job: _Job, now: float) -> list[Event]:
         if job.done or not job.active or job.podless_since is None:
             return []
@@ -311,7 +320,7 @@ class RunTracker:
         since = entry.stuck_since
         if self.last_busy is not None:
             since = max(since, self.last_busy)
-        if now - since < self.startup_timeout:
+        if now - since < self.limit(entry.stuck[0]):
             return []
         reason, message = entry.stuck
         entry.stuck = entry.stuck_since = None  # report once

@@ -96,7 +96,10 @@ class KubernetesBackend:
         self.namespace = settings.namespace or "default"
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._tracker = RunTracker(startup_timeout=settings.timeouts.startup)
+        self._tracker = RunTracker(
+            startup_timeout=settings.timeouts.startup,
+            error_timeout=settings.timeouts.startup_error,
+        )
         self._listener: Listener | None = None
         self._run_id = ""
         self._max_workers = 1
@@ -444,7 +447,7 @@ class KubernetesBackend:
         api = self._connected()
         message = (
             f"a worker pod of batch {event.batch_id} could not start for "
-            f"{self.settings.timeouts.startup:g}s: {event.reason}: {event.message}"
+            f"{self._tracker.limit(event.reason):g}s: {event.reason}: {event.message}"
         )
         if event.reason in IMAGE_REASONS:
             # The image cannot be pulled: no batch of this run can start.
