@@ -176,6 +176,19 @@ def quantity(option: str, value: object, *, allow_none: bool = True) -> str | No
     return text
 
 
+def _bytes_quantity(option: str, value: object) -> str | None:
+    """A quantity of bytes: a string (``"4Gi"``) or an int of bytes, as Kubernetes reads a
+    bare number. A small int is surely meant in another unit: refused with the spelling."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 1 << 20:
+        raise _fail(
+            option,
+            value,
+            f"a bare number is bytes ({value} bytes is less than 1 MiB); write the unit, "
+            f'e.g. "{value}Gi" or "{value}Mi"',
+        )
+    return quantity(option, value)
+
+
 def check_dns_name(option: str, value: object) -> None:
     """Raise unless ``value`` is a DNS-1123 subdomain (how Kubernetes names objects)."""
     if not isinstance(value, str) or len(value) > 253 or not _DNS_SUBDOMAIN.match(value):
@@ -214,12 +227,12 @@ class Resources(_Options):
     cpu: str | int | float | None = "1"
     """CPU request per worker, a quantity: ``2``, ``"500m"``. ``None`` requests none."""
 
-    memory: str | None = "2Gi"
+    memory: str | int | None = "2Gi"
     """Memory request per worker, e.g. ``"16Gi"``. Also the memory limit unless
     ``memory_limit`` says otherwise, so a worker that outgrows it is OOMKilled (and
     reported as such) instead of starving its neighbours."""
 
-    memory_limit: str | None = None
+    memory_limit: str | int | None = None
     """Memory limit per worker; default: ``memory``."""
 
     gpu: int = 0
@@ -229,7 +242,7 @@ class Resources(_Options):
     """The GPU device plugin's vendor: ``"nvidia"`` or ``"amd"`` (resource
     ``nvidia.com/gpu`` or ``amd.com/gpu``)."""
 
-    disk: str | None = None
+    disk: str | int | None = None
     """Ephemeral storage request and limit per worker, e.g. ``"50Gi"``."""
 
     qos: str = "Burstable"
@@ -239,9 +252,10 @@ class Resources(_Options):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "cpu", quantity("Resources.cpu", self.cpu))
-        quantity("Resources.memory", self.memory)
-        quantity("Resources.memory_limit", self.memory_limit)
-        quantity("Resources.disk", self.disk)
+        for name in ("memory", "memory_limit", "disk"):
+            object.__setattr__(
+                self, name, _bytes_quantity(f"Resources.{name}", getattr(self, name))
+            )
         if isinstance(self.gpu, bool) or not isinstance(self.gpu, int) or self.gpu < 0:
             raise _fail("Resources.gpu", self.gpu, "expected an integer >= 0")
         if self.gpu_vendor not in ("nvidia", "amd"):

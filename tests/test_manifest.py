@@ -238,6 +238,8 @@ def test_pod_template_merges_by_name() -> None:
         (lambda: Timeouts(startup=0), r"Timeouts.startup=0 is not allowed"),
         (lambda: Timeouts(heartbeat=60, heartbeat_grace=90), r"heartbeat_grace=90 is not allowed"),
         (lambda: Timeouts(termination_grace=-1), r"Timeouts.termination_grace=-1 is not allowed"),
+        (lambda: Resources(memory=4), r"Resources.memory=4 .*bytes.*\"4Gi\""),
+        (lambda: Resources(disk=10), r"Resources.disk=10 .*\"10Gi\" or \"10Mi\""),
         (lambda: Timeouts(termination_grace=2.5), r"termination_grace=2.5 .*expected an int"),  # type: ignore[arg-type]
         (
             lambda: PodOptions(pod_template={"spec": {"shareProcessNamespace": True}}),
@@ -252,6 +254,14 @@ def test_pod_template_merges_by_name() -> None:
 def test_bad_options_name_option_value_and_allowed(build: Any, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         build()
+
+
+def test_integer_memory_is_bytes_as_in_kubernetes() -> None:
+    job = m.job_manifest(params(resources=Resources(memory=1 << 30, memory_limit=3 << 30)))
+    validate(job)
+    block = container(job)["resources"]
+    assert block["requests"]["memory"] == str(1 << 30)
+    assert block["limits"]["memory"] == str(3 << 30)
 
 
 def test_workers_run_as_init_with_the_grace_period_asked_for() -> None:

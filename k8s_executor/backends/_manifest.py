@@ -124,15 +124,15 @@ def resources_block(resources: Resources) -> dict[str, dict[str, str]]:
     if resources.cpu is not None:
         requests["cpu"] = str(resources.cpu)
     if resources.memory is not None:
-        requests["memory"] = resources.memory
+        requests["memory"] = str(resources.memory)
     memory_limit = resources.memory_limit or resources.memory
     if memory_limit is not None:
-        limits["memory"] = memory_limit
+        limits["memory"] = str(memory_limit)
     if resources.qos == "Guaranteed" and resources.cpu is not None:
         limits["cpu"] = str(resources.cpu)
     if resources.disk is not None:
-        requests["ephemeral-storage"] = resources.disk
-        limits["ephemeral-storage"] = resources.disk
+        requests["ephemeral-storage"] = str(resources.disk)
+        limits["ephemeral-storage"] = str(resources.disk)
     if resources.gpu:
         # Extended resources are given as limits (requests default to them).
         limits[f"{resources.gpu_vendor}.com/gpu"] = str(resources.gpu)
