@@ -366,14 +366,9 @@ def format_remote_traceback(exc: BaseException) -> str:
 def capture_error(kind: str, exc: BaseException) -> TaskError:
     """Describe ``exc`` so the client can rebuild it, or explain it if it cannot."""
     tb = format_remote_traceback(exc)
-    try:
-        # An exception pickles as (class, args, __dict__): no traceback, no __cause__ chain,
-        # so frames and their locals never need to be picklable.
-        pickled: bytes = cloudpickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
-        pickle.loads(pickled)  # an exception whose __reduce__ is broken fails here, not later
-        blob: bytes | None = pickled
-    except Exception:
-        blob = None
+    blob, why = _dump_exception(exc)
+    if blob is None:
+        tb += f"\n(the exception itself could not be sent back: {why})\n"
     cls = type(exc)
     return TaskError(
         kind=kind,
@@ -384,6 +379,53 @@ def capture_error(kind: str, exc: BaseException) -> TaskError:
         traceback=tb,
         exception=blob,
     )
+
+
+def _dump_exception(exc: BaseException) -> tuple[bytes | None, str]:
+    """The pickled exception (or None, and why not).
+
+    An exception pickles as (class, args, __dict__): no traceback, no __cause__ chain, so
+    frames and their locals never need to be picklable. Rebuilding calls ``cls(*args)``,
+    which fails for a class whose ``__init__`` takes other arguments than it passes on
+    (``MyError(msg, code)`` calling ``super().__init__(msg)``): then the exception is sent
+    by state instead, rebuilt without calling ``__init__``, as copy.copy does.
+    """
+    try:
+        pickled: bytes = cloudpickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as failure:  # its class refuses, or its state cannot be pickled
+        return None, f"{type(failure).__name__}: {failure}"
+    try:
+        pickle.loads(pickled)  # a broken __reduce__ or __init__ fails here, not later
+        return pickled, ""
+    except Exception as failure:
+        why = f"{type(failure).__name__}: {failure}"
+    try:
+        pickled = cloudpickle.dumps(_ByState(exc), protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.loads(pickled)
+    except Exception:
+        return None, why
+    return pickled, ""
+
+
+class _ByState:
+    """Pickles an exception as its class, args and ``__dict__``, rebuilt without
+    ``__init__``."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        exc = self.exc
+        return (_restore_exception, (type(exc), exc.args, dict(getattr(exc, "__dict__", {}))))
+
+
+def _restore_exception(
+    cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]
+) -> BaseException:
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
 
 
 # -- client side: rebuilding errors ----------------------------------------------------

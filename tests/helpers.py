@@ -240,6 +240,18 @@ class UnpicklableError(Exception):
         raise TypeError("UnpicklableError refuses to be pickled")
 
 
+class CodedError(Exception):
+    """An exception whose __init__ takes more than it passes on to Exception."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def raise_coded_error(code: int) -> None:
+    raise CodedError("failed with a code", code)
+
+
 def raise_unpicklable_error() -> None:
     raise UnpicklableError("this one stays in the worker")
 

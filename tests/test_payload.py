@@ -8,7 +8,7 @@ import pickle
 import pytest
 
 from k8s_executor import _payload as wire
-from k8s_executor.errors import PayloadError, VersionMismatchError
+from k8s_executor.errors import PayloadError, RemoteError, VersionMismatchError
 
 KEY = b"k" * 32
 
@@ -84,3 +84,39 @@ def test_index_failure_readable_across_versions() -> None:
     exc = outcome.to_exception()
     assert isinstance(exc, VersionMismatchError)
     assert "worker is 3.12" in str(exc)
+
+
+class CodedError(Exception):
+    """An exception whose __init__ takes more than it passes on (issue 14 item 13)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class UnpicklableState(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.lock = __import__("threading").Lock()
+
+
+def _raised(exc: BaseException) -> BaseException:
+    try:
+        raise exc
+    except BaseException as caught:
+        return wire.rebuild_exception(wire.capture_error(wire.RAISED, caught), "f")
+
+
+def test_exception_with_extra_init_arguments_round_trips() -> None:
+    rebuilt = _raised(CodedError("disk full", 28))
+    assert type(rebuilt) is CodedError  # `except CodedError` catches it
+    assert isinstance(rebuilt, CodedError)
+    assert (rebuilt.args, rebuilt.code) == (("disk full",), 28)
+    assert "CodedError: disk full" in str(rebuilt.__cause__)
+
+
+def test_exception_that_cannot_travel_says_why() -> None:
+    rebuilt = _raised(UnpicklableState("held a lock"))
+    assert isinstance(rebuilt, RemoteError)
+    assert rebuilt.type_name.endswith("UnpicklableState")
+    assert "could not be sent back: TypeError" in rebuilt.remote_traceback

@@ -29,6 +29,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from .._admin import Cluster
 from ..errors import K8sExecutorError
 from . import doctor, logs, prepare, runs
 from ._parser import build_parser
@@ -51,8 +52,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             if problem:
                 print(f"k8s-executor logs: {problem}", file=sys.stderr)
                 return 2
-        from ..backends.kubernetes import Cluster
-
         cluster = Cluster(args.kubeconfig, args.context, args.namespace)
         try:
             if args.command == "logs":

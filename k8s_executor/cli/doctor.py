@@ -20,6 +20,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .. import StorageRetry
+from .._admin import RBAC_RULES, Cluster, RunStore, env_json_object
 from ..errors import ClusterError, K8sExecutorError
 from .doctor_image import check_image
 from .doctor_pod import check_pod
@@ -131,8 +133,6 @@ def _check_cluster(
     report: Report, args: argparse.Namespace, timeout: float, deadline: float
 ) -> bool:
     """Check the cluster, the namespace and the permissions; True when all three pass."""
-    from ..backends.kubernetes import RBAC_RULES, Cluster
-
     resources = ", ".join(r + (f".{g}" if g else "") for g, r, _ in RBAC_RULES)
     try:
         cluster = Cluster(args.kubeconfig, args.context, args.namespace)
@@ -191,14 +191,10 @@ def _check_cluster(
 
 
 def _check_storage(url: str) -> str:
-    from .._executor import _env_json_object
-    from .._options import StorageRetry
-    from .._store import RunStore
-
     probe = f"k8sx-doctor-{uuid.uuid4().hex[:10]}"
     store = RunStore(
         f"{url.rstrip('/')}/{probe}",
-        _env_json_object("K8S_EXECUTOR_STORAGE_OPTIONS"),  # as the executor opens it
+        env_json_object("K8S_EXECUTOR_STORAGE_OPTIONS"),  # as the executor opens it
         retry=StorageRetry(attempts=2, initial_delay=0.1, max_delay=0.5),
     )
     data = b"k8s-executor doctor probe\n"

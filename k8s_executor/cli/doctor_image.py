@@ -6,6 +6,16 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
+from .._admin import (
+    BaseImage,
+    Registry,
+    default_podman_url,
+    find_credentials,
+    inspect_image,
+    is_local_reference,
+    split_reference,
+)
+
 if TYPE_CHECKING:
     from .doctor import Report
 
@@ -25,8 +35,6 @@ def _registry_parts(registry: str, repository: str) -> tuple[str, str, bool | No
 
 
 def _check_registry(registry: str, repository: str, timeout: float) -> str:
-    from ..image._registry import Registry, find_credentials
-
     host, repo, insecure = _registry_parts(registry, repository)
     with Registry(host, insecure=insecure, timeout=timeout) as target:
         target.manifest_digest(repo, "k8sx-doctor-probe")  # answers, and lets us pull
@@ -39,7 +47,6 @@ def _check_registry(registry: str, repository: str, timeout: float) -> str:
 
 def _check_podman(url: str, base: str) -> str:
     from ..image import BaseImageError
-    from ..image._podman import inspect_image
 
     try:
         inspect_image(url, base.removeprefix("containers-storage:"))
@@ -50,8 +57,6 @@ def _check_podman(url: str, base: str) -> str:
 
 def _check_python(base: str, podman_url: str, insecure: bool | None, timeout: float) -> str:
     from ..image import scan_environment
-    from ..image._base import BaseImage, is_local_reference
-    from ..image._registry import Registry, split_reference
 
     env = scan_environment()
     if is_local_reference(base):
@@ -74,9 +79,6 @@ def _check_python(base: str, podman_url: str, insecure: bool | None, timeout: fl
 def check_image(report: Report, args: argparse.Namespace, timeout: float, deadline: float) -> bool:
     """Check what the workers' image needs; True when pods have an image to run."""
     from ..image import default_base_image
-    from ..image._base import is_local_reference
-    from ..image._podman import default_podman_url
-    from ..image._registry import split_reference
 
     image = args.image
     if image and image != "auto":

@@ -7,6 +7,7 @@ import argparse
 import os
 from typing import Any
 
+from .._admin import LABEL_RUN, RunStore
 from ..errors import K8sExecutorError
 
 # What the pods can be given to reach the storage; said whenever the pod cannot use it.
@@ -32,7 +33,6 @@ def _pod_probe(run_url: str) -> dict[str, Any]:
     import platform
 
     from .. import __version__
-    from .._store import RunStore
 
     shared = os.environ.get("K8S_EXECUTOR_STORAGE_OPTIONS")
     store = RunStore(run_url, json.loads(shared or "{}"))
@@ -84,7 +84,7 @@ def check_pod(args: argparse.Namespace) -> tuple[bool, str]:
         except TimeoutError:
             return False, (
                 f"no answer within {timeout + 30:g}s; look at the pod with `kubectl get "
-                f"pods -l k8s-executor.io/run={executor.run_id}` while this runs (or a "
+                f"pods -l {LABEL_RUN}={executor.run_id}` while this runs (or a "
                 "longer --pod-timeout)"
             )
         except PodStartError as exc:

@@ -8,48 +8,27 @@ from __future__ import annotations
 
 import argparse
 import codecs
-import contextlib
 import re
 import sys
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from .._admin import CONTAINER, Cluster, RunIndex, run_indexes
 from ..errors import ClusterError, K8sExecutorError
 from ._text import print_table
 
-if TYPE_CHECKING:
-    from ..backends.kubernetes import Cluster
-
-_INDEX_KEY = "batch.kubernetes.io/job-completion-index"
-_FAILURES_KEY = "batch.kubernetes.io/job-index-failure-count"
-_IGNORED_FAILURES_KEY = "batch.kubernetes.io/job-index-ignored-failure-count"
+_Indexes = dict[tuple[str, int], RunIndex]
 _INDEX_ARG = re.compile(r"^(?:(?P<batch>[a-z0-9-]+)/)?(?P<index>\d+)$")
 
 
-@dataclass
-class _Task:
-    """One index of one batch: its pods (attempts, oldest first) and what its Job says."""
-
-    batch: str
-    index: int
-    pods: list[dict[str, Any]] = field(default_factory=list)
-    job_says: str = ""
-    """``Succeeded`` / ``Failed`` from the Job's completed/failed indexes, else empty."""
-    queued: bool = False
-    """Its Job is suspended: it waits for a free worker slot (``max_workers``)."""
-
-    @property
-    def name(self) -> str:
-        return f"{self.batch}/{self.index}"
-
-    def state(self) -> str:
-        if self.pods:
-            return _pod_state(self.pods[-1])
-        if self.job_says:
-            return f"{self.job_says} (pod gone)"
-        return "waiting for a worker slot" if self.queued else "not started"
+def _state(task: RunIndex) -> str:
+    """An index's state in a few words: its latest pod's, or what its Job says."""
+    if task.pods:
+        return _pod_state(task.pods[-1])
+    if task.job_says:
+        return f"{task.job_says} (pod gone)"
+    return "waiting for a worker slot" if task.queued else "not started"
 
 
 def usage_problem(args: argparse.Namespace) -> str:
@@ -69,62 +48,12 @@ def usage_problem(args: argparse.Namespace) -> str:
     return ""
 
 
-def _ranges(text: str | None) -> set[int]:
-    """Indexes of a Job's ``completedIndexes`` / ``failedIndexes`` ("0-2,5")."""
-    found: set[int] = set()
-    for part in (text or "").split(","):
-        first, _, last = part.partition("-")
-        if first.isdigit():
-            found.update(range(int(first), int(last or first) + 1))
-    return found
-
-
-def _attempt_order(pod: dict[str, Any]) -> tuple[int, str, str]:
-    meta = pod.get("metadata") or {}
-    annotations = meta.get("annotations") or {}
-    failures = 0
-    for key in (_FAILURES_KEY, _IGNORED_FAILURES_KEY):
-        with contextlib.suppress(TypeError, ValueError):
-            failures += int(annotations.get(key) or 0)
-    return failures, str(meta.get("creationTimestamp") or ""), str(meta.get("name") or "")
-
-
-def _tasks(
-    jobs: Iterable[dict[str, Any]], pods: Iterable[dict[str, Any]]
-) -> dict[tuple[str, int], _Task]:
-    from ..backends._manifest import LABEL_BATCH
-
-    tasks: dict[tuple[str, int], _Task] = {}
-    for job in jobs:
-        batch = ((job.get("metadata") or {}).get("labels") or {}).get(LABEL_BATCH)
-        if not batch:
-            continue
-        spec, status = job.get("spec") or {}, job.get("status") or {}
-        succeeded = _ranges(status.get("completedIndexes"))
-        failed = _ranges(status.get("failedIndexes"))
-        for i in range(int(spec.get("completions") or 0)):
-            says = "Succeeded" if i in succeeded else "Failed" if i in failed else ""
-            tasks[batch, i] = _Task(batch, i, job_says=says, queued=bool(spec.get("suspend")))
-    for pod in pods:
-        meta = pod.get("metadata") or {}
-        labels = meta.get("labels") or {}
-        batch = labels.get(LABEL_BATCH)
-        index = labels.get(_INDEX_KEY) or (meta.get("annotations") or {}).get(_INDEX_KEY)
-        if not batch or not str(index or "").isdigit():
-            continue
-        key = (batch, int(str(index)))
-        tasks.setdefault(key, _Task(*key)).pods.append(pod)
-    for task in tasks.values():
-        task.pods.sort(key=_attempt_order)
-    return tasks
-
-
 def _pod_state(pod: dict[str, Any]) -> str:
     """A pod's state in a few words: ``Running``, ``Failed (OOMKilled, exit 137)``..."""
     status = pod.get("status") or {}
     phase = status.get("phase") or "Pending"
     statuses = status.get("containerStatuses") or []
-    container = next((c for c in statuses if c.get("name") == "worker"), None)
+    container = next((c for c in statuses if c.get("name") == CONTAINER), None)
     container = container or (statuses[0] if statuses else {})
     state = container.get("state") or {}
     if phase == "Pending":
@@ -167,13 +96,13 @@ def _no_run(cluster: Cluster, run_id: str) -> int:
 def run(cluster: Cluster, args: argparse.Namespace) -> int:
     """``k8s-executor logs``: list a run's indexes, or print one's log (or every one's)."""
     jobs, pods = cluster.run_objects(args.run)
-    tasks = _tasks(jobs, pods)
+    tasks = run_indexes(jobs, pods)
     if not jobs and not pods:
         return _no_run(cluster, args.run)
     if args.all:
         return _print_all(cluster, tasks, args.tail)
     if args.index is None:
-        return _list_tasks(args.run, tasks)
+        return _list_indexes(args.run, tasks)
     key = _choose(args.run, args.index, tasks)
     if key is None:
         return 1
@@ -182,12 +111,12 @@ def run(cluster: Cluster, args: argparse.Namespace) -> int:
     return _print_one(cluster, tasks[key], args.attempt, args.tail)
 
 
-def _list_tasks(run_id: str, tasks: dict[tuple[str, int], _Task]) -> int:
+def _list_indexes(run_id: str, tasks: _Indexes) -> int:
     rows = [("INDEX", "STATE", "ATTEMPTS", "POD")]
     for key in sorted(tasks):
         task = tasks[key]
         pod = _pod_name(task.pods[-1]) if task.pods else "-"
-        rows.append((task.name, task.state(), str(len(task.pods)), pod))
+        rows.append((task.name, _state(task), str(len(task.pods)), pod))
     print_table(rows)
     if len(rows) > 1:
         print(
@@ -197,7 +126,7 @@ def _list_tasks(run_id: str, tasks: dict[tuple[str, int], _Task]) -> int:
     return 0
 
 
-def _choose(run_id: str, text: str, tasks: dict[tuple[str, int], _Task]) -> tuple[str, int] | None:
+def _choose(run_id: str, text: str, tasks: _Indexes) -> tuple[str, int] | None:
     """The (batch, index) that INDEX names, or None after saying why there is none."""
     match = _INDEX_ARG.match(text)
     if match is None:
@@ -236,7 +165,7 @@ def _choose(run_id: str, text: str, tasks: dict[tuple[str, int], _Task]) -> tupl
     return None
 
 
-def _describe(tasks: dict[tuple[str, int], _Task]) -> str:
+def _describe(tasks: _Indexes) -> str:
     counts: dict[str, int] = {}
     for batch, index in tasks:
         counts[batch] = max(counts.get(batch, 0), index + 1)
@@ -246,7 +175,9 @@ def _describe(tasks: dict[tuple[str, int], _Task]) -> str:
     )
 
 
-def _pick_attempt(task: _Task, attempt: int | None, *, note: bool = True) -> dict[str, Any] | None:
+def _pick_attempt(
+    task: RunIndex, attempt: int | None, *, note: bool = True
+) -> dict[str, Any] | None:
     """The pod of the chosen attempt (default: the latest); ``note``: mention the others
     on stderr."""
     if not task.pods:
@@ -294,7 +225,7 @@ def _write(chunks: Iterable[bytes], prefix: str = "") -> None:
     sys.stdout.flush()
 
 
-def _not_running(task: _Task, pod: dict[str, Any] | None, exc: ClusterError | None) -> str:
+def _not_running(task: RunIndex, pod: dict[str, Any] | None, exc: ClusterError | None) -> str:
     if pod is None:
         if task.job_says:
             return f"{task.name} {task.job_says.lower()}, but its pod is gone: no log left"
@@ -308,7 +239,7 @@ def _not_running(task: _Task, pod: dict[str, Any] | None, exc: ClusterError | No
     return f"{task.name} has no log yet: pod {_pod_name(pod)} is {_pod_state(pod)}{detail}"
 
 
-def _print_one(cluster: Cluster, task: _Task, attempt: int | None, tail: int | None) -> int:
+def _print_one(cluster: Cluster, task: RunIndex, attempt: int | None, tail: int | None) -> int:
     pod = _pick_attempt(task, attempt)
     if pod is None:
         print(
@@ -328,13 +259,13 @@ def _print_one(cluster: Cluster, task: _Task, attempt: int | None, tail: int | N
     return 0
 
 
-def _print_all(cluster: Cluster, tasks: dict[tuple[str, int], _Task], tail: int | None) -> int:
+def _print_all(cluster: Cluster, tasks: _Indexes, tail: int | None) -> int:
     for key in sorted(tasks):
         task = tasks[key]
         prefix = f"[{task.name}] "
         pod = task.pods[-1] if task.pods else None
         if pod is None:
-            print(f"{prefix}({task.state()}: no log)", file=sys.stderr)
+            print(f"{prefix}({_state(task)}: no log)", file=sys.stderr)
             continue
         try:
             _write(cluster.pod_log(_pod_name(pod), tail_lines=tail), prefix)
@@ -353,7 +284,7 @@ def _follow(cluster: Cluster, args: argparse.Namespace, key: tuple[str, int]) ->
     wait = threading.Event()
     while True:
         jobs, pods = cluster.run_objects(args.run)
-        task = _tasks(jobs, pods).get(key)
+        task = run_indexes(jobs, pods).get(key)
         if task is None:
             if not jobs and not pods:
                 return _no_run(cluster, args.run)

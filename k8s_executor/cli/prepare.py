@@ -31,7 +31,7 @@ def rbac(args: argparse.Namespace) -> int:
     """``k8s-executor rbac``: print the Role and RoleBinding the executor needs, as YAML."""
     import yaml
 
-    from ..backends.kubernetes import rbac_manifests
+    from .._admin import rbac_manifests
 
     print(yaml.safe_dump_all(rbac_manifests(args.namespace, args.service_account), sort_keys=False))
     return 0

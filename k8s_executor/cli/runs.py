@@ -6,13 +6,10 @@ import argparse
 import getpass
 import sys
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
 
+from .._admin import Cluster, RunStore
 from ..errors import K8sExecutorError
 from ._text import count, print_table
-
-if TYPE_CHECKING:
-    from ..backends.kubernetes import Cluster
 
 
 def _age(created: str, now: datetime) -> timedelta:
@@ -95,8 +92,6 @@ def cleanup(cluster: Cluster, args: argparse.Namespace) -> int:
 def _delete_storage(run_id: str, url: str, options_json: str | None) -> bool:
     """Delete a run's storage prefix (what a killed client left); False on failure."""
     import json
-
-    from .._store import RunStore
 
     # The URL comes from an annotation anyone allowed to edit Secrets could change:
     # delete only what is shaped like a run prefix, <storage>/<run-id>.

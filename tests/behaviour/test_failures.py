@@ -65,6 +65,11 @@ def _exited(exc: BaseException) -> None:
     assert "exiting with 7" in exc.log_tail
 
 
+def _coded(exc: BaseException, code: int) -> None:
+    assert isinstance(exc, helpers.CodedError)
+    assert exc.code == code
+
+
 def _what(expected: str) -> Callable[[BaseException], None]:
     def check(exc: BaseException) -> None:
         assert getattr(exc, "what", None) == expected
@@ -114,6 +119,12 @@ CASES = {
         RemoteError,
         "tests.helpers.UnpicklableError: this one stays in the worker",
         _remote_traceback_mentions("raise_unpicklable_error"),
+    ),
+    "exception with extra __init__ arguments": Case(
+        lambda ex: ex.submit(helpers.raise_coded_error, 28),
+        helpers.CodedError,
+        "failed with a code",
+        lambda exc: _coded(exc, 28),
     ),
     "exception type missing locally": Case(
         lambda ex: ex.submit(helpers.raise_exception_missing_locally),

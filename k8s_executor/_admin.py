@@ -1,0 +1,414 @@
+"""The admin surface: what the ``k8s-executor`` command uses beyond the public API.
+
+An executor cleans up after itself; this module is for everything around runs that is not
+one executor's business: finding the runs in a namespace (:class:`Cluster`,
+:class:`RunSummary`), deleting what a killed client left, reading a run's Jobs, pods and
+logs (:func:`run_indexes` says what they mean for each index), checking a setup
+(``doctor``: access reviews, a storage probe, the registry and base image) and the Role
+the executor needs (:func:`rbac_manifests`).
+
+It is the one private module the command line imports (docs/architecture.md), so that
+the rest stay free to change: what it re-exports from them is listed in ``__all__``, and
+nothing here reaches into another class's private members. :class:`Cluster` composes the
+Kubernetes API boundary (``backends._kubeapi``) as the Kubernetes backend does; like it,
+it imports ``kubernetes`` only when it connects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._contract import (
+    ANNOTATION_OWNER,
+    ANNOTATION_STORAGE,
+    CONTAINER,
+    LABEL_BATCH,
+    LABEL_INDEX,
+    LABEL_MANAGED_BY,
+    LABEL_RUN,
+    MANAGED_BY,
+)
+from ._executor import _env_json_object as env_json_object
+from ._store import RunStore
+from .backends._kubeapi import ONCE, RBAC_RULES, KubeApi
+from .backends._manifest import run_selector
+from .backends._tracker import parse_indexes
+from .errors import ClusterError
+from .image._base import BaseImage, is_local_reference
+from .image._podman import default_podman_url, inspect_image
+from .image._registry import Registry, find_credentials, split_reference
+
+__all__ = [
+    "CONTAINER",
+    "LABEL_RUN",
+    "RBAC_RULES",
+    "BaseImage",
+    "Cluster",
+    "Registry",
+    "RunIndex",
+    "RunStore",
+    "RunSummary",
+    "default_podman_url",
+    "env_json_object",
+    "find_credentials",
+    "inspect_image",
+    "is_local_reference",
+    "rbac_manifests",
+    "run_indexes",
+    "split_reference",
+]
+
+# How many attempts of an index have failed before a pod (annotations the Job controller
+# sets on the pods of a Job with backoffLimitPerIndex): orders a task's pods by attempt.
+_FAILURES_KEY = "batch.kubernetes.io/job-index-failure-count"
+_IGNORED_FAILURES_KEY = "batch.kubernetes.io/job-index-ignored-failure-count"
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """One run found on the cluster, from its Jobs and Secret."""
+
+    run_id: str
+    owner: str
+    created: str
+    jobs: int
+    active: int
+    succeeded: int
+    failed: int
+    finished_jobs: int
+    storage: str = ""
+    """The run's storage prefix (from its Secret), or "" when unknown."""
+
+    @property
+    def finished(self) -> bool:
+        """Whether every Job of the run has reached a terminal condition."""
+        return self.finished_jobs == self.jobs
+
+
+@dataclass
+class RunIndex:
+    """One index of one batch: its pods (attempts, oldest first) and what its Job says."""
+
+    batch: str
+    index: int
+    pods: list[dict[str, Any]] = field(default_factory=list)
+    job_says: str = ""
+    """``Succeeded`` / ``Failed`` from the Job's completed/failed indexes, else empty."""
+    queued: bool = False
+    """Its Job is suspended: it waits for a free worker slot (``max_workers``)."""
+
+    @property
+    def name(self) -> str:
+        """``batch/index``, as ``k8s-executor logs`` names it."""
+        return f"{self.batch}/{self.index}"
+
+
+def run_indexes(
+    jobs: Iterable[dict[str, Any]], pods: Iterable[dict[str, Any]]
+) -> dict[tuple[str, int], RunIndex]:
+    """Every index of a run's Jobs, with its pods: (batch, index) → :class:`RunIndex`.
+
+    ``jobs`` and ``pods`` are the run's objects as the API returns them
+    (:meth:`Cluster.run_objects`); a pod whose Job is gone still makes its index known.
+    """
+    found: dict[tuple[str, int], RunIndex] = {}
+    for job in jobs:
+        batch = ((job.get("metadata") or {}).get("labels") or {}).get(LABEL_BATCH)
+        if not batch:
+            continue
+        spec, status = job.get("spec") or {}, job.get("status") or {}
+        succeeded = parse_indexes(status.get("completedIndexes"))
+        failed = parse_indexes(status.get("failedIndexes"))
+        for i in range(int(spec.get("completions") or 0)):
+            says = "Succeeded" if i in succeeded else "Failed" if i in failed else ""
+            found[batch, i] = RunIndex(batch, i, job_says=says, queued=bool(spec.get("suspend")))
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        batch = labels.get(LABEL_BATCH)
+        index = labels.get(LABEL_INDEX) or (meta.get("annotations") or {}).get(LABEL_INDEX)
+        if not batch or not str(index or "").isdigit():
+            continue
+        key = (batch, int(str(index)))
+        found.setdefault(key, RunIndex(*key)).pods.append(pod)
+    for entry in found.values():
+        entry.pods.sort(key=_attempt_order)
+    return found
+
+
+def _attempt_order(pod: dict[str, Any]) -> tuple[int, str, str]:
+    meta = pod.get("metadata") or {}
+    annotations = meta.get("annotations") or {}
+    failures = 0
+    for key in (_FAILURES_KEY, _IGNORED_FAILURES_KEY):
+        with contextlib.suppress(TypeError, ValueError):
+            failures += int(annotations.get(key) or 0)
+    return failures, str(meta.get("creationTimestamp") or ""), str(meta.get("name") or "")
+
+
+class Cluster:
+    """Administrative access to the runs in one namespace (for the command line).
+
+    Listing and deleting retry as the executor does; the checks of ``doctor`` and the log
+    reads are made once, with a short timeout, so that they answer quickly when something
+    is down.
+
+    Raises:
+        ConfigError: no usable Kubernetes configuration (from the constructor).
+    """
+
+    def __init__(
+        self,
+        kubeconfig: str | None = None,
+        context: str | None = None,
+        namespace: str | None = None,
+    ) -> None:
+        self._api = KubeApi.connect(kubeconfig, context, namespace)
+        self.namespace = self._api.namespace
+
+    def close(self) -> None:
+        """Release the API connection."""
+        self._api.close()
+
+    @property
+    def host(self) -> str:
+        """The API server's URL."""
+        return self._api.host
+
+    def context_name(self) -> str | None:
+        """The kubeconfig context in use (None when there is none, e.g. inside a pod)."""
+        return self._api.context_name()
+
+    # -- runs (`k8s-executor ls` and `cleanup`) -------------------------------------------
+
+    def runs(self) -> list[RunSummary]:
+        """Every run with Jobs or a Secret in the namespace, oldest first."""
+        api = self._api
+        selector = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+        jobs = api.list("list Jobs", api.batch.list_namespaced_job, selector)
+        secrets = api.list("list Secrets", api.core.list_namespaced_secret, selector)
+        found: dict[str, dict[str, Any]] = {}
+        for obj in [*secrets, *jobs]:
+            meta = obj.get("metadata") or {}
+            run_id = (meta.get("labels") or {}).get(LABEL_RUN)
+            if not run_id:
+                continue
+            entry = found.setdefault(
+                run_id,
+                {
+                    "owner": "",
+                    "created": meta.get("creationTimestamp") or "",
+                    "jobs": 0,
+                    "active": 0,
+                    "succeeded": 0,
+                    "failed": 0,
+                    "finished_jobs": 0,
+                    "storage": "",
+                },
+            )
+            entry["created"] = min(entry["created"] or "~", meta.get("creationTimestamp") or "~")
+            annotations = meta.get("annotations") or {}
+            entry["owner"] = annotations.get(ANNOTATION_OWNER, entry["owner"])
+            if obj.get("kind", "Job") == "Secret" or "spec" not in obj:
+                entry["storage"] = annotations.get(ANNOTATION_STORAGE, entry["storage"])
+                continue
+            status = obj.get("status") or {}
+            entry["jobs"] += 1
+            for key in ("active", "succeeded", "failed"):
+                entry[key] += int(status.get(key) or 0)
+            if any(
+                c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+                for c in status.get("conditions") or []
+            ):
+                entry["finished_jobs"] += 1
+        return sorted(
+            (RunSummary(run_id=run_id, **entry) for run_id, entry in found.items()),
+            key=lambda r: r.created,
+        )
+
+    def delete_run(self, run_id: str) -> tuple[list[str], list[str]]:
+        """Delete a run's Jobs (pods with them, in the background) and Secrets; the names
+        of both. A delete that fails is said on stderr (the others go on)."""
+        api = self._api
+        selector = run_selector(run_id)
+        deleted: tuple[list[str], list[str]] = ([], [])
+        for kind, list_fn, delete_fn, names in (
+            ("Job", api.batch.list_namespaced_job, api.batch.delete_namespaced_job, deleted[0]),
+            (
+                "Secret",
+                api.core.list_namespaced_secret,
+                api.core.delete_namespaced_secret,
+                deleted[1],
+            ),
+        ):
+            for item in api.list(f"list {kind}s", list_fn, selector):
+                name = item["metadata"]["name"]
+                error = api.delete(kind, delete_fn, name)
+                if error is not None:
+                    print(f"k8s_executor: {error}", file=sys.stderr)
+                names.append(name)
+        return deleted
+
+    # -- checks (`k8s-executor doctor`) ---------------------------------------------------
+
+    def version(self, timeout: float) -> str:
+        """The server's version (``gitVersion``): proof that it answers and accepts us."""
+        info = self._once_json(
+            "talk to the Kubernetes API", self._api.version_api().get_code, timeout=timeout
+        )
+        return str(info.get("gitVersion") or "?")
+
+    def namespace_exists(self, timeout: float) -> bool | None:
+        """Whether the namespace exists; None when these credentials cannot tell.
+
+        Reading a namespace is often not allowed outside admin accounts; then a dry-run
+        create of a Secret (which the executor must be allowed anyway) answers 404 in a
+        namespace that does not exist.
+        """
+        ns, core = self.namespace, self._api.core
+        try:
+            self._once_json(f"read namespace {ns}", core.read_namespace, ns, timeout=timeout)
+            return True
+        except ClusterError as exc:
+            if exc.status == 404:
+                return False
+            if exc.status != 403:
+                raise
+        try:
+            self._once_json(
+                f"create a Secret in namespace {ns} (dry run)",
+                core.create_namespaced_secret,
+                ns,
+                {"metadata": {"generateName": "k8sx-doctor-"}},
+                dry_run="All",
+                timeout=timeout,
+            )
+            return True
+        except ClusterError as exc:
+            if exc.status == 404:
+                return False
+            if exc.status == 403:
+                return None
+            raise
+
+    def missing_permissions(self, timeout: float) -> tuple[int, list[str]]:
+        """(how many verbs were checked, those not allowed) of the executor's Role.
+
+        The verbs are those of :func:`rbac_manifests` (one list for both), each asked with
+        a SelfSubjectAccessReview in the namespace: the server's own answer, for whatever
+        grants the current credentials (RoleBindings, ClusterRoleBindings, groups).
+        Missing ones read ``verb resource[.group]``, e.g. ``create jobs.batch``.
+        """
+        authz = self._api.authorization_api()
+        rules = rbac_manifests(self.namespace)[0]["rules"]
+        wanted = [
+            (group, resource, verb)
+            for rule in rules
+            for group in rule["apiGroups"]
+            for resource in rule["resources"]
+            for verb in rule["verbs"]
+        ]
+
+        def allowed(item: tuple[str, str, str]) -> bool:
+            group, resource, verb = item
+            name, _, subresource = resource.partition("/")
+            attributes = {
+                "namespace": self.namespace, "verb": verb, "group": group, "resource": name
+            }  # fmt: skip
+            if subresource:
+                attributes["subresource"] = subresource
+            review = {
+                "apiVersion": "authorization.k8s.io/v1",
+                "kind": "SelfSubjectAccessReview",
+                "spec": {"resourceAttributes": attributes},
+            }
+            answer = self._once_json(
+                f"ask whether we may {verb} {resource}",
+                authz.create_self_subject_access_review,
+                review,
+                timeout=timeout,
+            )
+            return bool((answer.get("status") or {}).get("allowed"))
+
+        with ThreadPoolExecutor(4, thread_name_prefix="k8sx-access-review") as pool:
+            answers = list(pool.map(allowed, wanted))
+        missing = [
+            f"{verb} {resource}{'.' + group if group else ''}"
+            for (group, resource, verb), ok in zip(wanted, answers, strict=True)
+            if not ok
+        ]
+        return len(wanted), missing
+
+    # -- a run's objects and logs (`k8s-executor logs`) ------------------------------------
+
+    def run_objects(self, run_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """A run's Jobs and pods, as the API returns them (JSON)."""
+        api = self._api
+        selector = run_selector(run_id)
+        jobs = api.list("list the run's Jobs", api.batch.list_namespaced_job, selector)
+        pods = api.list("list the run's pods", api.core.list_namespaced_pod, selector)
+        return jobs, pods
+
+    def pod_log(
+        self,
+        name: str,
+        *,
+        follow: bool = False,
+        tail_lines: int | None = None,
+        timeout: float = 30.0,
+    ) -> Iterator[bytes]:
+        """The worker container's log, in chunks as they come; with ``follow``, until the
+        container ends (then with no short read timeout: a task may print nothing for a
+        long while).
+
+        Raises:
+            ClusterError: ``status`` 400 while the container has not started, 404 when
+                the pod is gone.
+        """
+        stream = self._api.open_log(
+            name,
+            CONTAINER,
+            follow=follow,
+            tail_lines=tail_lines,
+            retry=ONCE,
+            timeout=None if follow else (timeout, timeout),
+        )
+        return stream.chunks()
+
+    def _once_json(
+        self, what: str, fn: Any, *args: Any, timeout: float, **kwargs: Any
+    ) -> dict[str, Any]:
+        """One call (no retries) bounded by ``timeout`` seconds; its answer as JSON."""
+        return self._api.read_json(
+            what, fn, *args, retry=ONCE, _request_timeout=(timeout, timeout), **kwargs
+        )
+
+
+def rbac_manifests(namespace: str, service_account: str = "k8s-executor") -> list[dict[str, Any]]:
+    """A Role with exactly the verbs the executor needs, and its RoleBinding."""
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": "k8s-executor", "namespace": namespace},
+        "rules": [
+            {"apiGroups": [group], "resources": [resource], "verbs": list(verbs)}
+            for group, resource, verbs in RBAC_RULES
+        ],
+    }
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": {"name": "k8s-executor", "namespace": namespace},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": "k8s-executor",
+        },
+        "subjects": [{"kind": "ServiceAccount", "name": service_account, "namespace": namespace}],
+    }
+    return [role, binding]
