@@ -114,10 +114,13 @@ class Progress:
     # -- drawing thread -----------------------------------------------------------
 
     def _draw(self) -> None:
+        stream = sys.stderr
+        if not _interactive(stream):
+            self._draw_lines(stream)
+            return
         from tqdm.auto import tqdm
 
-        stream = sys.stderr
-        interval = _INTERVAL if _interactive(stream) else _PIPE_INTERVAL
+        interval = _INTERVAL
         bar: Any = tqdm(
             total=self.total,
             desc=self._description,
@@ -137,6 +140,22 @@ class Progress:
                     return
         finally:
             bar.close()
+
+    def _draw_lines(self, stream: TextIO) -> None:
+        """Into a file or a pipe (a log, CI output): a plain line now and then, when
+        something changed, and the last state; no carriage returns, no cursor codes."""
+        last = ""
+        while True:
+            stop = self._closed.wait(_PIPE_INTERVAL)
+            with self._lock:
+                finished = self._sealed and self.done >= self.total
+                total, done = self.total, self.done
+            line = f"{self._description}: {done}/{total} calls done, {self.text()}"
+            if line != last:
+                print(line, file=stream, flush=True)
+                last = line
+            if stop or finished:
+                return
 
     def _render(self, bar: Any) -> None:
         with self._lock:

@@ -41,6 +41,8 @@ def test_bar_to_a_pipe_keeps_output_intact(capsys: pytest.CaptureFixture[str]) -
     out, err = capsys.readouterr()
     # The bar goes to stderr only: what the program prints is untouched.
     assert out == f"results {[i * i for i in range(30)]}\n"
+    # Not a terminal: plain lines, no carriage returns or cursor codes (issue 14 item 15).
+    assert "\r" not in err and "\x1b" not in err
     final = _final_line(err, f"k8s_executor {ex.run_id}")
     assert "31/31" in final
     assert "running=0 pending=0 failed=1" in final
