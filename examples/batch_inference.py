@@ -10,7 +10,7 @@ nothing is downloaded.
 
 On this machine (workers are local subprocesses):
 
-    K8S_EXECUTOR_BACKEND=local python examples/batch_inference.py
+    python examples/batch_inference.py
 
 On a cluster, the same command with the cluster's settings in the environment instead
 (see docs/examples.md):
@@ -22,6 +22,7 @@ On a cluster, the same command with the cluster's settings in the environment in
 from __future__ import annotations
 
 import functools
+import os
 import time
 from typing import Any
 
@@ -31,6 +32,10 @@ from sklearn.model_selection import train_test_split
 from sklearn.svm import SVC
 
 from k8s_executor import KubernetesExecutor
+
+# The local backend unless the environment names another (K8S_EXECUTOR_BACKEND=kubernetes
+# with the cluster's settings, as the docstring shows): runs as is on any machine.
+BACKEND = os.environ.get("K8S_EXECUTOR_BACKEND", "local")
 
 CHUNK_SIZE = 100  # images per call: one vectorised predict each
 
@@ -59,7 +64,7 @@ def main() -> None:
     predict = functools.partial(classify_chunk, model)
 
     started = time.perf_counter()
-    with KubernetesExecutor() as ex:
+    with KubernetesExecutor(backend=BACKEND) as ex:
         print(f"run {ex.run_id}: up to {ex.max_workers} workers")
         predictions = np.concatenate(list(ex.map(predict, chunks)))
     elapsed = time.perf_counter() - started

@@ -15,7 +15,7 @@ threads only: workers run in other processes, on other machines.
 
 On this machine (workers are local subprocesses):
 
-    K8S_EXECUTOR_BACKEND=local python examples/threadpool_to_cluster.py
+    python examples/threadpool_to_cluster.py
 
 On a cluster, the same command with the cluster's settings in the environment instead
 (see docs/examples.md):
@@ -26,12 +26,17 @@ On a cluster, the same command with the cluster's settings in the environment in
 
 from __future__ import annotations
 
+import os
 import time
 from concurrent.futures import Future, as_completed  # was: Future, ThreadPoolExecutor, ...
 
 import numpy as np
 
 from k8s_executor import KubernetesExecutor
+
+# The local backend unless the environment names another (K8S_EXECUTOR_BACKEND=kubernetes
+# with the cluster's settings, as the docstring shows): runs as is on any machine.
+BACKEND = os.environ.get("K8S_EXECUTOR_BACKEND", "local")
 
 STORES = 40
 WEEKS = 156  # three years of weekly sales per store
@@ -72,7 +77,7 @@ def main() -> None:
     started = time.perf_counter()
     forecasts: dict[str, np.ndarray] = {}
     # was: with ThreadPoolExecutor(max_workers=4) as pool:
-    with KubernetesExecutor(max_workers=4) as pool:
+    with KubernetesExecutor(backend=BACKEND, max_workers=4) as pool:
         futures: dict[Future[np.ndarray], str] = {
             pool.submit(fit_and_forecast, history[:-HOLDOUT], HOLDOUT): store
             for store, history in sales.items()
