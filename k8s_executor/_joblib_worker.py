@@ -87,6 +87,38 @@ def _parallel_config(nested: Nested) -> contextlib.AbstractContextManager[Any]:
     return config
 
 
+BACKEND_NAME = "kubernetes"
+
+
+def alias_nested_backend() -> None:
+    """In a worker, make ``backend="kubernetes"`` mean the nested local backend.
+
+    Code a worker runs may name the backend itself (a nested ``Parallel(backend=
+    "kubernetes")``, a ``parallel_config`` block inside the call): a pod has no cluster
+    credentials and no client, so those calls run on threads of the worker, as loky's
+    nesting rule runs nested calls of its workers. Done when joblib is imported, at once
+    or by a later import of the call's: importing joblib here would slow every worker.
+    """
+
+    def register() -> None:
+        from joblib import register_parallel_backend
+        from joblib.parallel import ThreadingBackend
+
+        class NestedKubernetes(ThreadingBackend):  # type: ignore[misc]
+            """``kubernetes`` inside a worker: threads of the worker."""
+
+            def __init__(self, nesting_level: int | None = None, **_cluster: Any) -> None:
+                # The client's options (executor_backend=, storage=...) mean nothing here.
+                super().__init__(nesting_level=nesting_level)
+
+        register_parallel_backend(BACKEND_NAME, NestedKubernetes)
+
+    if "joblib" in sys.modules:
+        register()
+    else:
+        sys.meta_path.insert(0, _AfterImport("joblib", register))
+
+
 class _AfterImport:
     """A one-shot import hook (a ``sys.meta_path`` finder): runs ``then`` right after the
     module ``name`` has been executed. The standard library has no post-import hook;

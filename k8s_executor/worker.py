@@ -245,6 +245,10 @@ def main(argv: list[str] | None = None) -> NoReturn:
     index_text = os.environ.get(codes.ENV_INDEX)
     if index_text is None or not index_text.isdigit():
         _usage(f"JOB_COMPLETION_INDEX must be a non-negative integer, got {index_text!r}")
+    # Joblib code of a task that names backend="kubernetes" runs on the worker's threads.
+    from ._joblib_worker import alias_nested_backend
+
+    alias_nested_backend()
     parent = os.environ.get(codes.ENV_PARENT_PID)
     if parent:
         _watch_parent(int(parent))

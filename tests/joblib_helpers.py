@@ -83,3 +83,16 @@ def alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def parallel_naming_kubernetes(n: int) -> tuple[int, list[int], str]:
+    """Code that names the backend itself, as library code inside a task may."""
+    import joblib
+
+    with joblib.parallel_config(backend="kubernetes", executor_backend="local"):
+        backend, _ = joblib.parallel.get_active_backend()
+        pids = joblib.Parallel(n_jobs=2)(joblib.delayed(os.getpid)() for _ in range(n))
+    also = joblib.Parallel(n_jobs=2, backend="kubernetes")(
+        joblib.delayed(os.getpid)() for _ in range(n)
+    )
+    return os.getpid(), list(pids) + list(also), type(backend).__name__

@@ -224,3 +224,18 @@ def test_nested_parallel_after_joblib_is_imported_inside_the_call() -> None:
         assert worker_pid != os.getpid()
         assert nested_pids == [worker_pid] * 3  # threads in the worker, not new workers
         assert backend == "ThreadingBackend"
+
+
+@pytest.mark.parametrize("how", ["joblib backend", "plain submit"])
+def test_worker_code_naming_the_kubernetes_backend_runs_nested(how: str) -> None:
+    # Issue 14 item 18: inside a worker, "kubernetes" was an invalid joblib backend.
+    if how == "joblib backend":
+        with config():
+            (result,) = Parallel()(delayed(jh.parallel_naming_kubernetes)(3) for _ in range(1))
+    else:
+        with KubernetesExecutor(backend="local") as ex:
+            result = ex.submit(jh.parallel_naming_kubernetes, 3).result(timeout=60)
+    worker_pid, nested_pids, backend = result
+    assert worker_pid != os.getpid()
+    assert nested_pids == [worker_pid] * 6  # threads of the worker, not new workers
+    assert backend == "NestedKubernetes"
