@@ -86,8 +86,11 @@ class Kubesim:
         history_seconds: float = 300.0,
         kubelet_options: dict[str, Any] | None = None,
         node: Any = None,
+        pod_start_delay: float = 0.0,
     ) -> None:
         self.runtime = runtime
+        if pod_start_delay:
+            kubelet_options = {**(kubelet_options or {}), "pod_start_delay": pod_start_delay}
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="kubesim-"))
         clock_cls = _optional("clock", "Clock")

@@ -384,6 +384,7 @@ class Kubelet:
         workdir: str | os.PathLike[str] | None = None,
         oom_poll_s: float = 0.05,
         base_env: dict[str, str] | None = None,
+        pod_start_delay: float = 0.0,
     ) -> None:
         if runtime not in ("process", "podman"):
             raise ValueError(f"unknown runtime {runtime!r}: use 'process' or 'podman'")
@@ -395,6 +396,10 @@ class Kubelet:
         self.podman_cmd = list(podman_cmd)
         self.unpullable = re.compile(unpullable) if unpullable else None
         self.oom_poll_s = oom_poll_s
+        # Seconds between a pod's sandbox and its containers starting: what a real node
+        # spends on scheduling, pulling a cached image and starting the container (about
+        # 3 s measured on a real 1.36 node). 0: at once.
+        self.pod_start_delay = pod_start_delay
         self.base_env = (
             dict(base_env)
             if base_env is not None
@@ -653,6 +658,10 @@ class Kubelet:
         self._publish(run)
         run.sandbox_ready = True
         self._publish(run)
+        if self.pod_start_delay > 0:
+            self._wait(run, self.pod_start_delay)
+            if self._interrupted(run):
+                return self._terminate(run)
         # 1. images
         for c in run.all_containers():
             if not self._pull(run, c):

@@ -386,3 +386,31 @@ def test_the_container_ends_with_its_main_process(core: Any, tmp_path: Any) -> N
     assert _state(_wait_phase(core, "orphan", "Succeeded"))["terminated"]["exitCode"] == 0
     pid = int(child_pid.read_text())
     wait_for(lambda: not _alive(pid), 10, "the orphan killed with PID 1")
+
+
+def test_pod_start_delay_models_a_real_nodes_start(
+    kubesim_factory: Any,
+) -> None:
+    # A real node takes about 3 s from a pod's creation to its container running with a
+    # cached image; benchmarks of round trips need kubesim to pay it too.
+    clock = FakeClock()
+    sim = kubesim_factory(clock=clock, pod_start_delay=3.0)
+    with sim.api_client() as api:
+        core = client.CoreV1Api(api)
+        core.create_namespaced_pod(NS, _pod("slow", "print('up')"))
+
+        def sandbox_ready() -> bool:
+            conditions = _get(core, "slow")["status"].get("conditions") or []
+            return any(
+                c["type"] == "PodReadyToStartContainers" and c["status"] == "True"
+                for c in conditions
+            )
+
+        wait_for(sandbox_ready, what="the pod's sandbox")
+        clock.advance(2.9)  # due callbacks run in advance(): the start is not due yet
+        pod = _get(core, "slow")
+        assert phase(pod) == "Pending"
+        (status,) = pod["status"]["containerStatuses"]
+        assert list(status["state"]) == ["waiting"]
+        clock.advance(0.2)
+        wait_for(lambda: phase(_get(core, "slow")) == "Succeeded", what="the pod to run")
