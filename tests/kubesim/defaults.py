@@ -84,11 +84,28 @@ def default_pod_spec(spec: dict[str, Any]) -> None:
             volume["emptyDir"] = {}
 
 
+def default_decoded(resource: str, obj: dict[str, Any]) -> None:
+    """batch/v1 scheme defaults that the server applies while decoding, before validation
+    (so validation never sees them missing): ``podFailurePolicy.rules[].onPodConditions[]
+    .status`` → ``True`` (``SetDefaults_Job``). Malformed parts are left to validation."""
+    if resource != "jobs":
+        return
+    spec = obj.get("spec")
+    policy = spec.get("podFailurePolicy") if isinstance(spec, dict) else None
+    rules = policy.get("rules") if isinstance(policy, dict) else None
+    for rule in rules if isinstance(rules, list) else ():
+        patterns = rule.get("onPodConditions") if isinstance(rule, dict) else None
+        for pattern in patterns if isinstance(patterns, list) else ():
+            if isinstance(pattern, dict) and pattern.get("status") in (None, ""):
+                pattern["status"] = "True"
+
+
 def default_object(resource: str, obj: dict[str, Any]) -> None:
     """Scheme defaults for one object of ``resource`` (in place)."""
     if resource == "pods":
         default_pod_spec(obj.setdefault("spec", {}))
     elif resource == "jobs":
+        default_decoded(resource, obj)
         template = (obj.get("spec") or {}).get("template")
         if isinstance(template, dict):
             default_pod_spec(template.setdefault("spec", {}))

@@ -28,8 +28,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from tests.kubesim import defaults, eviction, openapi, protobuf, schema, tables
 from tests.kubesim import events as kevents
-from tests.kubesim import eviction, schema, tables
 from tests.kubesim import patch as patching
 from tests.kubesim import watch as watching
 from tests.kubesim.errors import ApiError
@@ -369,8 +369,18 @@ class _Handler(BaseHTTPRequestHandler):
         warnings: list[str] | None = None,
     ) -> None:
         data = json.dumps(body, separators=(",", ":")).encode() + b"\n"
+        content_type = "application/json"
+        # Content negotiation: protobuf when the client prefers it and kubesim has the kind's
+        # message (tests/kubesim/protobuf.py); JSON otherwise, which client-go also accepts.
+        encoded = (
+            protobuf.encode(body)
+            if isinstance(body, dict) and protobuf.wants_protobuf(self.headers.get("Accept"))
+            else None
+        )
+        if encoded is not None:
+            data, content_type = encoded, protobuf.MEDIA_TYPE
         self.send_response(code)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Cache-Control", "no-cache, private")
         for warning in warnings or []:
             escaped = warning.replace("\\", "\\\\").replace('"', '\\"')
@@ -463,6 +473,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _route(
         self, method: str, path: str, query: dict[str, str], body: bytes, content_type: str
     ) -> None:
+        if path in ("/openapi/v2", "/openapi/v3") or path.startswith("/openapi/v3/"):
+            if method != "GET":
+                raise _method_not_allowed()
+            self._openapi(path, query)
+            return
         discovery = self._discovery(path)
         if discovery is not None:
             if method != "GET":
@@ -472,7 +487,7 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews":
             if method != "POST":
                 raise _method_not_allowed()
-            self._access_review(body)
+            self._access_review(_decode_body(body, content_type))
             return
         route = self._match(path)
         verb = self._verb(method, route, query)
@@ -634,7 +649,43 @@ class _Handler(BaseHTTPRequestHandler):
             verb, resource, namespace, all_namespaces=info.namespaced and namespace is None
         )
 
-    def _access_review(self, body: bytes) -> None:
+    def _openapi(self, path: str, query: dict[str, str]) -> None:
+        """The API documents (:mod:`tests.kubesim.openapi`), in JSON only: a client that
+        accepts nothing else (kubectl's protobuf-only ``/openapi/v2`` fetch) gets 406, as from
+        kube-openapi for a format it does not produce. A ``?hash=`` that is not the current one
+        is redirected to the current URL, as kube-apiserver does."""
+        if path == "/openapi/v2":
+            doc = openapi.v2(_SUBRESOURCES)
+        elif path == "/openapi/v3":
+            doc = openapi.v3_index(_SUBRESOURCES)
+        else:
+            found = openapi.v3(path[len("/openapi/v3/") :], _SUBRESOURCES)
+            if found is None:
+                raise _not_found_path()
+            doc = found
+            if query.get("hash") not in (None, doc.hash):
+                self.send_response(301)
+                self.send_header("Location", f"{path}?hash={doc.hash}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+        if not protobuf.acceptable(self.headers.get("Accept"), "application/json"):
+            self.send_response(406)
+            self.send_header("Vary", "Accept")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        immutable = query.get("hash") == doc.hash
+        self.send_header("Cache-Control", "public, immutable" if immutable else "no-cache, private")
+        self.send_header("Etag", f'"{doc.hash}"')
+        self.send_header("Vary", "Accept")
+        self.send_header("Content-Length", str(len(doc.body)))
+        self.end_headers()
+        self.wfile.write(doc.body)
+
+    def _access_review(self, review: dict[str, Any]) -> None:
         """``POST selfsubjectaccessreviews``: would *this* request be allowed?
 
         As kube-apiserver: the review is validated (exactly one of ``resourceAttributes`` /
@@ -656,7 +707,6 @@ class _Handler(BaseHTTPRequestHandler):
                 f'"{group}" at the cluster scope',
                 details={"group": group, "kind": "selfsubjectaccessreviews"},
             )
-        review = _decode(body)
         api_version, kind = review.get("apiVersion"), review.get("kind")
         if api_version and api_version != f"{group}/v1":
             raise ApiError(
@@ -862,6 +912,7 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
     def _watch(self, route: Route, query: dict[str, str]) -> None:
+        _check_watch_list(query)
         info = route.info
         selector = Selector.parse(info.name, query.get("labelSelector"), query.get("fieldSelector"))
         requested = watching.parse_resource_version(query.get("resourceVersion"))
@@ -1000,7 +1051,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _decode_object(self, route: Route, body: bytes, content_type: str) -> dict[str, Any]:
         obj: dict[str, Any]
-        if content_type and content_type not in ("application/json", "*/*"):
+        if content_type == protobuf.MEDIA_TYPE:
+            obj = protobuf.decode(body)
+        elif content_type and content_type not in ("application/json", "*/*"):
             if content_type in ("application/yaml", "application/x-yaml"):
                 import yaml
 
@@ -1052,6 +1105,8 @@ class _Handler(BaseHTTPRequestHandler):
         name = (obj.get("metadata") or {}).get("name") or route.name or ""
         if self._events_v1:
             obj = kevents.v1_to_core(obj)
+        # As the real server: decoding defaults the versioned object before it is validated.
+        defaults.default_decoded(route.info.name, obj)
         outcome = schema.validate(
             route.info.name, name, obj, field_validation=query.get("fieldValidation")
         )
@@ -1310,6 +1365,50 @@ def _group(name: str) -> dict[str, Any]:
         "versions": [{"groupVersion": f"{name}/v1", "version": "v1"}],
         "preferredVersion": {"groupVersion": f"{name}/v1", "version": "v1"},
     }
+
+
+def _check_watch_list(query: dict[str, str]) -> None:
+    """Streaming lists (``sendInitialEvents``, KEP-3157) are refused as by a 1.33 server,
+    whose WatchList gate is off by default: 422 on the ListOptions, so that clients that try
+    them first (kubectl >= 1.35's informers: ``wait``, ``delete --wait``) fall back to
+    list + watch, as they do against such a cluster."""
+    if "sendInitialEvents" not in query:
+        return
+    errors = []
+    if query.get("resourceVersionMatch") != "NotOlderThan":
+        errors.append(
+            FieldError(
+                "resourceVersionMatch",
+                "Forbidden",
+                "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+            )
+        )
+    errors.append(
+        FieldError(
+            "sendInitialEvents",
+            "Forbidden",
+            "sendInitialEvents is forbidden for watch unless the WatchList feature gate is enabled",
+        )
+    )
+    texts = [str(e) for e in errors]
+    raise ApiError(
+        422,
+        "Invalid",
+        'ListOptions.meta.k8s.io "" is invalid: '
+        + (texts[0] if len(texts) == 1 else "[" + ", ".join(texts) + "]"),
+        details={
+            "group": "meta.k8s.io",
+            "kind": "ListOptions",
+            "causes": [e.cause() for e in errors],
+        },
+    )
+
+
+def _decode_body(body: bytes, content_type: str) -> dict[str, Any]:
+    """A JSON or (for the kinds :mod:`protobuf` knows) protobuf request body."""
+    if content_type == protobuf.MEDIA_TYPE:
+        return protobuf.decode(body)
+    return _decode(body)
 
 
 def _decode(body: bytes) -> dict[str, Any]:

@@ -87,7 +87,37 @@ def _job_row(obj: Obj, now: datetime) -> list[Any]:
     duration = ""
     if start is not None:
         duration = human_duration(((end or now) - start).total_seconds())
-    return [obj["metadata"]["name"], state, completions, duration, _age(obj, now)]
+    containers = list(((spec.get("template") or {}).get("spec") or {}).get("containers") or [])
+    return [
+        obj["metadata"]["name"],
+        state,
+        completions,
+        duration,
+        _age(obj, now),
+        ",".join(str(c.get("name", "")) for c in containers),
+        ",".join(str(c.get("image", "")) for c in containers),
+        format_label_selector(spec.get("selector")),
+    ]
+
+
+def format_label_selector(selector: Any) -> str:
+    """``metav1.FormatLabelSelector``: requirements sorted by key, ``<none>`` when empty."""
+    if not isinstance(selector, dict):
+        return "<none>"
+    parts: list[tuple[str, str]] = []
+    for key, value in (selector.get("matchLabels") or {}).items():
+        parts.append((key, f"{key}={value}"))
+    for expression in selector.get("matchExpressions") or []:
+        key, operator = expression.get("key", ""), expression.get("operator", "")
+        values = ",".join(sorted(expression.get("values") or []))
+        text = {
+            "In": f"{key} in ({values})",
+            "NotIn": f"{key} notin ({values})",
+            "Exists": key,
+            "DoesNotExist": f"!{key}",
+        }.get(operator, f"{key} {operator}")
+        parts.append((key, text))
+    return ",".join(text for _, text in sorted(parts)) or "<none>"
 
 
 def _pod_row(obj: Obj, now: datetime) -> list[Any]:
@@ -120,7 +150,23 @@ def _pod_row(obj: Obj, now: datetime) -> list[Any]:
         "Failed",
     ):
         reason = "Terminating"
-    return [obj["metadata"]["name"], f"{ready}/{total}", reason, restarts, _age(obj, now)]
+    gates = spec.get("readinessGates") or []
+    gates_text = "<none>"
+    if gates:
+        conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
+        true = sum(1 for g in gates if conditions.get(g.get("conditionType")) == "True")
+        gates_text = f"{true}/{len(gates)}"
+    return [
+        obj["metadata"]["name"],
+        f"{ready}/{total}",
+        reason,
+        restarts,
+        _age(obj, now),
+        status.get("podIP") or "<none>",
+        spec.get("nodeName") or "<none>",
+        status.get("nominatedNodeName") or "<none>",
+        gates_text,
+    ]
 
 
 def _namespace_row(obj: Obj, now: datetime) -> list[Any]:
@@ -181,6 +227,10 @@ _COLUMNS = {
             _col("Completions"),
             _col("Duration"),
             _col("Age"),
+            # -o wide: the columns of priority 1 (printers.go jobColumnDefinitions).
+            _col("Containers", priority=1),
+            _col("Images", priority=1),
+            _col("Selector", priority=1),
         ],
         _job_row,
     ),
@@ -191,6 +241,10 @@ _COLUMNS = {
             _col("Status"),
             _col("Restarts", "string"),
             _col("Age"),
+            _col("IP", priority=1),
+            _col("Node", priority=1),
+            _col("Nominated Node", priority=1),
+            _col("Readiness Gates", priority=1),
         ],
         _pod_row,
     ),
