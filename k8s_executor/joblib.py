@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import joblib
 from joblib.parallel import ParallelBackendBase, SequentialBackend, ThreadingBackend
 
+from ._config import known_backends
 from ._joblib_worker import Nested, TaskTimeoutError, TimeLimited, run_batch, run_calls
 from .errors import ConfigError
 
@@ -164,9 +165,10 @@ class KubernetesParallelBackend(ParallelBackendBase):  # type: ignore[misc]
             isinstance(executor_backend, str) or callable(executor_backend)
         ):
             raise ConfigError(
-                f"executor_backend={executor_backend!r} is not allowed: expected 'local', "
-                "'kubernetes' or a callable returning a new Backend (a backend instance "
-                "can serve only one executor, and each Parallel call gets its own)"
+                f"executor_backend={executor_backend!r} is not allowed: expected one of "
+                f"{sorted(known_backends)} or a callable returning a new Backend (a "
+                "backend instance can serve only one executor, and each Parallel call "
+                "gets its own)"
             )
         options = {
             "executor_backend": executor_backend,

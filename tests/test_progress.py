@@ -52,7 +52,7 @@ def test_running_and_pending_are_counted(tmp_path: Path) -> None:
     started, release = tmp_path / "started", tmp_path / "release"
     with KubernetesExecutor(backend="local", max_workers=1, progress=True) as ex:
         held = ex.submit(touch_then_wait, str(started), str(release))
-        bar = ex._bar
+        bar = ex._run._bar
         assert bar is not None
         # The executor marks the future running, then counts it on the bar: wait for the
         # bar itself rather than rely on the next submit waiting for the executor's lock.
@@ -71,7 +71,7 @@ def test_running_and_pending_are_counted(tmp_path: Path) -> None:
 
 def test_map_gets_its_own_bar_closed_when_it_ends(capsys: pytest.CaptureFixture[str]) -> None:
     with KubernetesExecutor(backend="local", max_workers=2) as ex:
-        assert ex._bar is None  # no executor-wide bar: not asked for, stderr no terminal
+        assert ex._run._bar is None  # no executor-wide bar: not asked for, stderr no terminal
         results = list(ex.map(square, range(25), chunksize=4, progress=True))
         seen = []
 
@@ -89,7 +89,7 @@ def test_map_gets_its_own_bar_closed_when_it_ends(capsys: pytest.CaptureFixture[
 def test_unpicklable_argument_counts_as_failed() -> None:
     with KubernetesExecutor(backend="local", progress=True) as ex:
         future = ex.submit(square, lambda: None)
-        bar = ex._bar
+        bar = ex._run._bar
         assert bar is not None
         # A lambda pickles (cloudpickle) and fails in the worker; a lock cannot be sent.
         bad = ex.submit(square, threading.Lock())

@@ -192,7 +192,7 @@ def test_cancelled_call_does_not_run_beside_calls_that_do(
     helpers.wait_for(started.exists, 60, "the blocking task to start")
     queued = [ex.submit(helpers.record_name, calls, name) for name in ("a", "b", "c")]
     # The three are launched as one batch, which waits for the slot.
-    helpers.wait_for(lambda: len(ex._batches) == 2, 60, "the second batch to be launched")
+    helpers.wait_for(lambda: len(ex._run._batches) == 2, 60, "the second batch to be launched")
     assert queued[1].cancel()
     release.touch()
     assert isinstance(next(blocker), int)
@@ -224,11 +224,11 @@ def test_cancelling_many_calls_writes_each_marker_a_few_times(
     blocker = ex.map(helpers.touch_then_wait, [started], [release])
     helpers.wait_for(started.exists, 60, "the blocking task to start")
     queued = [ex.submit(helpers.record_name, calls, f"c{i}") for i in range(300)]
-    helpers.wait_for(lambda: len(ex._batches) == 2, 60, "the second batch to be launched")
+    helpers.wait_for(lambda: len(ex._run._batches) == 2, 60, "the second batch to be launched")
     assert all(f.cancel() for f in queued[:-1])  # a loop cancelling all but the last
     # The last marker is written a moment after the loop (the worker could start first
     # only if its slot freed within that moment; here the test holds the slot).
-    helpers.wait_for(lambda: ex._skip_timer is None, 60, "the skip marker to be written")
+    helpers.wait_for(lambda: ex._run._skips.timer is None, 60, "the skip marker to be written")
     release.touch()
     assert isinstance(next(blocker), int)
     assert queued[-1].result(timeout=60) == "c299"
@@ -273,8 +273,8 @@ def test_map_timeout_raises_and_cancels_not_started(
 
 def _indexes_started(ex: KubernetesExecutor) -> int:
     """How many indexes of the executor's live batches it knows to have started."""
-    with ex._lock:
-        return sum(entry.started for batch in ex._batches.values() for entry in batch.indexes)
+    with ex._run._lock:
+        return sum(entry.started for batch in ex._run._batches.values() for entry in batch.indexes)
 
 
 def test_initializer_runs_in_every_worker(make_executor: ExecutorFactory) -> None:
@@ -363,7 +363,7 @@ def test_shutdown_deletes_run_storage(
 def test_default_temporary_storage_removed(make_executor: ExecutorFactory) -> None:
     ex = make_executor()
     ex.submit(helpers.square, 2).result(timeout=60)
-    temp_dir = ex._temp_dir
+    temp_dir = ex._run._temp_dir
     assert temp_dir is not None and os.path.isdir(temp_dir)
     ex.shutdown()
     assert not os.path.exists(temp_dir)

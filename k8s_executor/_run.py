@@ -1,0 +1,477 @@
+"""The engine of one executor: queue, dispatcher, launch, heartbeat, skip markers,
+resolution of futures, shutdown.
+
+``KubernetesExecutor`` (``_executor``) is the user's object: arguments, public API,
+lifecycle. It hands tasks to a :class:`Run`, as CPython's ``ProcessPoolExecutor`` hands
+work items to its ``_ExecutorManagerThread``. The backend reports to the :class:`Run`
+(the private :class:`~k8s_executor.backends._base.Listener`), never to the user's object.
+
+Threads::
+
+    caller      make_task (pickle the calls) → enqueue
+    dispatcher  queue → batch → write fn, in/<i> → Backend.launch
+    backend's   index_started / index_finished / backend_broken → futures
+    heartbeat   <run>/heartbeat, every Backend.heartbeat_interval
+    finalizer   wait for (or kill) the work → close the backend → delete the storage
+
+One lock guards the engine's state, and no storage or network call is made while it is
+held: a slow PUT must not stall ``submit`` nor the delivery of the backend's events. What
+needs writing is collected under the lock and written after; skip markers, which must land
+in order, are serialised by a lock of their own (see ``_skips``), never by the engine's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import functools
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+from ._batches import Batch, Index, Task
+from ._config import Settings
+from ._launch import Launcher
+from ._outcomes import resolve_index, shut_down_error
+from ._progress import Progress
+from ._skips import SkipMarkers
+from ._store import RunStore
+from .backends._base import IndexExit, RunContext
+from .errors import ExecutorBrokenError, StorageError
+
+__all__ = ["Run", "State"]
+
+
+class State(enum.Enum):
+    CREATED = "created"  # no submit yet: no thread, no storage, no backend started
+    STARTING = "starting"  # the backend is starting (outside the lock); others wait
+    RUNNING = "running"
+    SHUTTING_DOWN = "shutting down"
+    SHUT_DOWN = "shut down"
+    BROKEN = "broken"
+
+
+class Run:
+    """Runs the tasks of one executor on its backend (see the module docstring).
+
+    Args:
+        settings: the resolved configuration (backend, storage, batching...).
+        max_workers: the most workers at once.
+        initializer: the pickled initializer and initargs, or None.
+        run_id: the run's id (storage prefix, labels).
+        key: the run's signing key.
+        on_start: called once the backend has started (the executor registers for exit).
+        on_end: called once everything is released.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        max_workers: int,
+        initializer: tuple[bytes, bytes] | None,
+        run_id: str,
+        key: bytes,
+        on_start: Callable[[], None],
+        on_end: Callable[[], None],
+    ) -> None:
+        self._backend = settings.backend
+        self._settings = settings
+        self._batching = settings.batching
+        self._max_workers = max_workers
+        self._run_id = run_id
+        self._key = key
+        self._on_start = on_start
+        self._on_end = on_end
+        self._state = State.CREATED
+        self._broken: BaseException | None = None
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
+        self._queue: list[Task] = []
+        self._flush = False
+        self._batches: dict[str, Batch] = {}
+        self._skips = SkipMarkers(self._lock, self._batches, self._backend.cancel)
+        self._launcher = Launcher(
+            settings,
+            max_workers=max_workers,
+            initializer=initializer,
+            run_id=run_id,
+            key=key,
+            settle=self._settle,
+        )
+        self._store: RunStore | None = None
+        self._temp_dir: str | None = None
+        self._dispatcher: threading.Thread | None = None
+        self._finalizer: threading.Thread | None = None
+        self._kill = False
+        self._heartbeat: threading.Thread | None = None
+        self._stopped = threading.Event()
+        self._bar: Progress | None = None
+
+    # -- submission (caller's thread) ----------------------------------------------
+
+    def make_task(
+        self,
+        future: Future[Any],
+        fn: Callable[..., Any],
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+        *,
+        single: bool,
+        bars: tuple[Progress, ...] = (),
+    ) -> Task:
+        """Pickle ``calls`` of ``fn`` into a task for ``future`` (failed at once if they
+        cannot be pickled)."""
+        self.check_accepting()
+        task = self._launcher.make_task(future, fn, calls, single=single, bars=bars)
+        if not task.settled:
+            future.add_done_callback(functools.partial(self._task_done, task))
+        return task
+
+    def bars(self) -> tuple[Progress, ...]:
+        """The run's bar (started with the first call) when progress is shown."""
+        if not self._settings.show_progress:
+            return ()
+        with self._lock:
+            if self._bar is None and self._state in (
+                State.CREATED,
+                State.STARTING,
+                State.RUNNING,
+            ):
+                self._bar = Progress(f"k8s_executor {self._run_id}")
+            return () if self._bar is None else (self._bar,)
+
+    def check_accepting(self) -> None:
+        """Raise if no new call may be scheduled (broken, shut down, interpreter exit)."""
+        state = self._state
+        if state is State.BROKEN:
+            raise ExecutorBrokenError(
+                f"the executor is broken and cannot run new calls: {self._broken}"
+            ) from self._broken
+        if state in (State.SHUTTING_DOWN, State.SHUT_DOWN):
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        if sys.is_finalizing():
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+    def enqueue(self, tasks: list[Task], *, flush: bool) -> None:
+        """Queue tasks for the dispatcher (starting the run on first use); ``flush``
+        sends them without waiting for the batching window."""
+        self._start_once()
+        with self._cond:
+            self.check_accepting()
+            self._queue.extend(t for t in tasks if not t.settled)
+            self._flush = self._flush or flush
+            self._cond.notify_all()
+
+    def _start_once(self) -> None:
+        with self._cond:
+            while self._state is State.STARTING:
+                self._cond.wait()
+            self.check_accepting()
+            if self._state is not State.CREATED:
+                return
+            self._state = State.STARTING
+        # Outside the lock: starting a backend may take a while (the Kubernetes backend
+        # talks to the API server), and the backend may report to us meanwhile.
+        try:
+            self._start()
+        except BaseException:
+            with self._cond:
+                self._state = State.CREATED
+                self._cond.notify_all()
+            raise
+        with self._cond:
+            if self._state is State.STARTING:
+                self._state = State.RUNNING
+            self._cond.notify_all()
+        self._on_start()
+
+    def _start(self) -> None:
+        storage = self._settings.storage
+        if storage is None:
+            self._temp_dir = tempfile.mkdtemp(prefix="k8sx-")
+            root = self._temp_dir
+        else:
+            root = storage.rstrip("/")
+        options = self._settings.storage_options
+        store = RunStore(f"{root}/{self._run_id}", options, self._settings.storage_retry)
+        run = RunContext(self._run_id, store.url, self._key, options)
+        try:
+            self._backend.start(self, self._max_workers, run)
+        except BaseException:
+            # Cluster unreachable, forbidden, misconfigured: the caller of submit sees it,
+            # and nothing is left behind.
+            with contextlib.suppress(Exception):
+                self._backend.close(kill=True)
+            if self._temp_dir is not None:
+                shutil.rmtree(self._temp_dir, ignore_errors=True)
+                self._temp_dir = None
+            raise
+        self._store = self._skips.store = self._launcher.store = store
+        interval = self._backend.heartbeat_interval
+        if interval is not None:
+            self._heartbeat = threading.Thread(
+                target=self._beat, args=(interval,), name="k8sx-heartbeat", daemon=True
+            )
+        self._dispatcher = threading.Thread(
+            target=self._dispatch, name="k8sx-dispatch", daemon=True
+        )
+        for thread in (self._heartbeat, self._dispatcher):
+            if thread is not None:
+                thread.start()
+
+    # -- dispatcher thread ---------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        window = self._batching.window
+        if window is None:
+            window = getattr(self._backend, "batch_window", 0.01)
+        limit = self._batching.max_calls
+        while True:
+            with self._cond:
+                while not self._queue:
+                    if self._state not in (State.STARTING, State.RUNNING):
+                        return
+                    self._cond.wait()
+                deadline = time.monotonic() + window
+                while not self._flush and len(self._queue) < limit:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or self._state is not State.RUNNING:
+                        break
+                    self._cond.wait(remaining)
+                tasks, self._queue = self._queue[:limit], self._queue[limit:]
+                if not self._queue:
+                    self._flush = False
+            self._launch(tasks)
+
+    def _launch(self, tasks: list[Task]) -> None:
+        batch = self._launcher.prepare(tasks)
+        if batch is None:
+            return
+        with self._lock:
+            self._batches[batch.batch_id] = batch
+            # Calls cancelled while the inputs were being written: their markers now,
+            # before the backend can start a worker.
+            for i, entry in enumerate(batch.indexes):
+                if any(t.future.cancelled() for t in entry.tasks):
+                    self._skips.add((batch.batch_id, i))
+            unwritten = self._skips.unwritten()
+        if unwritten:
+            self._skips.write()
+        try:
+            self._backend.launch(self._launcher.spec(batch))
+        except Exception as exc:
+            self.backend_broken(exc)
+
+    def _beat(self, interval: float) -> None:
+        """Refresh the run's heartbeat: workers of a vanished client give up."""
+        assert self._store is not None
+        beat = 0
+        while True:
+            beat += 1
+            with contextlib.suppress(StorageError):
+                self._store.put("heartbeat", str(beat).encode())
+            if self._stopped.wait(interval):
+                return
+
+    # -- skip markers --------------------------------------------------------------
+
+    def _task_done(self, task: Task, _future: Future[Any]) -> None:
+        """A future is done: count it; if it was cancelled before its index started,
+        tell the worker not to run it (see ``_skips``)."""
+        cancelled = task.future.cancelled()
+        for bar in task.bars:
+            bar.finished(
+                task.n_calls,
+                was_running=task.running,
+                failed=not cancelled and task.future.exception() is not None,
+                cancelled=cancelled,
+            )
+        if cancelled:
+            self._skips.cancelled((task.batch_id, task.index))
+
+    # -- listener (called by the backend, from its threads) ------------------------
+
+    def index_started(self, batch_id: str, index: int) -> bool:
+        """Mark the futures of an index running; False if all were cancelled."""
+        key = (batch_id, index)
+        while True:
+            with self._lock:
+                batch = self._batches.get(batch_id)
+                if batch is None:
+                    return False
+                entry = batch.indexes[index]
+                if not self._skips.unwritten(key):
+                    entry.started = True
+                    for t in entry.tasks:
+                        if not t.settled and t.future.set_running_or_notify_cancel():
+                            t.running = True
+                            for bar in t.bars:
+                                bar.started(t.n_calls)
+                        elif not t.settled:
+                            t.settled = True  # cancelled before it started
+                    if any(t.running for t in entry.tasks):
+                        return True
+                    self._index_done(batch, entry)
+                    return False
+            # A marker of this index waits for its (delayed) write, or is being written:
+            # it must be in storage before the worker may read it (the local backend
+            # starts the worker once this returns). Not under the lock: it is a PUT.
+            self._skips.write()
+
+    def index_finished(self, batch_id: str, index: int, exit: IndexExit) -> None:
+        """Resolve the futures of a finished index from its outcome in storage."""
+        with self._lock:
+            batch = self._batches.get(batch_id)
+            if batch is None or batch.indexes[index].finished:
+                return
+            entry = batch.indexes[index]
+            tasks = [t for t in entry.tasks if not t.settled]
+            store = self._store
+        assert store is not None
+        try:
+            outcomes = resolve_index(
+                tasks,
+                exit,
+                lambda: store.get_or_none(f"{batch_id}/out/{index}"),
+                key=self._key,
+                batch_id=batch_id,
+                index=index,
+                n_tasks=len(entry.tasks),
+                fn_names=batch.fn_names,
+            )
+            for outcome in outcomes:
+                self._settle(outcome.task, result=outcome.result, error=outcome.error)
+        finally:
+            with self._lock:
+                self._index_done(batch, entry)
+
+    def backend_broken(self, error: BaseException) -> None:
+        """Fail every unfinished future: nothing can run any more."""
+        with self._lock:
+            if self._state is State.BROKEN:
+                return
+            self._broken = error
+            if self._state in (State.STARTING, State.RUNNING):
+                self._state = State.BROKEN
+            tasks = [t for t in self._queue if not t.settled]
+            self._queue.clear()
+            for batch in self._batches.values():
+                for entry in batch.indexes:
+                    tasks.extend(t for t in entry.tasks if not t.settled)
+            self._cond.notify_all()
+        broken = ExecutorBrokenError(f"the {self._backend.name} backend cannot run work: {error}")
+        broken.__cause__ = error
+        for t in tasks:
+            self._settle(t, error=broken)
+
+    # -- resolution ----------------------------------------------------------------
+
+    def _settle(
+        self, task: Task, *, result: Any = None, error: BaseException | None = None
+    ) -> None:
+        with self._lock:
+            if task.settled:
+                return
+            task.settled = True
+            running = task.running
+        if not running and not task.future.set_running_or_notify_cancel():
+            return  # cancelled
+        if error is not None:
+            task.future.set_exception(error)
+        else:
+            task.future.set_result(result)
+
+    def _index_done(self, batch: Batch, entry: Index) -> None:
+        # Called with the lock held.
+        if entry.finished:
+            return
+        entry.finished = True
+        batch.unfinished -= 1
+        if batch.unfinished == 0:
+            del self._batches[batch.batch_id]
+            self._skips.forget(batch)
+            self._cond.notify_all()
+
+    # -- shutdown ------------------------------------------------------------------
+
+    def shutdown(self, *, wait: bool, cancel_futures: bool, kill_workers: bool) -> None:
+        """Stop accepting work; see ``KubernetesExecutor.shutdown``."""
+        with self._cond:
+            while self._state is State.STARTING:
+                self._cond.wait()
+            if kill_workers:
+                self._kill = True
+                self._cond.notify_all()  # a shutdown already waiting for the work stops
+            if cancel_futures or kill_workers:
+                self._cancel_not_started()
+        if cancel_futures or kill_workers:
+            self._skips.write()
+        with self._cond:
+            finalizer, bar = self._finalizer, None
+            if finalizer is None and self._state in (State.CREATED, State.SHUT_DOWN):
+                # Nothing was ever started.
+                bar, self._state = self._bar, State.SHUT_DOWN
+            elif finalizer is None:
+                if self._state is State.RUNNING:
+                    self._state = State.SHUTTING_DOWN
+                self._flush = True
+                self._cond.notify_all()
+                finalizer = threading.Thread(target=self._finish, name="k8sx-shutdown")
+                self._finalizer = finalizer
+                finalizer.start()
+        if finalizer is None:
+            if bar is not None:
+                bar.close()
+            return
+        if wait and finalizer is not threading.current_thread():
+            finalizer.join()
+
+    def _cancel_not_started(self) -> None:
+        # Called with the lock held; the caller writes the skip markers once released.
+        for t in self._queue:
+            t.future.cancel()
+        with self._skips.bulk():
+            for batch in self._batches.values():
+                for entry in batch.indexes:
+                    if not entry.started:
+                        for t in entry.tasks:
+                            t.future.cancel()
+
+    def _finish(self) -> None:
+        """Wait for the work (or kill it), then release the backend and storage."""
+        if self._dispatcher is not None:
+            self._dispatcher.join()
+        with self._cond:
+            while self._batches and self._state is not State.BROKEN and not self._kill:
+                self._cond.wait()
+            kill = self._kill or self._state is State.BROKEN
+        self._backend.close(kill=kill)
+        self._stopped.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join()
+        # No worker is left to report: settle whatever the backend never reported (indexes
+        # dropped by a kill), so no future waits forever.
+        with self._lock:
+            leftover = [t for b in self._batches.values() for e in b.indexes for t in e.tasks]
+            self._batches.clear()
+        for t in leftover:
+            self._settle(t, error=shut_down_error())
+        self._launcher.close()
+        try:
+            if self._store is not None:
+                self._store.delete_all()
+        finally:
+            if self._temp_dir is not None:
+                shutil.rmtree(self._temp_dir, ignore_errors=True)
+            with self._lock:
+                if self._state is not State.BROKEN:
+                    self._state = State.SHUT_DOWN
+                bar = self._bar
+            self._on_end()
+            if bar is not None:
+                bar.close()
