@@ -36,7 +36,6 @@ from .errors import (
     RemoteError,
     ResultPicklingError,
     StorageError,
-    UnpicklingError,
     VersionMismatchError,
 )
 
@@ -464,22 +463,28 @@ def rebuild_exception(error: TaskError, fn_name: str) -> BaseException:
         )
         wrapped.__cause__ = init_exc
         return wrapped
+    from ._pool_errors import BrokenResultPicklingError, BrokenUnpicklingError
+
     built: BaseException
     if error.kind == RESULT_PICKLING:
-        built = ResultPicklingError(
+        # An Exception while pickling is the call's own failure (ProcessPoolExecutor sends
+        # it back too); SystemExit and the like would have ended its worker.
+        fatal = error.type_name in ("SystemExit", "KeyboardInterrupt", "GeneratorExit")
+        result_cls = BrokenResultPicklingError if fatal else ResultPicklingError
+        built = result_cls(
             f"cannot pickle the result of {fn_name} in the worker: "
             f"{error.type_name}: {error.message}",
             what="result",
         )
     elif error.kind == FUNCTION_UNPICKLING:
-        built = UnpicklingError(
+        built = BrokenUnpicklingError(
             f"the worker could not load the function {fn_name}: {error.type_name}: "
             f"{error.message}; is the module that defines it (or one it uses) installed "
             "in the worker's environment?",
             what="function",
         )
     elif error.kind == ARGUMENTS_UNPICKLING:
-        built = UnpicklingError(
+        built = BrokenUnpicklingError(
             f"the worker could not load the arguments of a call to {fn_name}: "
             f"{error.type_name}: {error.message}",
             what="arguments",
@@ -495,17 +500,25 @@ def _load_exception(error: TaskError) -> BaseException | None:
         return None
     try:
         exc = pickle.loads(error.exception)
-    except Exception:
+    except BaseException:  # even SystemExit: it would strand the call (see load_results)
         return None
     return exc if isinstance(exc, BaseException) else None
 
 
 def load_results(blob: bytes, fn_name: str) -> list[Any]:
-    """Unpickle the results of one task on the client."""
+    """Unpickle the results of one task on the client.
+
+    Raises:
+        UnpicklingError: (a ``BrokenProcessPool`` too) whatever unpickling raised, even
+            ``SystemExit``: it runs on a thread of the executor, where an escaping
+            exception would leave the call without an outcome for ever.
+    """
+    from ._pool_errors import BrokenUnpicklingError
+
     try:
         results: list[Any] = pickle.loads(blob)
-    except Exception as exc:
-        raise UnpicklingError(
+    except BaseException as exc:
+        raise BrokenUnpicklingError(
             f"cannot load the result of {fn_name} here: {type(exc).__name__}: {exc}; "
             "does it reference a module that is installed in the worker but not locally?",
             what="result",

@@ -8,9 +8,14 @@ from __future__ import annotations
 
 from concurrent.futures.process import BrokenProcessPool
 
-from .errors import K8sExecutorError
+from .errors import K8sExecutorError, ResultPicklingError, UnpicklingError
 
-__all__ = ["InitializerError", "WorkerLostError"]
+__all__ = [
+    "BrokenResultPicklingError",
+    "BrokenUnpicklingError",
+    "InitializerError",
+    "WorkerLostError",
+]
 
 
 class WorkerLostError(K8sExecutorError, BrokenProcessPool):
@@ -49,3 +54,20 @@ class InitializerError(K8sExecutorError, BrokenProcessPool):
 
     The initializer's exception is attached as ``__cause__``.
     """
+
+
+# Where ProcessPoolExecutor's pool breaks (a call item or a result that cannot cross the
+# process boundary ends its worker), ours fails only the call concerned, but with an
+# exception that is both our specific class and a BrokenProcessPool, so code written for
+# either catches it (loky's TerminatedWorkerError is the precedent).
+
+
+class BrokenUnpicklingError(UnpicklingError, BrokenProcessPool):
+    """A call's function or arguments could not be loaded in the worker, or its result
+    here: an :class:`~k8s_executor.UnpicklingError` that is also a ``BrokenProcessPool``."""
+
+
+class BrokenResultPicklingError(ResultPicklingError, BrokenProcessPool):
+    """Pickling a result in the worker raised ``SystemExit`` (or another exception that is
+    not an ``Exception``): a ``ResultPicklingError`` that is also a ``BrokenProcessPool``."""
+

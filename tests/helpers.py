@@ -248,6 +248,28 @@ class CodedError(Exception):
         self.code = code
 
 
+class ExitsWhenUnpickled:
+    """Unpickling it raises SystemExit (ProcessPoolExecutor's pool breaks on such)."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (sys.exit, (3,))
+
+
+class ExitsWhenPickled:
+    """Pickling it raises SystemExit."""
+
+    def __reduce__(self) -> tuple[object, ...]:
+        raise SystemExit(4)
+
+
+def return_exits_when_unpickled() -> ExitsWhenUnpickled:
+    return ExitsWhenUnpickled()
+
+
+def return_exits_when_pickled() -> ExitsWhenPickled:
+    return ExitsWhenPickled()
+
+
 def raise_coded_error(code: int) -> None:
     raise CodedError("failed with a code", code)
 

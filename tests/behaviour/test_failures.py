@@ -65,6 +65,16 @@ def _exited(exc: BaseException) -> None:
     assert "exiting with 7" in exc.log_tail
 
 
+def _broken(what: str) -> Callable[[BaseException], None]:
+    """Where ProcessPoolExecutor's pool breaks: our specific error, a BrokenProcessPool too."""
+
+    def check(exc: BaseException) -> None:
+        assert getattr(exc, "what", None) == what
+        assert isinstance(exc, BrokenProcessPool)
+
+    return check
+
+
 def _coded(exc: BaseException, code: int) -> None:
     assert isinstance(exc, helpers.CodedError)
     assert exc.code == code
@@ -106,7 +116,25 @@ CASES = {
         lambda ex: ex.submit(print, helpers.BadUnpickle()),
         UnpicklingError,
         "could not load the arguments of a call to print: RuntimeError: cannot rebuild",
-        _what("arguments"),
+        _broken("arguments"),
+    ),
+    "argument exits when unpickled in worker": Case(
+        lambda ex: ex.submit(print, helpers.ExitsWhenUnpickled()),
+        UnpicklingError,
+        "could not load the arguments of a call to print: SystemExit: 3",
+        _broken("arguments"),
+    ),
+    "result exits when pickled in worker": Case(
+        lambda ex: ex.submit(helpers.return_exits_when_pickled),
+        ResultPicklingError,
+        "cannot pickle the result of .*return_exits_when_pickled in the worker: SystemExit",
+        _broken("result"),
+    ),
+    "result exits when unpickled here": Case(
+        lambda ex: ex.submit(helpers.return_exits_when_unpickled),
+        UnpicklingError,
+        "cannot load the result of .*return_exits_when_unpickled here: SystemExit: 3",
+        _broken("result"),
     ),
     "user exception": Case(
         lambda ex: ex.submit(helpers.fail_with_value_error, "nope"),
