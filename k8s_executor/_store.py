@@ -125,9 +125,21 @@ class RunStore:
     # -- operations ----------------------------------------------------------------
 
     def put(self, key: str, data: bytes) -> None:
-        """Write ``data`` at ``key`` atomically: readers see all of it or nothing."""
+        """Write ``data`` at ``key`` atomically: readers see all of it or nothing.
+
+        Raises:
+            StorageError: for every failure, naming the URL (a missing bucket or a parent
+                directory that cannot be created included: for a write, "not found" is
+                not an answer but a broken storage).
+        """
         path = self.path(key)
-        self._call(f"write {key}", lambda: self._put_atomic(path, data))
+        try:
+            self._call(f"write {key}", lambda: self._put_atomic(path, data))
+        except FileNotFoundError as exc:
+            raise StorageError(
+                f"cannot write {key} at {self.url}: {type(exc).__name__}: {exc}; "
+                + self._where_hint()
+            ) from exc
 
     def get(self, key: str) -> bytes:
         """Read ``key``; raises FileNotFoundError if it does not exist."""
@@ -152,7 +164,23 @@ class RunStore:
                 else:
                     self.fs.rm(self.root, recursive=True)
 
-        self._call("delete the run", remove)
+        try:
+            self._call("delete the run", remove)
+        except FileNotFoundError as exc:  # e.g. the bucket itself is gone
+            raise StorageError(
+                f"cannot delete the run at {self.url}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _where_hint(self) -> str:
+        if self.is_local:
+            return (
+                "can this machine create that directory? Pass storage= (or set "
+                "K8S_EXECUTOR_STORAGE) to a directory you may write"
+            )
+        return (
+            "does the bucket exist, and may these credentials write to it? Pass storage= "
+            "(or set K8S_EXECUTOR_STORAGE) to a writable URL; `k8s-executor doctor` checks it"
+        )
 
     def _read(self, path: str) -> bytes:
         if self.is_local:

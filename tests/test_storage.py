@@ -134,3 +134,19 @@ def test_executor_over_s3_with_transient_errors(s3: S3Server) -> None:
 
     fs = s3fs.S3FileSystem(**s3.storage_options())
     assert not fs.exists(f"bucket/k8sx/{run_id}")  # shutdown deleted the run's prefix
+
+
+def test_write_to_a_missing_bucket_is_a_storage_error_naming_url_and_fix(s3: S3Server) -> None:
+    store = RunStore("s3://no-such-bucket/k8sx/run4", s3.storage_options(), FAST_RETRY)
+    with pytest.raises(
+        StorageError,
+        match=r"cannot write b0/fn at s3://no-such-bucket/k8sx/run4: .*does the bucket exist",
+    ):
+        store.put("b0/fn", b"x")
+    assert store.get_or_none("b0/fn") is None  # reading a missing key is still not an error
+
+
+def test_write_to_an_uncreatable_directory_is_a_storage_error() -> None:
+    store = RunStore("/proc/k8sx/run5", None, FAST_RETRY)
+    with pytest.raises(StorageError, match=r"cannot write b0/fn at /proc/k8sx/run5: .*directory"):
+        store.put("b0/fn", b"x")
