@@ -5,7 +5,9 @@ one executor's business: finding the runs in a namespace (:class:`Cluster`,
 :class:`RunSummary`), deleting what a killed client left, reading a run's Jobs, pods and
 logs (:func:`run_indexes` says what they mean for each index), checking a setup
 (``doctor``: access reviews, a storage probe, the registry and base image) and the Role
-the executor needs (:func:`rbac_manifests`).
+the executor needs (:func:`rbac_manifests`). The ``K8S_EXECUTOR_*`` environment is read
+through :class:`Env`, the executor's own resolver, so the command's defaults never
+disagree with what an executor would use.
 
 It is the one private module the command line imports (docs/architecture.md), so that
 the rest stay free to change: what it re-exports from them is listed in ``__all__``, and
@@ -23,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._config import Env
 from ._contract import (
     ANNOTATION_OWNER,
     ANNOTATION_STORAGE,
@@ -33,7 +36,6 @@ from ._contract import (
     LABEL_RUN,
     MANAGED_BY,
 )
-from ._executor import _env_json_object as env_json_object
 from ._store import RunStore
 from .backends._kubeapi import ONCE, RBAC_RULES, KubeApi
 from .backends._manifest import run_selector
@@ -49,12 +51,12 @@ __all__ = [
     "RBAC_RULES",
     "BaseImage",
     "Cluster",
+    "Env",
     "Registry",
     "RunIndex",
     "RunStore",
     "RunSummary",
     "default_podman_url",
-    "env_json_object",
     "find_credentials",
     "inspect_image",
     "is_local_reference",

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 import re
 from datetime import timedelta
+
+from .._admin import Env
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 
@@ -29,7 +30,9 @@ def _seconds(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The parser of every subcommand and option (``--help`` shows them)."""
+    """The parser of every subcommand and option (``--help`` shows them); defaults from
+    the ``K8S_EXECUTOR_*`` environment, read as the executor reads it."""
+    env = Env()
     parser = argparse.ArgumentParser(
         prog="k8s-executor",
         description="Check the setup, look at k8s_executor runs and their logs, clean up.",
@@ -53,26 +56,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     doctor.add_argument(
         "--storage",
-        default=os.environ.get("K8S_EXECUTOR_STORAGE"),
+        default=env.storage,
         help="fsspec URL or path runs store their data under (default: K8S_EXECUTOR_STORAGE); "
         "a probe object is written, read back and deleted there",
     )
     doctor.add_argument(
         "--registry",
-        default=os.environ.get("K8S_EXECUTOR_REGISTRY"),
+        default=env.registry,
         help="host[:port]/namespace environment images are pushed to "
         "(default: K8S_EXECUTOR_REGISTRY)",
     )
     doctor.add_argument("--repository", default="k8s-executor-env", help="repository name")
     doctor.add_argument(
         "--image",
-        default=os.environ.get("K8S_EXECUTOR_IMAGE"),
+        default=env.image,
         help="an image pods run as is (default: K8S_EXECUTOR_IMAGE); with one, nothing is "
         "built here and the registry, podman and base Python checks are skipped",
     )
     doctor.add_argument(
         "--base-image",
-        default=os.environ.get("K8S_EXECUTOR_BASE_IMAGE"),
+        default=env.base_image,
         help="image the environment image is built on (default: K8S_EXECUTOR_BASE_IMAGE or "
         "python:X.Y-slim)",
     )
@@ -167,12 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build.add_argument(
         "--registry",
-        default=os.environ.get("K8S_EXECUTOR_REGISTRY"),
+        default=env.registry,
         help="host[:port]/namespace to push to (default: K8S_EXECUTOR_REGISTRY)",
     )
     build.add_argument(
         "--base-image",
-        default=os.environ.get("K8S_EXECUTOR_BASE_IMAGE"),
+        default=env.base_image,
         help="image to build on (default: K8S_EXECUTOR_BASE_IMAGE or python:X.Y-slim)",
     )
     build.add_argument("--repository", default="k8s-executor-env", help="repository name")
@@ -186,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build.add_argument(
         "--platform",
-        default=os.environ.get("K8S_EXECUTOR_PLATFORM"),
+        default=env.platform,
         help="the cluster nodes' os/arch: linux/amd64 or linux/arm64 (default: "
         "K8S_EXECUTOR_PLATFORM, else this machine's on Linux, linux/amd64 elsewhere)",
     )

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .. import StorageRetry
-from .._admin import RBAC_RULES, Cluster, RunStore, env_json_object
+from .._admin import RBAC_RULES, Cluster, Env, RunStore
 from ..errors import ClusterError, K8sExecutorError
 from .doctor_image import check_image
 from .doctor_pod import check_pod
@@ -194,7 +194,7 @@ def _check_storage(url: str) -> str:
     probe = f"k8sx-doctor-{uuid.uuid4().hex[:10]}"
     store = RunStore(
         f"{url.rstrip('/')}/{probe}",
-        env_json_object("K8S_EXECUTOR_STORAGE_OPTIONS"),  # as the executor opens it
+        Env().storage_options,  # as the executor opens it
         retry=StorageRetry(attempts=2, initial_delay=0.1, max_delay=0.5),
     )
     data = b"k8s-executor doctor probe\n"

@@ -7,7 +7,7 @@ import argparse
 import os
 from typing import Any
 
-from .._admin import LABEL_RUN, RunStore
+from .._admin import LABEL_RUN, Env, RunStore
 from ..errors import K8sExecutorError
 
 # What the pods can be given to reach the storage; said whenever the pod cannot use it.
@@ -89,9 +89,7 @@ def check_pod(args: argparse.Namespace) -> tuple[bool, str]:
             )
         except PodStartError as exc:
             hint = ""
-            if exc.reason == "CreateContainerConfigError" and os.environ.get(
-                "K8S_EXECUTOR_POD_SECRETS"
-            ):
+            if exc.reason == "CreateContainerConfigError" and Env().pod_secrets:
                 hint = (
                     "; the Secrets named in K8S_EXECUTOR_POD_SECRETS must exist in the pods' "
                     "namespace (`kubectl get secrets`)"
