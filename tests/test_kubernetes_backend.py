@@ -195,26 +195,82 @@ def test_watch_cache_504_is_retried(kubesim: Any, kw: dict[str, Any]) -> None:
         assert list(ex.map(helpers.square, range(8))) == [i * i for i in range(8)]
 
 
-def test_job_whose_pods_are_refused_fails_within_startup(kubesim: Any, kw: dict[str, Any]) -> None:
+def _quota(kubesim: Any, hard: dict[str, str]) -> None:
     from kubernetes import client
 
     with kubesim.api_client() as api:
         client.CoreV1Api(api).create_namespaced_resource_quota(
-            "default",
-            {"metadata": {"name": "tight"}, "spec": {"hard": {"pods": "0"}}},
+            "default", {"metadata": {"name": "tight"}, "spec": {"hard": hard}}
         )
+
+
+def _run_jobs(kubesim: Any, run_id: str) -> list[Any]:
+    selector = f"k8s-executor.io/run={run_id}"
+    jobs: list[Any] = kubesim.store.list("jobs", "default", label_selector=selector)[0]
+    return jobs
+
+
+def test_pod_larger_than_the_quota_fails_at_once_with_its_message(
+    kubesim: Any, kw: dict[str, Any]
+) -> None:
+    # Issue 16: one pod asks more than the quota will ever allow. The Job controller's
+    # FailedCreate event says so at once; waiting Timeouts.startup would only delay it.
+    _quota(kubesim, {"pods": "0"})
+    with KubernetesExecutor(**kw) as ex:  # startup is 30 s in these tests
+        future = ex.submit(helpers.square, 3)
+        with pytest.raises(PodStartError, match="exceeded quota: tight.*limited: pods=0") as info:
+            future.result(timeout=20)
+        assert info.value.reason == "FailedCreate"
+        assert "ask for less (Resources) or for more quota" in str(info.value)
+        run_id = ex.run_id
+    assert _run_jobs(kubesim, run_id) == []
+
+
+def test_without_events_refused_pods_fail_after_startup(kubesim: Any, kw: dict[str, Any]) -> None:
+    # A Role without list/watch on events (older `k8s-executor rbac`): no pod ever exists
+    # to be stuck, so the startup clock runs from the Job's creation.
+    kubesim.faults.deny("list", "events")
+    kubesim.faults.deny("watch", "events")
+    _quota(kubesim, {"pods": "0"})
     kw["timeouts"] = dataclasses.replace(kw["timeouts"], startup=3)
     with KubernetesExecutor(**kw) as ex:
         future = ex.submit(helpers.square, 3)
-        # No pod ever exists to be stuck: the clock runs from the Job's creation.
         with pytest.raises(PodStartError, match="NoPodCreated.*FailedCreate") as info:
             future.result(timeout=60)
         assert info.value.reason == "NoPodCreated"
         run_id = ex.run_id
-    assert (
-        kubesim.store.list("jobs", "default", label_selector=f"k8s-executor.io/run={run_id}")[0]
-        == []
-    )
+    assert _run_jobs(kubesim, run_id) == []
+
+
+def test_full_quota_waits_for_room_and_finishes(
+    kubesim: Any, kw: dict[str, Any], shared_dir: SharedPath
+) -> None:
+    # The quota is full only because the run's own pod uses it: the second batch's pods are
+    # refused ("used: pods=1, limited: pods=1") for longer than Timeouts.startup, then
+    # room comes and they run. Waiting for room is not an error.
+    from kubernetes import client
+
+    _quota(kubesim, {"pods": "1"})
+    kw["timeouts"] = dataclasses.replace(kw["timeouts"], startup=2)
+    started, release = shared_dir / "started", shared_dir / "release"
+    with KubernetesExecutor(max_workers=2, **kw) as ex:
+        first = ex.submit(helpers.touch_then_wait, started, release)
+        helpers.wait_for(first.running, 60, "the first call to run")
+        second = ex.submit(helpers.square, 5)
+
+        def refusals() -> int:
+            with kubesim.api_client() as api:
+                events = client.CoreV1Api(api).list_namespaced_event(
+                    "default", field_selector="reason=FailedCreate"
+                )
+            return sum(e.count or 1 for e in events.items)
+
+        # Refused for longer than the startup timeout (2 s): the backoff is 1, 2, 4 s.
+        helpers.wait_for(lambda: refusals() >= 3, 60, "the second batch's pods to be refused")
+        assert not second.done()
+        release.touch()
+        assert second.result(timeout=60) == 25
+        assert first.result(timeout=60) is not None
 
 
 def test_close_while_a_watch_answer_is_held(kubesim_factory: Any, tmp_path: Path) -> None:

@@ -392,3 +392,59 @@ def test_errors_that_do_not_resolve_fail_after_the_shorter_bound(
     (event,) = tracker.tick(now=limit + 1)
     assert isinstance(event, Stuck)
     assert tracker.limit(event.reason) == limit
+
+
+@pytest.mark.parametrize(
+    ("message", "meaning"),
+    [
+        # One pod asks more than the quota will ever allow.
+        (
+            'Error creating: pods "j-0-x" is forbidden: exceeded quota: tight, requested: '
+            "pods=1, used: pods=0, limited: pods=0",
+            "fail",
+        ),
+        (
+            'pods "j-0-x" is forbidden: exceeded quota: q, requested: requests.memory=4Gi, '
+            "used: requests.memory=0, limited: requests.memory=2Gi",
+            "fail",
+        ),
+        # Full only because pods use it: room will come.
+        (
+            'pods "j-0-x" is forbidden: exceeded quota: q, requested: pods=1,requests.cpu=500m, '
+            "used: pods=3,requests.cpu=1800m, limited: pods=10,requests.cpu=2",
+            "wait",
+        ),
+        (
+            'pods "j-0-x" is forbidden: violates PodSecurity "restricted:latest": '
+            "allowPrivilegeEscalation != false",
+            "fail",
+        ),
+        ('pods "j-0-x" is forbidden: maximum cpu usage per Container is 2, but limit is 4', "fail"),
+        ("Internal error occurred: etcdserver: request timed out", None),
+    ],
+    ids=["quota 0", "bigger than quota", "quota full", "podsecurity", "limitrange", "transient"],
+)
+def test_refusal_meaning(message: str, meaning: str | None) -> None:
+    from k8s_executor.backends._tracker import refusal
+
+    assert refusal(message) == meaning
+
+
+def test_refused_for_good_is_stuck_at_once_and_full_quota_stops_the_clock() -> None:
+    tracker = RunTracker(startup_timeout=60)
+    tracker.add_batch("b00000", 2)
+    tracker.on_job("ADDED", running_job(parallelism=2), now=0.0)
+    full = (
+        'pods "p" is forbidden: exceeded quota: q, requested: pods=1, used: pods=4, limited: pods=4'
+    )
+    assert tracker.on_refusal("b00000", full, now=1.0) == []
+    assert tracker.tick(now=1000.0) == []  # waiting for room: no clock
+    tracker.on_pod("ADDED", pod(0, "Pending"), 1001.0)  # room came: a pod
+    tracker.on_pod("MODIFIED", pod(0, "Succeeded"), 1002.0)
+    assert tracker.tick(now=1063.0) != []  # the clock runs again once room came
+    tracker2 = RunTracker(startup_timeout=60)
+    tracker2.add_batch("b00000", 1)
+    never = 'pods "p" is forbidden: violates PodSecurity "baseline:latest": privileged'
+    (event,) = tracker2.on_refusal("b00000", never, now=0.0)
+    assert isinstance(event, Stuck) and event.reason == "FailedCreate"
+    assert tracker2.on_refusal("b00000", never, now=1.0) == []  # reported once

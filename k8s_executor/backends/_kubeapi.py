@@ -40,6 +40,9 @@ RBAC_RULES = (
     ("", "pods", ("get", "list", "watch", "delete")),
     ("", "pods/log", ("get",)),
     ("", "secrets", ("create", "get", "list", "delete")),
+    # Optional: why the Job controller could not create pods (quota, PodSecurity); without
+    # it such refusals are reported after Timeouts.startup instead of at once.
+    ("", "events", ("list", "watch")),
 )
 _RBAC_TEXT = "; ".join(
     f"{', '.join(verbs)} on {resource}{'.' + group if group else ''}"
@@ -317,28 +320,32 @@ class KubeApi:
         selector: str,
         handle: Callable[[str, dict[str, Any]], None],
         stop: threading.Event,
+        *,
+        field_selector: str | None = None,
     ) -> None:
         """List, then watch from the list's resourceVersion, until ``stop`` is set;
         relist after 410 Gone; back off on overload and dropped connections.
 
-        ``handle(event_type, object)`` gets every object (listed ones as ``ADDED``).
+        ``handle(event_type, object)`` gets every object (listed ones as ``ADDED``);
+        ``selector`` is a label selector, ``field_selector`` a field selector.
 
         Raises:
             ClusterError: the watch is refused (401/403): waiting will not help.
         """
         what = f"watch the run's {list_fn.__name__.removeprefix('list_namespaced_')}s"
+        fields = {"field_selector": field_selector} if field_selector else {}
         rv: str | None = None
         delay = 0.2
         while not stop.is_set():
             try:
                 if rv is None:
                     listing = self.read_json(
-                        what, list_fn, self.namespace, label_selector=selector, stop=stop
+                        what, list_fn, self.namespace, label_selector=selector, stop=stop, **fields
                     )
                     rv = listing["metadata"]["resourceVersion"]
                     for item in listing.get("items") or []:
                         handle("ADDED", item)
-                for event in self._stream(list_fn, selector, rv, stop):
+                for event in self._stream(list_fn, selector, rv, stop, fields):
                     kind = event.get("type")
                     obj = event.get("object") or {}
                     if kind == "ERROR":
@@ -368,7 +375,12 @@ class KubeApi:
                 delay = min(delay * 2, 10.0)
 
     def _stream(
-        self, list_fn: Callable[..., Any], selector: str, rv: str, stop: threading.Event
+        self,
+        list_fn: Callable[..., Any],
+        selector: str,
+        rv: str,
+        stop: threading.Event,
+        fields: dict[str, str],
     ) -> Iterator[dict[str, Any]]:
         # Hand-rolled instead of kubernetes.watch.Watch: with deserialize=False that class
         # fails on ERROR events (it reads a key only set when deserializing), and parsing
@@ -384,6 +396,7 @@ class KubeApi:
             timeout_seconds=WATCH_SECONDS,
             _preload_content=False,
             _request_timeout=(REQUEST_TIMEOUT[0], WATCH_SECONDS + 30),
+            **fields,
         )
         with self._lock:
             self._streams.add(resp)

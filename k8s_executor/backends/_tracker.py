@@ -139,6 +139,61 @@ class _Index:
 
 NO_POD = "NoPodCreated"
 """The reason of a batch whose Job, free to run, got no pod for the startup timeout."""
+REFUSED = "FailedCreate"
+"""The reason of a batch whose pods the API server refuses for good (a quota smaller than
+one pod, PodSecurity, a LimitRange bound, an admission webhook): known from the Job's
+``FailedCreate`` events, so reported at once."""
+
+_QUANTITY_SUFFIXES = {
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+    "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18, "m": 1e-3,
+}  # fmt: skip
+
+
+def _quantity(text: str) -> float:
+    """A Kubernetes quantity as a number (``"500m"`` → 0.5, ``"2Gi"`` → 2147483648)."""
+    for suffix in sorted(_QUANTITY_SUFFIXES, key=len, reverse=True):
+        if text.endswith(suffix):
+            return float(text[: -len(suffix)]) * _QUANTITY_SUFFIXES[suffix]
+    return float(text)
+
+
+def _amounts(text: str) -> dict[str, float]:
+    """``"pods=1,requests.cpu=500m"`` → ``{"pods": 1.0, "requests.cpu": 0.5}``."""
+    found = {}
+    for part in text.split(","):
+        name, _, value = part.strip().partition("=")
+        if name and value:
+            found[name] = _quantity(value)
+    return found
+
+
+def refusal(message: str) -> str | None:
+    """What a Job's ``FailedCreate`` message means for its batch.
+
+    ``"wait"``: a ResourceQuota is full only because pods use it (this run's or others'):
+    room will come as they end. ``"fail"``: it will never fit (one pod asks more than the
+    quota's limit, or the quota wants limits the pod lacks), or PodSecurity, a LimitRange
+    or an admission webhook forbids the pod. None: not a refusal (an API error the Job
+    controller will retry).
+    """
+    if "exceeded quota:" in message:
+        parts = {
+            key.strip(): value
+            for key, _, value in (
+                p.partition(":") for p in message.split("exceeded quota:", 1)[1].split(", ")
+            )
+        }
+        try:
+            requested = _amounts(parts.get("requested", ""))
+            limited = _amounts(parts.get("limited", ""))
+        except ValueError:
+            return "fail"
+        too_big = any(amount > limited.get(name, amount) for name, amount in requested.items())
+        return "fail" if too_big else "wait"
+    if " is forbidden: " in message or "denied the request" in message:
+        return "fail"
+    return None
 
 
 @dataclass
@@ -152,6 +207,8 @@ class _Job:
     # this is the startup clock of that case.
     podless_since: float | None = None
     active: bool = False
+    waiting_for: str = ""  # why its pods wait (a full quota), for progress and messages
+    refused: bool = False  # reported as refused for good
 
 
 @dataclass
@@ -207,6 +264,7 @@ class RunTracker:
         entry.has_pod = phase in ("Pending", "Running") and event_type != "DELETED"
         if entry.has_pod:
             job.podless_since = None
+            job.waiting_for = ""  # room came
         elif job.active and job.podless_since is None:
             job.podless_since = now
         if entry.running or was_running:
@@ -286,6 +344,24 @@ class RunTracker:
             events.extend(self._check_podless(job, now))
         return events
 
+    def on_refusal(self, batch_id: str, message: str, now: float) -> list[Event]:
+        """Digest a ``FailedCreate`` event of a batch's Job (see :func:`refusal`)."""
+        job = self.jobs.get(batch_id)
+        if job is None or job.done or job.refused:
+            return []
+        meaning = refusal(message)
+        if meaning == "wait":
+            # Waiting for room is not being stuck: no startup clock until a pod appears.
+            job.waiting_for = message
+            return []
+        if meaning != "fail":
+            return []
+        waiting = [i for i, e in enumerate(job.indexes) if not e.finished and not e.has_pod]
+        if not waiting:
+            return []
+        job.refused = True
+        return [Stuck(batch_id, waiting[0], REFUSED, message)]
+
     def limit(self, reason: str) -> float:
         """Seconds a pod may stay unable to start for ``reason``."""
         if self.error_timeout is not None and reason in IMAGE_REASONS | CONFIG_REASONS:
@@ -293,7 +369,9 @@ class RunTracker:
         return self.startup_timeout
 
     def _check_podless(self, job: _Job, now: float) -> list[Event]:
-        if job.done or not job.active or job.podless_since is None:
+        if job.done or not job.active or job.podless_since is None or job.waiting_for:
+            # Refused for a full quota: waiting for room (pods of this run or others ending,
+            # then the Job controller's next try, which backs off up to minutes), no clock.
             return []
         since = job.podless_since
         if self.last_busy is not None:

@@ -31,7 +31,16 @@ from . import _slots
 from ._base import IndexExit, LaunchSpec, Listener, RunContext
 from ._kubeapi import KubeApi
 from ._logs import Logs
-from ._tracker import IMAGE_REASONS, NO_POD, Event, Finished, RunTracker, Started, Stuck
+from ._tracker import (
+    IMAGE_REASONS,
+    NO_POD,
+    REFUSED,
+    Event,
+    Finished,
+    RunTracker,
+    Started,
+    Stuck,
+)
 
 __all__ = ["KubernetesBackend", "KubernetesSettings"]
 
@@ -67,6 +76,23 @@ class KubernetesSettings:
     timeouts: Timeouts = field(default_factory=Timeouts)
     share_storage_options: bool = False
     stream_logs: bool = False
+
+
+def _refusal_hint(message: str) -> str:
+    """What to do about pods the API server refuses for good (docs/troubleshooting.md)."""
+    if "exceeded quota" in message or "must specify" in message:
+        return (
+            "; one worker pod asks for more than the namespace's ResourceQuota allows: ask "
+            "for less (Resources) or for more quota (`kubectl describe resourcequota`)"
+        )
+    if "PodSecurity" in message:
+        return (
+            "; the namespace's PodSecurity level forbids the pod: drop what pod_template or "
+            "PodOptions(run_as_root=True) adds, or use a namespace whose level allows it"
+        )
+    if "per Container" in message or "per Pod" in message:
+        return "; a LimitRange of the namespace bounds it: ask for resources within its bounds"
+    return "; an admission policy of the cluster refuses it"
 
 
 def _owner() -> str:
@@ -145,6 +171,7 @@ class KubernetesBackend:
         for target, name in (
             (self._watch_pods, "k8sx-watch-pods"),
             (self._watch_jobs, "k8sx-watch-jobs"),
+            (self._watch_events, "k8sx-watch-events"),
             (self._tick, "k8sx-tick"),
         ):
             thread = threading.Thread(target=target, name=name, daemon=True)
@@ -307,6 +334,39 @@ class KubernetesBackend:
         api = self._connected()
         self._watch(api, api.batch.list_namespaced_job, self._on_job)
 
+    def _watch_events(self) -> None:
+        """The Job controller's ``FailedCreate`` events say at once why no pod appears
+        (a quota, PodSecurity, a LimitRange): without them, only Timeouts.startup would."""
+        api = self._connected()
+        try:
+            api.watch(
+                api.core.list_namespaced_event,
+                "",
+                self._on_event,
+                self._stop,
+                field_selector="involvedObject.kind=Job,reason=FailedCreate",
+            )
+        except ClusterError as error:
+            # Optional (older Roles lack it): refusals then surface after Timeouts.startup.
+            print(
+                f"k8s_executor: {error}; without Events, pods the cluster refuses to create "
+                "are reported only after Timeouts.startup",
+                file=sys.stderr,
+            )
+
+    def _on_event(self, kind: str, event: dict[str, Any]) -> None:
+        if kind == "DELETED":
+            return
+        name = (event.get("involvedObject") or {}).get("name")
+        with self._lock:
+            batch_id = next((b for b, n in self._jobs.items() if n == name), None)
+            if batch_id is None:
+                return
+            events = self._tracker.on_refusal(
+                batch_id, str(event.get("message") or ""), time.monotonic()
+            )
+        self._deliver(events)
+
     def _watch(self, api: KubeApi, list_fn: Any, handle: Any) -> None:
         try:
             api.watch(list_fn, m.run_selector(self._run_id), handle, self._stop)
@@ -442,6 +502,11 @@ class KubernetesBackend:
             f"a worker pod of batch {event.batch_id} could not start for "
             f"{self._tracker.limit(event.reason):g}s: {event.reason}: {event.message}"
         )
+        if event.reason == REFUSED:
+            message = (
+                f"the cluster refuses to create the worker pods of batch {event.batch_id}: "
+                f"{event.message.removeprefix('Error creating: ')}"
+            )
         if event.reason in IMAGE_REASONS:
             # The image cannot be pulled: no batch of this run can start.
             self._listener.backend_broken(
@@ -474,6 +539,7 @@ class KubernetesBackend:
             NO_POD: f" (a ResourceQuota, a LimitRange, PodSecurity admission or an admission "
             f"webhook); `kubectl describe job -n {self.namespace} {job_name}` shows the "
             "FailedCreate events that say why",
+            REFUSED: _refusal_hint(event.message),
         }.get(event.reason, "")
         exit = IndexExit(
             exit_code=None, reason=event.reason, message=message + hint, never_started=True
