@@ -170,7 +170,7 @@ def test_doctor_all_green(
     assert "Kubernetes v1.33.0-kubesim" in result.text("cluster")
     assert "(context kubesim)" in result.text("cluster")
     assert result.text("namespace") == "default exists"
-    assert result.text("permissions").startswith("all 15 verbs the executor needs")
+    assert result.text("permissions").startswith("all 17 verbs the executor needs")
     assert "pull and push allowed (anonymously)" in result.text("registry")
     assert podman.url in result.text("podman")
     assert "has Python 3.11" in result.text("base Python")
@@ -333,6 +333,16 @@ def test_doctor_forbidden_verbs(kubesim: Kubesim, capsys: pytest.CaptureFixture[
     assert text.startswith("not allowed in namespace 'default': create jobs.batch, get pods/log;")
     assert "`k8s-executor rbac -n default --service-account ACCOUNT | kubectl apply -f -`" in text
     assert "secrets" not in text.split(";")[0]
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_doctor_events_are_optional(kubesim: Kubesim, capsys: pytest.CaptureFixture[str]) -> None:
+    kubesim.faults.deny("watch", "events")
+    result = doctor(capsys, *kubeconfig(kubesim))
+    assert result.mark("permissions") == "✓", result.out
+    text = result.text("permissions")
+    assert text.startswith("all 16 verbs the executor needs")
+    assert "not watch events (optional: pods the cluster refuses to create are then" in text
 
 
 @pytest.mark.usefixtures("clean_env")
