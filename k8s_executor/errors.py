@@ -29,7 +29,13 @@ that existing ``concurrent.futures`` code already catches keep their stdlib base
                ├── ExecutorBrokenError (K8sExecutorError)   nothing can run at all
                └── concurrent.futures.process.BrokenProcessPool
                     ├── WorkerLostError (K8sExecutorError)  a worker died before reporting
-                    └── InitializerError (K8sExecutorError) the initializer raised
+                    ├── InitializerError (K8sExecutorError) the initializer raised
+                    ├── BrokenUnpicklingError (UnpicklingError)
+                    │        a call's function or arguments could not be loaded in the
+                    │        worker, or its result here (where ProcessPoolExecutor's pool
+                    │        would break; only that call fails)
+                    └── BrokenResultPicklingError (ResultPicklingError)
+                             pickling a result raised SystemExit in the worker
 """
 
 from __future__ import annotations
