@@ -53,6 +53,7 @@ the command that removes them), but never keeps the caller's `with` block open."
 _REBALANCE_DELAY = 0.1
 _TICK_SECONDS = 1.0
 _STARTED_PHASES = frozenset({"Running", "Succeeded", "Failed"})
+_LIVE = frozenset({"Pending", "Running", "Unknown"})
 
 
 @dataclass(frozen=True)
@@ -258,9 +259,14 @@ class KubernetesBackend:
             error = api.delete("Job", api.batch.delete_namespaced_job, name, deadline=deadline)
             if error is not None:
                 left.append((f"Job {name}", error))
-        if kill and jobs:
+        if jobs:
+            # The run's storage is deleted after this returns: a worker still running
+            # (its call cancelled or timed out, its pod now being stopped) must not write
+            # it back. With the worker as its container's init, SIGTERM ends it at once.
             grace = self.settings.timeouts.termination_grace
-            self._wait_pods_gone(api, timeout=max(0.0, deadline - time.monotonic()) + grace)
+            self._wait_pods_gone(
+                api, timeout=max(0.0, deadline - time.monotonic()) + grace, live_only=not kill
+            )
         if self._secret_created:
             name = m.secret_name(self._run_id)
             error = api.delete("Secret", api.core.delete_namespaced_secret, name, deadline=deadline)
@@ -299,8 +305,9 @@ class KubernetesBackend:
         if ref.built:
             print(f"k8s_executor: built {ref.summary()}", file=sys.stderr)
 
-    def _wait_pods_gone(self, api: KubeApi, timeout: float) -> None:
-        """After a kill, return once no pod of the run is left (or say it is not)."""
+    def _wait_pods_gone(self, api: KubeApi, timeout: float, *, live_only: bool = False) -> None:
+        """Return once no pod of the run is left (``live_only``: none Pending or Running),
+        or say that some are."""
         deadline = time.monotonic() + timeout
         selector = m.run_selector(self._run_id)
         delay = 0.1
@@ -311,6 +318,8 @@ class KubernetesBackend:
                 )
             except ClusterError:
                 return
+            if live_only:
+                pods = [p for p in pods if (p.get("status") or {}).get("phase") in _LIVE]
             if not pods:
                 return
             if time.monotonic() > deadline:
