@@ -67,8 +67,9 @@ class Kubesim:
     """A running kubesim: ``with Kubesim() as sim: load_kube_config(sim.kubeconfig_path)``.
 
     Attributes: ``url``, ``kubeconfig_path``, ``store``, ``clock``, ``faults``, ``server``,
-    ``kubelet``, ``controller``, ``gc``, ``scheduler``, ``quota``, ``serviceaccounts`` (the
-    last six are ``None`` when the controller half is not available or ``controllers=False``).
+    ``kubelet``, ``controller``, ``gc``, ``scheduler``, ``quota``, ``serviceaccounts``,
+    ``kueue`` (the last seven are ``None`` when the controller half is not available or
+    ``controllers=False``).
     Components record Events through :mod:`tests.kubesim.events`.
     """
 
@@ -107,6 +108,7 @@ class Kubesim:
         self.scheduler: Any = None
         self.quota: Any = None
         self.serviceaccounts: Any = None
+        self.kueue: Any = None
         self.server = ApiServer(
             self.store,
             port=port,
@@ -118,6 +120,15 @@ class Kubesim:
         admit_job = _optional("job_admission", "admit_job")
         if admit_job is not None:
             self.store.register_admission("jobs", admit_job)
+        # Admission order as kube-apiserver's: LimitRanger (mutating) and PodSecurity, then
+        # Kueue's Job webhook, then ResourceQuota last, so that quotas see LimitRange defaults.
+        for module in ("limitrange", "podsecurity"):
+            register = _optional(module, "register")
+            if register is not None:
+                register(self.store)
+        kueue_webhook = _optional("kueue", "admit_job")
+        if kueue_webhook is not None:
+            self.store.register_admission("jobs", kueue_webhook)
         quota = _optional("quota", "register")
         if quota is not None:
             quota(self.store)
@@ -140,6 +151,9 @@ class Kubesim:
         quota = _optional("quota", "QuotaController")
         if quota is not None:
             self.quota = quota(self.store, self.clock)
+        kueue = _optional("kueue", "KueueController")
+        if kueue is not None:
+            self.kueue = kueue(self.store, self.clock)
         if controller is not None:
             self.controller = controller(self.store, self.clock)
         if gc is not None:
@@ -170,6 +184,7 @@ class Kubesim:
         components = (
             self.quota,
             self.serviceaccounts,
+            self.kueue,
             self.controller,
             self.gc,
             self.scheduler,

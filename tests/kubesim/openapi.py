@@ -299,7 +299,11 @@ def _served(subresources: Mapping[str, tuple[str, ...]]) -> dict[str, tuple[list
     for info in (*RESOURCES.values(), EVENTS_V1):
         key = f"apis/{info.group}/{info.version}" if info.group else f"api/{info.version}"
         subs = () if info is EVENTS_V1 else subresources.get(info.name, ())
-        add(key, *_resource_paths(info, subs))
+        try:
+            paths = _resource_paths(info, subs)
+        except KeyError:
+            continue  # a custom resource (Kueue's): no bundled schema, so no document
+        add(key, *paths)
     review = _definition_of("authorization.k8s.io", "v1", "SelfSubjectAccessReview")
     add(
         "apis/authorization.k8s.io/v1",

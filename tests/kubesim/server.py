@@ -28,7 +28,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tests.kubesim import defaults, eviction, openapi, protobuf, schema, tables
+from tests.kubesim import defaults, eviction, kueue, openapi, podsecurity, protobuf, schema, tables
 from tests.kubesim import events as kevents
 from tests.kubesim import patch as patching
 from tests.kubesim import watch as watching
@@ -55,6 +55,9 @@ _SUBRESOURCES = {
     "pods": ("status", "log", "eviction"),
     "namespaces": ("status",),
     "resourcequotas": ("status",),
+    "clusterqueues": ("status",),
+    "localqueues": ("status",),
+    "workloads": ("status",),
 }
 _CORE = re.compile(
     r"^/api/v1/(?:namespaces/(?P<ns>[^/]+)/)?(?P<res>[a-z]+)(?:/(?P<name>[^/]+)(?:/(?P<sub>[a-z]+))?)?$"
@@ -64,6 +67,9 @@ _BATCH = re.compile(
 )
 _EVENTS_V1 = re.compile(
     r"^/apis/events\.k8s\.io/v1/(?:namespaces/(?P<ns>[^/]+)/)?(?P<res>events)(?:/(?P<name>[^/]+))?$"
+)
+_KUEUE = re.compile(
+    r"^/apis/kueue\.x-k8s\.io/v1beta1/(?:namespaces/(?P<ns>[^/]+)/)?(?P<res>[a-z]+)(?:/(?P<name>[^/]+)(?:/(?P<sub>[a-z]+))?)?$"
 )
 _NAMESPACE_SUB = re.compile(r"^/api/v1/namespaces/(?P<name>[^/]+)/(?P<sub>status|finalize)$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -522,6 +528,7 @@ class _Handler(BaseHTTPRequestHandler):
             "batch": _group("batch"),
             "authorization.k8s.io": _group("authorization.k8s.io"),
             "events.k8s.io": _group("events.k8s.io"),
+            kueue.GROUP: _group(kueue.GROUP, kueue.VERSION),
         }
         if path == "/apis":
             return {"kind": "APIGroupList", "apiVersion": "v1", "groups": list(groups.values())}
@@ -539,6 +546,13 @@ class _Handler(BaseHTTPRequestHandler):
                 "apiVersion": "v1",
                 "groupVersion": "batch/v1",
                 "resources": _discovery_resources("batch"),
+            }
+        if path == f"/apis/{kueue.GROUP}/{kueue.VERSION}":
+            return {
+                "kind": "APIResourceList",
+                "apiVersion": "v1",
+                "groupVersion": f"{kueue.GROUP}/{kueue.VERSION}",
+                "resources": _discovery_resources(kueue.GROUP),
             }
         if path == "/apis/events.k8s.io/v1":
             return {
@@ -571,7 +585,7 @@ class _Handler(BaseHTTPRequestHandler):
             return Route(RESOURCES["namespaces"], None, match["name"], "status")
         if match := _EVENTS_V1.match(path):
             return Route(kevents.EVENTS_V1, match["ns"], match["name"], None)
-        for pattern, group in ((_CORE, ""), (_BATCH, "batch")):
+        for pattern, group in ((_CORE, ""), (_BATCH, "batch"), (_KUEUE, kueue.GROUP)):
             match = pattern.match(path)
             if match is None:
                 continue
@@ -1107,6 +1121,9 @@ class _Handler(BaseHTTPRequestHandler):
             obj = kevents.v1_to_core(obj)
         # As the real server: decoding defaults the versioned object before it is validated.
         defaults.default_decoded(route.info.name, obj)
+        if route.info.group == kueue.GROUP:
+            # Custom resources: Kueue's CRD schemas are not bundled; kueue.py validates.
+            return kueue.validate(route.info.name, name, obj), []
         outcome = schema.validate(
             route.info.name, name, obj, field_validation=query.get("fieldValidation")
         )
@@ -1130,10 +1147,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _create(self, route: Route, query: dict[str, str], body: bytes, content_type: str) -> None:
         obj = self._decode_object(route, body, content_type)
         obj, warnings = self._validated(route, obj, query)
-        created = self.api.store.create(
-            route.info.name, route.namespace, obj, dry_run=_dry_run(query)
-        )
-        self._send_object(201, created, query, warnings)
+        with podsecurity.collect_warnings() as admission_warnings:
+            created = self.api.store.create(
+                route.info.name, route.namespace, obj, dry_run=_dry_run(query)
+            )
+        self._send_object(201, created, query, warnings + admission_warnings)
 
     def _evict(self, route: Route, query: dict[str, str], body: bytes, content_type: str) -> None:
         """``POST pods/NAME/eviction``: see :mod:`tests.kubesim.eviction`."""
@@ -1359,11 +1377,11 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
 
-def _group(name: str) -> dict[str, Any]:
+def _group(name: str, version: str = "v1") -> dict[str, Any]:
     return {
         "name": name,
-        "versions": [{"groupVersion": f"{name}/v1", "version": "v1"}],
-        "preferredVersion": {"groupVersion": f"{name}/v1", "version": "v1"},
+        "versions": [{"groupVersion": f"{name}/{version}", "version": version}],
+        "preferredVersion": {"groupVersion": f"{name}/{version}", "version": version},
     }
 
 

@@ -89,6 +89,47 @@ RESOURCES: dict[str, ResourceInfo] = {
         ResourceInfo(
             "resourcequotas", "", "v1", "ResourceQuota", True, ("quota",), "resourcequota"
         ),
+        ResourceInfo("limitranges", "", "v1", "LimitRange", True, ("limits",), "limitrange"),
+        # Kueue's CRDs (tests/kubesim/kueue.py), served as kueue.x-k8s.io/v1beta1.
+        ResourceInfo(
+            "resourceflavors",
+            "kueue.x-k8s.io",
+            "v1beta1",
+            "ResourceFlavor",
+            False,
+            ("flavor", "flavors", "rf"),
+            "resourceflavor",
+        ),
+        ResourceInfo(
+            "clusterqueues",
+            "kueue.x-k8s.io",
+            "v1beta1",
+            "ClusterQueue",
+            False,
+            ("cq",),
+            "clusterqueue",
+        ),
+        ResourceInfo(
+            "localqueues",
+            "kueue.x-k8s.io",
+            "v1beta1",
+            "LocalQueue",
+            True,
+            ("queue", "queues", "lq"),
+            "localqueue",
+        ),
+        ResourceInfo(
+            "workloads", "kueue.x-k8s.io", "v1beta1", "Workload", True, ("wl",), "workload"
+        ),
+        ResourceInfo(
+            "workloadpriorityclasses",
+            "kueue.x-k8s.io",
+            "v1beta1",
+            "WorkloadPriorityClass",
+            False,
+            (),
+            "workloadpriorityclass",
+        ),
     )
 }
 
@@ -464,6 +505,8 @@ class Store:
             if resource == "jobs":
                 meta["generation"] = 1
                 new["status"] = {}
+            elif info.group == "kueue.x-k8s.io":
+                meta["generation"] = 1  # custom resources count spec changes too
             elif resource == "pods":
                 defaults.prepare_pod_for_create(new)
             elif resource == "namespaces":
@@ -845,7 +888,9 @@ class Store:
         """Bookkeeping shared by update and mutate; returns the committed snapshot."""
         meta = new.setdefault("metadata", {})
         meta["resourceVersion"] = old["metadata"]["resourceVersion"]
-        if resource == "jobs" and new.get("spec") != old.get("spec"):
+        if (resource == "jobs" or RESOURCES[resource].group == "kueue.x-k8s.io") and new.get(
+            "spec"
+        ) != old.get("spec"):
             meta["generation"] = int(old["metadata"].get("generation", 1)) + 1
         if new == old:
             return old  # a no-op write keeps the RV and sends no event, as upstream

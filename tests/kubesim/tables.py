@@ -208,6 +208,51 @@ def _serviceaccount_row(obj: Obj, now: datetime) -> list[Any]:
     return [obj["metadata"]["name"], len(obj.get("secrets") or []), _age(obj, now)]
 
 
+def _limitrange_row(obj: Obj, now: datetime) -> list[Any]:
+    return [obj["metadata"]["name"], obj["metadata"].get("creationTimestamp", "")]
+
+
+def _kueue_cond(obj: Obj, kind: str) -> str:
+    for condition in (obj.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == kind:
+            return str(condition.get("status", ""))
+    return ""
+
+
+# Kueue's CRDs: their additionalPrinterColumns (no Age column unless the CRD declares one).
+def _cq_row(obj: Obj, now: datetime) -> list[Any]:
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    return [
+        obj["metadata"]["name"],
+        spec.get("cohort"),
+        spec.get("queueingStrategy"),
+        status.get("pendingWorkloads"),
+        status.get("admittedWorkloads"),
+    ]
+
+
+def _lq_row(obj: Obj, now: datetime) -> list[Any]:
+    status = obj.get("status") or {}
+    return [
+        obj["metadata"]["name"],
+        (obj.get("spec") or {}).get("clusterQueue"),
+        status.get("pendingWorkloads"),
+        status.get("admittedWorkloads"),
+    ]
+
+
+def _wl_row(obj: Obj, now: datetime) -> list[Any]:
+    admission = (obj.get("status") or {}).get("admission") or {}
+    return [
+        obj["metadata"]["name"],
+        (obj.get("spec") or {}).get("queueName"),
+        admission.get("clusterQueue"),
+        _kueue_cond(obj, "Admitted"),
+        _kueue_cond(obj, "Finished"),
+        _age(obj, now),
+    ]
+
+
 def _col(name: str, kind: str = "string", priority: int = 0, fmt: str = "") -> dict[str, Any]:
     column: dict[str, Any] = {
         "name": name,
@@ -264,6 +309,45 @@ _COLUMNS = {
     "serviceaccounts": (
         [_col("Name", fmt="name"), _col("Secrets", "integer"), _col("Age")],
         _serviceaccount_row,
+    ),
+    "limitranges": ([_col("Name", fmt="name"), _col("Created At", fmt="date")], _limitrange_row),
+    "resourceflavors": (
+        [_col("Name", fmt="name"), _col("Age", "date")],
+        lambda o, n: [o["metadata"]["name"], _age(o, n)],
+    ),
+    "workloadpriorityclasses": (
+        [_col("Name", fmt="name"), _col("Value", "integer")],
+        lambda o, n: [o["metadata"]["name"], o.get("value")],
+    ),
+    "clusterqueues": (
+        [
+            _col("Name", fmt="name"),
+            _col("Cohort"),
+            _col("Strategy", priority=1),
+            _col("Pending Workloads", "integer"),
+            _col("Admitted Workloads", "integer", priority=1),
+        ],
+        _cq_row,
+    ),
+    "localqueues": (
+        [
+            _col("Name", fmt="name"),
+            _col("ClusterQueue"),
+            _col("Pending Workloads", "integer"),
+            _col("Admitted Workloads", "integer"),
+        ],
+        _lq_row,
+    ),
+    "workloads": (
+        [
+            _col("Name", fmt="name"),
+            _col("Queue"),
+            _col("Reserved in"),
+            _col("Admitted"),
+            _col("Finished"),
+            _col("Age", "date"),
+        ],
+        _wl_row,
     ),
     "events": (
         [_col("Last Seen"), _col("Type"), _col("Reason"), _col("Object"), _col("Message")],
