@@ -70,4 +70,3 @@ class BrokenUnpicklingError(UnpicklingError, BrokenProcessPool):
 class BrokenResultPicklingError(ResultPicklingError, BrokenProcessPool):
     """Pickling a result in the worker raised ``SystemExit`` (or another exception that is
     not an ``Exception``): a ``ResultPicklingError`` that is also a ``BrokenProcessPool``."""
-

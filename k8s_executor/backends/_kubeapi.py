@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import random
-import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,26 +27,12 @@ from typing import Any, TypeVar
 
 from .._cluster import config_source
 from ..errors import ClusterError, ConfigError
+from ._kubeerrors import RBAC_RULES, check_kubeconfig_files, translate
 
 __all__ = ["ONCE", "RBAC_RULES", "RETRY", "KubeApi", "LogStream", "Retry", "translate"]
 
 T = TypeVar("T")
 
-# What the executor needs to be allowed to do in its namespace (for error messages and
-# `k8s-executor rbac`).
-RBAC_RULES = (
-    ("batch", "jobs", ("create", "get", "list", "watch", "delete", "patch")),
-    ("", "pods", ("get", "list", "watch", "delete")),
-    ("", "pods/log", ("get",)),
-    ("", "secrets", ("create", "get", "list", "delete")),
-    # Optional: why the Job controller could not create pods (quota, PodSecurity); without
-    # it such refusals are reported after Timeouts.startup instead of at once.
-    ("", "events", ("list", "watch")),
-)
-_RBAC_TEXT = "; ".join(
-    f"{', '.join(verbs)} on {resource}{'.' + group if group else ''}"
-    for group, resource, verbs in RBAC_RULES
-)
 _RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 WATCH_SECONDS = 240
 """A watch's ``timeoutSeconds``: below every apiserver's --min-request-timeout."""
@@ -119,7 +104,7 @@ class KubeApi:
 
         in_cluster = config_source(kubeconfig, context) == "in-cluster"
         if not in_cluster:
-            _check_kubeconfig_files(kubeconfig)
+            check_kubeconfig_files(kubeconfig)
         try:
             if in_cluster:
                 configuration = client.Configuration()
@@ -538,36 +523,6 @@ def finish_response(resp: Any, read_to_end: bool) -> None:
         resp.release_conn()  # a closed connection: the pool replaces it
 
 
-def _check_kubeconfig_files(kubeconfig: str | None) -> None:
-    """A kubeconfig that is not YAML, or not a mapping, is named in a ConfigError (the
-    client would raise a parser error or an AttributeError from deep inside)."""
-    import yaml
-
-    paths = [kubeconfig] if kubeconfig else (os.environ.get("KUBECONFIG") or "").split(os.pathsep)
-    paths = [os.path.expanduser(p) for p in paths if p] or [os.path.expanduser("~/.kube/config")]
-    for path in paths:
-        try:
-            with open(path) as f:
-                data = yaml.safe_load(f)
-        except OSError:
-            continue  # missing: the loader's own error says where it looked
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise ConfigError(
-                f"the kubeconfig {path} is not valid YAML: {problem}{where}; fix the file "
-                "or point KUBECONFIG (or kubeconfig=) at another one"
-            ) from exc
-        if data is not None and not isinstance(data, dict):
-            raise ConfigError(
-                f"the kubeconfig {path} is not a kubeconfig: it holds a "
-                f"{type(data).__name__}, not a mapping with clusters, users and contexts "
-                "(`kubectl config view` shows a valid one); point KUBECONFIG (or "
-                "kubeconfig=) at another file"
-            )
-
-
 def _context_namespace(kubeconfig: str | None, context: str | None) -> str:
     from kubernetes import config
 
@@ -577,61 +532,3 @@ def _context_namespace(kubeconfig: str | None, context: str | None) -> str:
         chosen = next((c for c in contexts if c.get("name") == context), None)
     namespace = ((chosen or {}).get("context") or {}).get("namespace")
     return str(namespace or "default")
-
-
-def translate(
-    what: str,
-    exc: BaseException,
-    *,
-    namespace: str,
-    host: str,
-    context: str | None = None,
-) -> ClusterError:
-    """The one table from the client's errors to ours: ``cannot {what}: ...`` with the
-    likely cause and the fix. ``exc`` is an ``ApiException`` (refusals by status) or a
-    urllib3 ``HTTPError`` (nothing answers)."""
-    from kubernetes.client.exceptions import ApiException
-
-    if isinstance(exc, ApiException):
-        return _refused(what, exc, namespace)
-    # urllib3 wraps the cause (refused, timed out, unknown host) in layers of repr; the
-    # innermost message is the one a person can act on.
-    cause: Any = getattr(exc, "reason", None) or exc
-    detail = re.sub(r"^(<[^>]*>|\w+\(host=[^)]*\)): ", "", str(cause))
-    return ClusterError(
-        f"cannot {what}: nothing answers at {host}"
-        + (f" (context {context})" if context else "")
-        + f": {detail}; check the kubeconfig context (--context, KUBECONFIG), "
-        "your network or VPN, and `kubectl cluster-info`"
-    )
-
-
-def _refused(what: str, exc: Any, namespace: str) -> ClusterError:
-    status = exc.status
-    try:
-        body = json.loads(exc.body or "{}")
-        detail = body.get("message") or exc.reason
-    except (TypeError, ValueError):
-        detail = exc.reason
-    if status == 401:
-        return ClusterError(
-            f"cannot {what}: the Kubernetes API did not accept our credentials (401: "
-            f"{detail}); the token or certificate of the kubeconfig context may have "
-            "expired: log in again (e.g. refresh your cloud provider's credentials) and "
-            "check with `kubectl get pods`",
-            status=status,
-        )
-    if status == 403:
-        return ClusterError(
-            f"cannot {what}: the Kubernetes API refused it ({status}: {detail}). The "
-            f"executor needs, in namespace {namespace!r}: {_RBAC_TEXT}. "
-            "`k8s-executor rbac` prints a Role granting exactly these; "
-            f"`kubectl auth can-i create jobs.batch -n {namespace}` checks one",
-            status=status,
-        )
-    if status == 404 and "namespaces" in str(detail):
-        return ClusterError(
-            f"cannot {what}: {detail}; create the namespace or pass namespace=",
-            status=status,
-        )
-    return ClusterError(f"cannot {what}: {status} {detail}", status=status)

@@ -79,6 +79,72 @@ class KubernetesSettings:
     stream_logs: bool = False
 
 
+def _build_image(settings: KubernetesSettings) -> tuple[str, str]:
+    """Snapshot this venv into the registry (nothing to do when it is unchanged); the
+    image reference (by digest: every pod runs exactly this snapshot) and its python."""
+    # Imported here: only image="auto" needs the builder (and, maybe, podman).
+    from ..image import build_image
+
+    assert settings.registry is not None
+    ref = build_image(settings.registry, base_image=settings.base_image, platform=settings.platform)
+    if ref.built:
+        print(f"k8s_executor: built {ref.summary()}", file=sys.stderr)
+    # The venv sits at its own absolute path in the image; its python runs the base
+    # image's interpreter with the venv's packages.
+    return ref.reference, os.path.join(sys.prefix, "bin", "python")
+
+
+def _wait_pods_gone(api: KubeApi, run_id: str, timeout: float, *, live_only: bool = False) -> None:
+    """Return once no pod of the run is left (``live_only``: none Pending or Running),
+    or say that some are."""
+    deadline = time.monotonic() + timeout
+    selector = m.run_selector(run_id)
+    delay = 0.1
+    while True:
+        try:
+            pods = api.list(
+                "list the run's pods", api.core.list_namespaced_pod, selector, deadline=deadline
+            )
+        except ClusterError:
+            return
+        if live_only:
+            pods = [p for p in pods if (p.get("status") or {}).get("phase") in _LIVE]
+        if not pods:
+            return
+        if time.monotonic() > deadline:
+            print(
+                f"k8s_executor: {len(pods)} pods of run {run_id} are still "
+                f"terminating; `kubectl get pods -n {api.namespace} -l {selector}`",
+                file=sys.stderr,
+            )
+            return
+        # Polling, not a watch: this runs once, after the watches have stopped.
+        threading.Event().wait(delay)
+        delay = min(delay * 2, 2.0)
+
+
+def _start_failure(event: Stuck, seconds: float, namespace: str, job_name: str) -> str:
+    """Why the calls of a batch whose pods could not start fail, and what to do."""
+    if event.reason == REFUSED:
+        return (
+            f"the cluster refuses to create the worker pods of batch {event.batch_id}: "
+            f"{event.message.removeprefix('Error creating: ')}{_refusal_hint(event.message)}"
+        )
+    hint = {
+        "Unschedulable": "; ask for less (Resources) or check Scheduling: "
+        "node_selector, tolerations, affinity",
+        "CreateContainerConfigError": "; a Secret or ConfigMap it needs is missing "
+        "(PodOptions.secrets?)",
+        NO_POD: f" (a ResourceQuota, a LimitRange, PodSecurity admission or an admission "
+        f"webhook); `kubectl describe job -n {namespace} {job_name}` shows the "
+        "FailedCreate events that say why",
+    }.get(event.reason, "")
+    return (
+        f"a worker pod of batch {event.batch_id} could not start for {seconds:g}s: "
+        f"{event.reason}: {event.message}{hint}"
+    )
+
+
 def _refusal_hint(message: str) -> str:
     """What to do about pods the API server refuses for good (docs/troubleshooting.md)."""
     if "exceeded quota" in message or "must specify" in message:
@@ -151,7 +217,7 @@ class KubernetesBackend:
         self._max_workers = max_workers
         self._run_id = run.run_id
         if self.settings.image == "auto":
-            self._build_image()
+            self._image, self._python = _build_image(self.settings)
         s = self.settings
         api = KubeApi.connect(s.kubeconfig, s.context, s.namespace)
         self._api, self.namespace = api, api.namespace
@@ -264,8 +330,11 @@ class KubernetesBackend:
             # (its call cancelled or timed out, its pod now being stopped) must not write
             # it back. With the worker as its container's init, SIGTERM ends it at once.
             grace = self.settings.timeouts.termination_grace
-            self._wait_pods_gone(
-                api, timeout=max(0.0, deadline - time.monotonic()) + grace, live_only=not kill
+            _wait_pods_gone(
+                api,
+                self._run_id,
+                timeout=max(0.0, deadline - time.monotonic()) + grace,
+                live_only=not kill,
             )
         if self._secret_created:
             name = m.secret_name(self._run_id)
@@ -286,52 +355,6 @@ class KubernetesBackend:
     def _connected(self) -> KubeApi:
         assert self._api is not None, "start() first"
         return self._api
-
-    def _build_image(self) -> None:
-        """Snapshot this venv into the registry (nothing to do when it is unchanged)."""
-        # Imported here: only image="auto" needs the builder (and, maybe, podman).
-        from ..image import build_image
-
-        assert self.settings.registry is not None
-        ref = build_image(
-            self.settings.registry,
-            base_image=self.settings.base_image,
-            platform=self.settings.platform,
-        )
-        self._image = ref.reference  # by digest: every pod runs exactly this snapshot
-        # The venv sits at its own absolute path in the image; its python runs the base
-        # image's interpreter with the venv's packages.
-        self._python = os.path.join(sys.prefix, "bin", "python")
-        if ref.built:
-            print(f"k8s_executor: built {ref.summary()}", file=sys.stderr)
-
-    def _wait_pods_gone(self, api: KubeApi, timeout: float, *, live_only: bool = False) -> None:
-        """Return once no pod of the run is left (``live_only``: none Pending or Running),
-        or say that some are."""
-        deadline = time.monotonic() + timeout
-        selector = m.run_selector(self._run_id)
-        delay = 0.1
-        while True:
-            try:
-                pods = api.list(
-                    "list the run's pods", api.core.list_namespaced_pod, selector, deadline=deadline
-                )
-            except ClusterError:
-                return
-            if live_only:
-                pods = [p for p in pods if (p.get("status") or {}).get("phase") in _LIVE]
-            if not pods:
-                return
-            if time.monotonic() > deadline:
-                print(
-                    f"k8s_executor: {len(pods)} pods of run {self._run_id} are still "
-                    f"terminating; `kubectl get pods -n {self.namespace} -l {selector}`",
-                    file=sys.stderr,
-                )
-                return
-            # Polling, not a watch: this runs once, after the watches have stopped.
-            threading.Event().wait(delay)
-            delay = min(delay * 2, 2.0)
 
     # -- watching --------------------------------------------------------------------
 
@@ -507,17 +530,9 @@ class KubernetesBackend:
     def _stuck(self, event: Stuck) -> None:
         assert self._listener is not None
         api = self._connected()
-        message = (
-            f"a worker pod of batch {event.batch_id} could not start for "
-            f"{self._tracker.limit(event.reason):g}s: {event.reason}: {event.message}"
-        )
-        if event.reason == REFUSED:
-            message = (
-                f"the cluster refuses to create the worker pods of batch {event.batch_id}: "
-                f"{event.message.removeprefix('Error creating: ')}"
-            )
         if event.reason in IMAGE_REASONS:
             # The image cannot be pulled: no batch of this run can start.
+            message = _start_failure(event, self._tracker.limit(event.reason), "", "")
             self._listener.backend_broken(
                 PodStartError(
                     message + f" (image {self._image}); check the image name and the "
@@ -540,19 +555,9 @@ class KubernetesBackend:
             error = api.delete("Job", api.batch.delete_namespaced_job, job_name)
             if error is not None:
                 print(f"k8s_executor: {error}", file=sys.stderr)
-        hint = {
-            "Unschedulable": "; ask for less (Resources) or check Scheduling: "
-            "node_selector, tolerations, affinity",
-            "CreateContainerConfigError": "; a Secret or ConfigMap it needs is missing "
-            "(PodOptions.secrets?)",
-            NO_POD: f" (a ResourceQuota, a LimitRange, PodSecurity admission or an admission "
-            f"webhook); `kubectl describe job -n {self.namespace} {job_name}` shows the "
-            "FailedCreate events that say why",
-            REFUSED: _refusal_hint(event.message),
-        }.get(event.reason, "")
-        exit = IndexExit(
-            exit_code=None, reason=event.reason, message=message + hint, never_started=True
-        )
+        limit = self._tracker.limit(event.reason)
+        message = _start_failure(event, limit, self.namespace, job_name or "")
+        exit = IndexExit(exit_code=None, reason=event.reason, message=message, never_started=True)
         for i in unfinished:
             self._listener.index_finished(event.batch_id, i, exit)
         self._rebalance()
