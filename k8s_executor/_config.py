@@ -42,6 +42,7 @@ ENV_STORAGE = "K8S_EXECUTOR_STORAGE"
 ENV_STORAGE_OPTIONS = "K8S_EXECUTOR_STORAGE_OPTIONS"
 ENV_SHARE_STORAGE_OPTIONS = "K8S_EXECUTOR_SHARE_STORAGE_OPTIONS"
 ENV_POD_SECRETS = "K8S_EXECUTOR_POD_SECRETS"
+ENV_QUEUE = "K8S_EXECUTOR_QUEUE"
 ENV_IMAGE = "K8S_EXECUTOR_IMAGE"
 ENV_REGISTRY = "K8S_EXECUTOR_REGISTRY"
 ENV_BASE_IMAGE = "K8S_EXECUTOR_BASE_IMAGE"
@@ -187,6 +188,21 @@ class Env:
                     "the pods' namespace, separated by commas, e.g. s3-credentials"
                 ) from None
         return names
+
+    @property
+    def queue(self) -> str | None:
+        """``K8S_EXECUTOR_QUEUE``: a Kueue LocalQueue name (checked); None when unset."""
+        text = (self.text(ENV_QUEUE) or "").strip()
+        if not text:
+            return None
+        try:
+            check_dns_name("Scheduling.queue", text)
+        except ConfigError:
+            raise ConfigError(
+                f"{ENV_QUEUE}={text!r} is not allowed: expected the name of a Kueue "
+                "LocalQueue of the namespace (`kubectl get localqueues`), e.g. team-a"
+            ) from None
+        return text
 
     def flag(self, name: str) -> bool | None:
         """A yes/no variable; None when unset or empty."""
@@ -352,6 +368,15 @@ def backend_name(
     return name
 
 
+def _scheduling(scheduling: Scheduling | None, env: Env) -> Scheduling:
+    """``scheduling``, with the LocalQueue of ``K8S_EXECUTOR_QUEUE`` when it names none."""
+    scheduling = scheduling or Scheduling()
+    if scheduling.queue is not None:
+        return scheduling
+    queue = env.queue
+    return dataclasses.replace(scheduling, queue=queue) if queue else scheduling
+
+
 def pod_options(pod: PodOptions | None, env: Env | None = None) -> PodOptions:
     """``pod``, with the Secrets of ``K8S_EXECUTOR_POD_SECRETS`` when it names none."""
     pod = pod or PodOptions()
@@ -434,7 +459,7 @@ def _kubernetes(cls: type[Any], r: _Request) -> Backend:
             python=r.python or r.env.python or "python",
             retries=r.retries,
             resources=r.resources or Resources(),
-            scheduling=r.scheduling or Scheduling(),
+            scheduling=_scheduling(r.scheduling, r.env),
             pod=pod_options(r.pod, r.env),
             timeouts=r.timeouts or Timeouts(),
             share_storage_options=r.share_storage_options,

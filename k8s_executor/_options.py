@@ -292,8 +292,18 @@ class Scheduling(_Options):
     priority_class: str | None = None
     """The PriorityClass name of worker pods."""
 
+    queue: str | None = None
+    """A Kueue LocalQueue of the namespace (the ``kueue.x-k8s.io/queue-name`` label of
+    every Job; default: ``K8S_EXECUTOR_QUEUE``). Kueue then decides when each batch runs:
+    the executor never suspends, resumes or resizes such Jobs itself (each Job gets up to
+    ``max_workers`` pods), waits without a startup clock while a Job is queued, runs
+    preempted calls again when readmitted, and fails a batch at once when its Workload
+    cannot be admitted (no such LocalQueue, larger than the queue's quota)."""
+
     def __post_init__(self) -> None:
         check_labels("Scheduling.node_selector", self.node_selector)
+        if self.queue is not None:
+            check_dns_name("Scheduling.queue", self.queue)
         object.__setattr__(self, "tolerations", tuple(self.tolerations))
         for t in self.tolerations:
             if not isinstance(t, Mapping):

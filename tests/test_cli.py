@@ -170,7 +170,7 @@ def test_doctor_all_green(
     assert "Kubernetes v1.33.0-kubesim" in result.text("cluster")
     assert "(context kubesim)" in result.text("cluster")
     assert result.text("namespace") == "default exists"
-    assert result.text("permissions").startswith("all 17 verbs the executor needs")
+    assert result.text("permissions").startswith("all 19 verbs the executor needs")
     assert "pull and push allowed (anonymously)" in result.text("registry")
     assert podman.url in result.text("podman")
     assert "has Python 3.11" in result.text("base Python")
@@ -341,7 +341,7 @@ def test_doctor_events_are_optional(kubesim: Kubesim, capsys: pytest.CaptureFixt
     result = doctor(capsys, *kubeconfig(kubesim))
     assert result.mark("permissions") == "✓", result.out
     text = result.text("permissions")
-    assert text.startswith("all 16 verbs the executor needs")
+    assert text.startswith("all 18 verbs the executor needs")
     assert "not watch events (optional: pods the cluster refuses to create are then" in text
 
 

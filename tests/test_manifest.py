@@ -256,6 +256,16 @@ def test_bad_options_name_option_value_and_allowed(build: Any, message: str) -> 
         build()
 
 
+def test_queued_job_carries_the_kueue_label_and_waits_suspended() -> None:
+    job = m.job_manifest(params(scheduling=Scheduling(queue="team-a")))
+    validate(job)
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert job["spec"]["suspend"] is True  # Kueue admits it (parallelism stays as planned)
+    assert job["spec"]["parallelism"] == 4
+    with pytest.raises(ConfigError, match="Scheduling.queue='Team A'"):
+        Scheduling(queue="Team A")
+
+
 def test_integer_memory_is_bytes_as_in_kubernetes() -> None:
     job = m.job_manifest(params(resources=Resources(memory=1 << 30, memory_limit=3 << 30)))
     validate(job)

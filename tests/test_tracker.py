@@ -448,3 +448,49 @@ def test_refused_for_good_is_stuck_at_once_and_full_quota_stops_the_clock() -> N
     (event,) = tracker2.on_refusal("b00000", never, now=0.0)
     assert isinstance(event, Stuck) and event.reason == "FailedCreate"
     assert tracker2.on_refusal("b00000", never, now=1.0) == []  # reported once
+
+
+@pytest.mark.parametrize(
+    ("condition", "verdict"),
+    [
+        ({"status": "True", "reason": "QuotaReserved"}, None),
+        (
+            {"status": "False", "reason": "Inadmissible", "message": "LocalQueue q doesn't exist"},
+            ("fail", "LocalQueue q doesn't exist"),
+        ),
+        (
+            {
+                "status": "False",
+                "reason": "Pending",
+                "message": "couldn't assign flavors to pod set main: resource memory "
+                "unavailable in ClusterQueue",
+            },
+            "fail",
+        ),
+        (
+            {
+                "status": "False",
+                "reason": "Pending",
+                "message": "couldn't assign flavors to pod set main: insufficient quota for "
+                "cpu in flavor f, request > maximum capacity (4 > 2)",
+            },
+            "fail",
+        ),
+        (
+            {
+                "status": "False",
+                "reason": "Pending",
+                "message": "couldn't assign flavors to pod set main: insufficient unused quota "
+                "for cpu in flavor f, 1 more needed",
+            },
+            "wait",
+        ),
+    ],
+    ids=["admitted", "no local queue", "resource not covered", "too large", "queued"],
+)
+def test_workload_verdict(condition: dict[str, Any], verdict: Any) -> None:
+    from k8s_executor.backends._tracker import workload_verdict
+
+    workload = {"status": {"conditions": [{"type": "QuotaReserved", **condition}]}}
+    found = workload_verdict(workload)
+    assert (found[0] if found and isinstance(verdict, str) else found) == verdict

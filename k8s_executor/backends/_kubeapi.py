@@ -82,6 +82,7 @@ class KubeApi:
         self.context = context
         self.core: Any = k8s.CoreV1Api(client)
         self.batch: Any = k8s.BatchV1Api(client)
+        self.custom: Any = k8s.CustomObjectsApi(client)
         self._streams: set[Any] = set()
         self._lock = threading.Lock()
         self._closed = threading.Event()

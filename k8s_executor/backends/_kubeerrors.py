@@ -25,6 +25,8 @@ RBAC_RULES = (
     # Optional: why the Job controller could not create pods (quota, PodSecurity); without
     # it such refusals are reported after Timeouts.startup instead of at once.
     ("", "events", ("list", "watch")),
+    # Only with Scheduling.queue: whether Kueue can admit a batch (else it waits for ever).
+    ("kueue.x-k8s.io", "workloads", ("list", "watch")),
 )
 _RBAC_TEXT = "; ".join(
     f"{', '.join(verbs)} on {resource}{'.' + group if group else ''}"

@@ -19,6 +19,7 @@ from .._contract import (
     LABEL_BATCH,
     LABEL_INDEX,
     LABEL_MANAGED_BY,
+    LABEL_QUEUE,
     LABEL_RUN,
     MANAGED_BY,
 )
@@ -31,6 +32,7 @@ __all__ = [  # the contract's names, re-exported for the modules that build on m
     "LABEL_BATCH",
     "LABEL_INDEX",
     "LABEL_MANAGED_BY",
+    "LABEL_QUEUE",
     "LABEL_RUN",
     "MANAGED_BY",
 ]
@@ -271,6 +273,9 @@ def pod_spec(p: JobParams) -> dict[str, Any]:
 def job_manifest(p: JobParams) -> dict[str, Any]:
     """The Indexed Job that runs one batch."""
     labels = {**p.pod.labels, **run_labels(p.run_id), LABEL_BATCH: p.batch_id}
+    if p.scheduling.queue:
+        # Kueue admits the Job (it is created suspended; Kueue resumes it when quota allows).
+        labels[LABEL_QUEUE] = p.scheduling.queue
     annotations = dict(p.pod.annotations)
     if p.owner:
         annotations[ANNOTATION_OWNER] = p.owner
@@ -287,7 +292,7 @@ def job_manifest(p: JobParams) -> dict[str, Any]:
         # A Job with no free worker slot waits suspended, not at parallelism 0: the
         # activeDeadlineSeconds clock starts at startTime, which a suspended Job does not
         # have yet and a resumed one gets anew, so waiting does not use up the deadline.
-        "suspend": p.parallelism == 0,
+        "suspend": p.parallelism == 0 or bool(p.scheduling.queue),
         "backoffLimitPerIndex": p.retries,
         # Never fail the whole Job because some indexes failed: the others still run,
         # and each failed index is reported on its own futures.

@@ -168,6 +168,27 @@ def _amounts(text: str) -> dict[str, float]:
     return found
 
 
+INADMISSIBLE = "Inadmissible"
+"""The reason of a batch whose Kueue Workload can never be admitted."""
+
+
+def workload_verdict(workload: Mapping[str, Any]) -> tuple[str, str] | None:
+    """What a Kueue Workload's conditions mean for its batch: ``("fail", why)`` when it
+    can never be admitted (no such LocalQueue or ClusterQueue, larger than the queue's
+    whole quota), ``("wait", why)`` while it is queued, None once it holds quota."""
+    for cond in (workload.get("status") or {}).get("conditions") or []:
+        if cond.get("type") != "QuotaReserved":
+            continue
+        if cond.get("status") == "True":
+            return None
+        message = str(cond.get("message") or cond.get("reason") or "queued")
+        never = ("> maximum capacity", "unavailable in ClusterQueue")
+        if cond.get("reason") == "Inadmissible" or any(n in message for n in never):
+            return "fail", message
+        return "wait", message
+    return None
+
+
 def refusal(message: str) -> str | None:
     """What a Job's ``FailedCreate`` message means for its batch.
 
@@ -361,6 +382,25 @@ class RunTracker:
             return []
         job.refused = True
         return [Stuck(batch_id, waiting[0], REFUSED, message)]
+
+    def on_workload(self, batch_id: str, workload: Mapping[str, Any]) -> list[Event]:
+        """Digest a Kueue Workload of a batch's Job (see :func:`workload_verdict`)."""
+        job = self.jobs.get(batch_id)
+        if job is None or job.done or job.refused:
+            return []
+        verdict = workload_verdict(workload)
+        if verdict is None:
+            job.waiting_for = ""
+            return []
+        meaning, message = verdict
+        if meaning == "wait":
+            job.waiting_for = f"queued: {message}"
+            return []
+        waiting = [i for i, e in enumerate(job.indexes) if not e.finished and not e.has_pod]
+        if not waiting:
+            return []
+        job.refused = True
+        return [Stuck(batch_id, waiting[0], INADMISSIBLE, message)]
 
     def limit(self, reason: str) -> float:
         """Seconds a pod may stay unable to start for ``reason``."""

@@ -240,6 +240,7 @@ class KubernetesBackend:
             (self._watch_jobs, "k8sx-watch-jobs"),
             (self._watch_events, "k8sx-watch-events"),
             (self._tick, "k8sx-tick"),
+            *([(self._watch_workloads, "k8sx-watch-workloads")] if s.scheduling.queue else []),
         ):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -248,13 +249,19 @@ class KubernetesBackend:
     def launch(self, spec: LaunchSpec) -> None:
         """Create the batch's Indexed Job, with as many worker slots as are free now."""
         api = self._connected()
+        queued = bool(self.settings.scheduling.queue)
         with self._lock:
             self._tracker.add_batch(spec.batch_id, spec.indexes)
-            parallelism = _slots.initial(
-                spec.indexes, self._parallelism, self._demands(), self._max_workers
-            )
-            self._parallelism[spec.batch_id] = parallelism
-            self._sent_parallelism[spec.batch_id] = parallelism
+            if queued:
+                # Kueue admits it (and would take a parallelism change for a new workload):
+                # outside our slot plan, never patched.
+                parallelism = min(spec.indexes, self._max_workers)
+            else:
+                parallelism = _slots.initial(
+                    spec.indexes, self._parallelism, self._demands(), self._max_workers
+                )
+                self._parallelism[spec.batch_id] = parallelism
+                self._sent_parallelism[spec.batch_id] = parallelism
         params = m.JobParams(
             run_id=spec.run_id,
             batch_id=spec.batch_id,
@@ -288,7 +295,7 @@ class KubernetesBackend:
             self._created.add(spec.batch_id)
             # Slots freed while the Job was being created were planned for it, but could
             # not be sent to a Job that did not exist yet.
-            late = self._parallelism.get(spec.batch_id) != parallelism
+            late = not queued and self._parallelism.get(spec.batch_id) != parallelism
         if late:
             self._rebalance()
 
@@ -385,6 +392,37 @@ class KubernetesBackend:
                 "are reported only after Timeouts.startup",
                 file=sys.stderr,
             )
+
+    def _watch_workloads(self) -> None:
+        """Kueue's Workloads of the run's Jobs: queued (no startup clock), or never
+        admissible (the batch fails at once)."""
+        api = self._connected()
+
+        def list_namespaced_workload(namespace: str, **kwargs: Any) -> Any:
+            return api.custom.list_namespaced_custom_object(
+                "kueue.x-k8s.io", "v1beta1", namespace, "workloads", **kwargs
+            )
+
+        try:
+            api.watch(list_namespaced_workload, "", self._on_workload, self._stop)
+        except ClusterError as error:
+            print(
+                f"k8s_executor: {error}; without Kueue's Workloads, a batch Kueue cannot "
+                "admit waits for ever: check `kubectl get workloads`",
+                file=sys.stderr,
+            )
+
+    def _on_workload(self, kind: str, workload: dict[str, Any]) -> None:
+        if kind == "DELETED":
+            return
+        owners = (workload.get("metadata") or {}).get("ownerReferences") or []
+        names = {o.get("name") for o in owners if o.get("kind") == "Job"}
+        with self._lock:
+            batch_id = next((b for b, n in self._jobs.items() if n in names), None)
+            if batch_id is None:
+                return
+            events = self._tracker.on_workload(batch_id, workload)
+        self._deliver(events)
 
     def _on_event(self, kind: str, event: dict[str, Any]) -> None:
         if kind == "DELETED":

@@ -177,7 +177,9 @@ def _check_cluster(
             total, missing = cluster.missing_permissions(timeout)
             # Events only make refused pods known at once: without them, after the
             # startup timeout. Worth saying, not a failure.
-            optional = [m for m in missing if m.endswith(" events")]
+            optional = [
+                m for m in missing if m.split(" ")[1].split(".")[0] in ("events", "workloads")
+            ]
             missing = [m for m in missing if m not in optional]
             if missing:
                 raise ClusterError(
@@ -191,7 +193,9 @@ def _check_cluster(
                 return (
                     f"all {total - len(optional)} verbs the executor needs on {resources} in "
                     f"{ns}; not {', '.join(optional)} (optional: pods the cluster refuses "
-                    "to create are then reported after Timeouts.startup, not at once)"
+                    "to create are then reported after Timeouts.startup, not at once; "
+                    "without workloads, a run with a Kueue queue cannot tell that Kueue "
+                    "will never admit it)"
                 )
             return f"all {total} verbs the executor needs on {resources} in {ns}"
 
