@@ -48,6 +48,16 @@ class Task:
     bars: tuple[Progress, ...] = ()
     buffers: tuple[str, ...] = ()  # keys of the calls' large out-of-band buffers
 
+    def release(self) -> None:
+        """The future is settled (done, and a cancellation notified): drop the function,
+        the pickled calls and the future (which holds the result), so that nothing the
+        caller passed or got back stays alive in the engine's structures. ``future``
+        becomes a stand-in in the same final state (cancelled, or done)."""
+        cancelled = self.future.cancelled()
+        self.future = _CANCELLED if cancelled else _DONE
+        self.fn = _released
+        self.calls = b""
+
 
 @dataclass(eq=False)
 class Index:
@@ -70,6 +80,26 @@ class Batch:
 
     def __post_init__(self) -> None:
         self.unfinished = len(self.indexes)
+
+
+def _released(*_args: Any, **_kwargs: Any) -> Any:
+    raise AssertionError("the task was released")
+
+
+def _stand_in(cancelled: bool) -> Future[Any]:
+    future: Future[Any] = Future()
+    if cancelled:
+        future.cancel()
+        future.set_running_or_notify_cancel()
+    else:
+        future.set_running_or_notify_cancel()
+        future.set_result(None)
+    return future
+
+
+# What a released task's ``future`` becomes: its state, not its result.
+_CANCELLED = _stand_in(True)
+_DONE = _stand_in(False)
 
 
 class _Sized(Protocol):

@@ -49,7 +49,7 @@ from ._options import (
     check_positive_int,
 )
 from ._progress import Progress
-from ._run import Run
+from ._run import INTERPRETER_EXIT, Run
 from ._store import new_run_id
 from .backends._base import Backend
 from .errors import ConfigError, FunctionPicklingError
@@ -356,7 +356,12 @@ def _result_iterator(
                         chunk = future.result(end_time - time.monotonic())
                 finally:
                     future.cancel()
-                yield from chunk
+                    del future
+                # Handed out one by one, and dropped here as they go: a result the caller
+                # lets go of is freed, as with ProcessPoolExecutor.
+                chunk.reverse()
+                while chunk:
+                    yield chunk.pop()
         except (KeyboardInterrupt, _Terminated):
             # Ctrl-C (or SIGTERM) while waiting for results, with or without a `with`
             # block: leave nothing running. With ProcessPoolExecutor the terminal's SIGINT
@@ -437,6 +442,8 @@ def _on_sigterm(signum: int, _frame: object) -> None:
 
 
 def _shutdown_all() -> None:
+    # Before any atexit handler runs: a submit from one raises, as ProcessPoolExecutor's.
+    INTERPRETER_EXIT.set()
     for executor in list(_live_executors):
         try:
             if _sigterm.received:

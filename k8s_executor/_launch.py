@@ -119,11 +119,8 @@ class Launcher:
         """Write a batch of ``tasks`` to storage; None when none is left to launch (the
         cancelled ones are notified, those that cannot be pickled or written failed)."""
         assert self.store is not None
-        # Tasks cancelled while queued never start; notify their waiters now.
-        live = [t for t in tasks if not t.future.cancelled()]
-        for t in tasks:
-            if t.future.cancelled():
-                t.future.set_running_or_notify_cancel()
+        # Tasks cancelled while queued never start (the engine notified their waiters).
+        live = [t for t in tasks if not t.settled]
         if not live:
             return None
         table = function_table(t.fn for t in live)

@@ -25,12 +25,13 @@ from __future__ import annotations
 import contextlib
 import enum
 import functools
+import logging
 import shutil
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import Any
 
@@ -44,7 +45,13 @@ from ._store import RunStore
 from .backends._base import IndexExit, RunContext
 from .errors import ExecutorBrokenError, StorageError
 
-__all__ = ["Run", "State"]
+__all__ = ["INTERPRETER_EXIT", "Run", "State"]
+
+# Set by the executor's interpreter-exit hook, which runs before the atexit handlers: from
+# then on no executor accepts calls (as ProcessPoolExecutor's ``_global_shutdown``).
+INTERPRETER_EXIT = threading.Event()
+
+_log = logging.getLogger("k8s_executor._executor")
 
 
 class State(enum.Enum):
@@ -90,6 +97,7 @@ class Run:
         self._on_end = on_end
         self._state = State.CREATED
         self._broken: BaseException | None = None
+        self._broken_error: ExecutorBrokenError | None = None
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._queue: list[Task] = []
@@ -152,10 +160,11 @@ class Run:
             raise ExecutorBrokenError(
                 f"the executor is broken and cannot run new calls: {self._broken}"
             ) from self._broken
+        if INTERPRETER_EXIT.is_set() or sys.is_finalizing():
+            # Before the shutdown state: the exit hook shut the executor down, not the user.
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
         if state in (State.SHUTTING_DOWN, State.SHUT_DOWN):
             raise RuntimeError("cannot schedule new futures after shutdown")
-        if sys.is_finalizing():
-            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
 
     def enqueue(self, tasks: list[Task], *, flush: bool) -> None:
         """Queue tasks for the dispatcher (starting the run on first use); ``flush``
@@ -227,6 +236,16 @@ class Run:
     # -- dispatcher thread ---------------------------------------------------------
 
     def _dispatch(self) -> None:
+        tasks: list[Task] = []
+        try:
+            self._dispatch_loop(tasks)
+        except BaseException as exc:
+            # Whatever escaped (a storage error of an unexpected kind, a bug): nothing would
+            # send the queued calls any more. Break the executor rather than strand them.
+            self._thread_died("dispatcher", exc, tasks)
+
+    def _dispatch_loop(self, tasks: list[Task]) -> None:
+        # ``tasks`` holds the calls being launched, for _dispatch to fail if this dies.
         window = self._batching.window
         if window is None:
             window = getattr(self._backend, "batch_window", 0.01)
@@ -243,23 +262,33 @@ class Run:
                     if remaining <= 0 or self._state is not State.RUNNING:
                         break
                     self._cond.wait(remaining)
-                tasks, self._queue = self._queue[:limit], self._queue[limit:]
+                tasks[:] = self._queue[:limit]
+                del self._queue[:limit]
                 if not self._queue:
                     self._flush = False
             self._launch(tasks)
+            tasks.clear()
 
     def _launch(self, tasks: list[Task]) -> None:
         batch = self._launcher.prepare(tasks)
         if batch is None:
             return
         with self._lock:
-            self._batches[batch.batch_id] = batch
-            # Calls cancelled while the inputs were being written: their markers now,
-            # before the backend can start a worker.
-            for i, entry in enumerate(batch.indexes):
-                if any(t.future.cancelled() for t in entry.tasks):
-                    self._skips.add((batch.batch_id, i))
+            broken = self._broken_error
+            if broken is None:
+                self._batches[batch.batch_id] = batch
+                # Calls cancelled while the inputs were being written: their markers now,
+                # before the backend can start a worker.
+                for i, entry in enumerate(batch.indexes):
+                    if any(t.settled and t.future.cancelled() for t in entry.tasks):
+                        self._skips.add((batch.batch_id, i))
             unwritten = self._skips.unwritten()
+        if broken is not None:
+            # Broken while the inputs were being written: nothing may launch any more.
+            for entry in batch.indexes:
+                for t in entry.tasks:
+                    self._settle(t, error=broken)
+            return
         if unwritten:
             self._skips.write()
         try:
@@ -271,33 +300,63 @@ class Run:
         """Refresh the run's heartbeat: workers of a vanished client give up."""
         assert self._store is not None
         beat = 0
-        while True:
-            beat += 1
-            with contextlib.suppress(StorageError):
-                self._store.put("heartbeat", str(beat).encode())
-            if self._stopped.wait(interval):
-                return
+        try:
+            while True:
+                beat += 1
+                try:
+                    self._store.put("heartbeat", str(beat).encode())
+                except StorageError as exc:
+                    # Retried at the next beat; workers wait a grace period of many beats.
+                    _log.warning("cannot refresh the run's heartbeat: %s", exc)
+                if self._stopped.wait(interval):
+                    return
+        except BaseException as exc:
+            # Without the heartbeat every worker gives up after its grace period.
+            self._thread_died("heartbeat", exc)
+
+    def _thread_died(
+        self, name: str, error: BaseException, tasks: list[Task] | None = None
+    ) -> None:
+        """An engine thread ends on ``error``: break the executor with it, failing every
+        unfinished future (and ``tasks``, which the thread held)."""
+        _log.error("the %s thread of run %s failed", name, self._run_id, exc_info=error)
+        self.backend_broken(error, tasks or (), thread=name)
 
     # -- skip markers --------------------------------------------------------------
 
-    def _task_done(self, task: Task, _future: Future[Any]) -> None:
-        """A future is done: count it; if it was cancelled before its index started,
-        tell the worker not to run it (see ``_skips``)."""
-        cancelled = task.future.cancelled()
+    def _task_done(self, task: Task, future: Future[Any]) -> None:
+        """A future is done: count it, release what the task holds; if it was cancelled,
+        tell its worker not to run it (see ``_skips``)."""
+        cancelled = future.cancelled()
+        failed = not cancelled and future.exception() is not None
+        with self._lock:
+            if cancelled and not task.settled:
+                # Whoever settles a task first notifies its future: here, the waiters of
+                # wait() and as_completed() learn it will never run.
+                task.settled = True
+                future.set_running_or_notify_cancel()
+            was_running = task.running
+            task.release()
         for bar in task.bars:
-            bar.finished(
-                task.n_calls,
-                was_running=task.running,
-                failed=not cancelled and task.future.exception() is not None,
-                cancelled=cancelled,
-            )
+            bar.finished(task.n_calls, was_running=was_running, failed=failed, cancelled=cancelled)
         if cancelled:
             self._skips.cancelled((task.batch_id, task.index))
 
     # -- listener (called by the backend, from its threads) ------------------------
 
     def index_started(self, batch_id: str, index: int) -> bool:
-        """Mark the futures of an index running; False if all were cancelled."""
+        """Mark the first live call of an index running; False if all were cancelled.
+
+        Only the first: the worker runs its calls in order and re-reads its skip marker
+        between them, so the later ones may still be cancelled (``shutdown(cancel_futures=
+        True)`` among others). They become running when their outcome arrives."""
+        try:
+            return self._index_started(batch_id, index)
+        except BaseException as exc:
+            self._thread_died("backend's delivery", exc)
+            return False
+
+    def _index_started(self, batch_id: str, index: int) -> bool:
         key = (batch_id, index)
         while True:
             with self._lock:
@@ -308,14 +367,14 @@ class Run:
                 if not self._skips.unwritten(key):
                     entry.started = True
                     for t in entry.tasks:
-                        if not t.settled and t.future.set_running_or_notify_cancel():
+                        if t.settled:
+                            continue
+                        if t.future.set_running_or_notify_cancel():
                             t.running = True
                             for bar in t.bars:
                                 bar.started(t.n_calls)
-                        elif not t.settled:
-                            t.settled = True  # cancelled before it started
-                    if any(t.running for t in entry.tasks):
-                        return True
+                            return True
+                        t.settled = True  # cancelled before it started
                     self._index_done(batch, entry)
                     return False
             # A marker of this index waits for its (delayed) write, or is being written:
@@ -325,6 +384,12 @@ class Run:
 
     def index_finished(self, batch_id: str, index: int, exit: IndexExit) -> None:
         """Resolve the futures of a finished index from its outcome in storage."""
+        try:
+            self._index_finished(batch_id, index, exit)
+        except BaseException as exc:
+            self._thread_died("backend's delivery", exc)
+
+    def _index_finished(self, batch_id: str, index: int, exit: IndexExit) -> None:
         with self._lock:
             batch = self._batches.get(batch_id)
             if batch is None or batch.indexes[index].finished:
@@ -350,22 +415,32 @@ class Run:
             with self._lock:
                 self._index_done(batch, entry)
 
-    def backend_broken(self, error: BaseException) -> None:
-        """Fail every unfinished future: nothing can run any more."""
+    def backend_broken(
+        self, error: BaseException, held: Iterable[Task] = (), *, thread: str = ""
+    ) -> None:
+        """Fail every unfinished future (and those of ``held``): nothing can run any more.
+
+        ``thread`` names the engine thread that died of ``error``, if that is the cause."""
         with self._lock:
-            if self._state is State.BROKEN:
-                return
-            self._broken = error
-            if self._state in (State.STARTING, State.RUNNING):
-                self._state = State.BROKEN
-            tasks = [t for t in self._queue if not t.settled]
+            tasks = [t for t in held if not t.settled]
+            broken = self._broken_error
+            if broken is None:
+                self._broken = error
+                if self._state in (State.STARTING, State.RUNNING):
+                    self._state = State.BROKEN
+                if thread:
+                    what = f"the executor's {thread} thread failed: {type(error).__name__}"
+                else:
+                    what = f"the {self._backend.name} backend cannot run work"
+                broken = ExecutorBrokenError(f"{what}: {error}")
+                broken.__cause__ = error
+                self._broken_error = broken
+            tasks += [t for t in self._queue if not t.settled]
             self._queue.clear()
             for batch in self._batches.values():
                 for entry in batch.indexes:
                     tasks.extend(t for t in entry.tasks if not t.settled)
             self._cond.notify_all()
-        broken = ExecutorBrokenError(f"the {self._backend.name} backend cannot run work: {error}")
-        broken.__cause__ = error
         for t in tasks:
             self._settle(t, error=broken)
 
@@ -379,12 +454,14 @@ class Run:
                 return
             task.settled = True
             running = task.running
-        if not running and not task.future.set_running_or_notify_cancel():
-            return  # cancelled
+            # Taken now: once done (or cancelled meanwhile), the task drops its future.
+            future = task.future
+        if not running and not future.set_running_or_notify_cancel():
+            return  # cancelled meanwhile: its result, if any, is dropped
         if error is not None:
-            task.future.set_exception(error)
+            future.set_exception(error)
         else:
-            task.future.set_result(result)
+            future.set_result(result)
 
     def _index_done(self, batch: Batch, entry: Index) -> None:
         # Called with the lock held.
@@ -433,23 +510,24 @@ class Run:
 
     def _cancel_not_started(self) -> None:
         # Called with the lock held; the caller writes the skip markers once released.
+        # Every call not known to be running, in a started index too: its worker skips
+        # it (see _skips). cancel() leaves running and finished futures alone.
         for t in self._queue:
             t.future.cancel()
         with self._skips.bulk():
             for batch in self._batches.values():
                 for entry in batch.indexes:
-                    if not entry.started:
-                        for t in entry.tasks:
-                            t.future.cancel()
+                    for t in entry.tasks:
+                        t.future.cancel()
 
     def _finish(self) -> None:
         """Wait for the work (or kill it), then release the backend and storage."""
         if self._dispatcher is not None:
             self._dispatcher.join()
         with self._cond:
-            while self._batches and self._state is not State.BROKEN and not self._kill:
+            while self._batches and self._broken is None and not self._kill:
                 self._cond.wait()
-            kill = self._kill or self._state is State.BROKEN
+            kill = self._kill or self._broken is not None
         self._backend.close(kill=kill)
         self._stopped.set()
         if self._heartbeat is not None:
@@ -465,6 +543,9 @@ class Run:
         try:
             if self._store is not None:
                 self._store.delete_all()
+        except Exception as exc:
+            # Every future is settled: say what is left behind, and finish the shutdown.
+            _log.warning("cannot delete the storage of run %s: %s", self._run_id, exc)
         finally:
             if self._temp_dir is not None:
                 shutil.rmtree(self._temp_dir, ignore_errors=True)

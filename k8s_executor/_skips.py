@@ -3,7 +3,10 @@
 A cancelled call must not run, as with ProcessPoolExecutor, even when it shares a worker
 with calls that were not cancelled. The worker reads the marker before its first call:
 empty means every call of the index was cancelled (and the backend is told, so it can
-avoid starting the worker at all); otherwise it lists the task ids to leave out.
+avoid starting the worker at all); otherwise it lists the task ids to leave out. Only the
+first call of a started index is running for the engine: the worker re-reads its marker
+between calls (at most every ``SKIP_RECHECK_SECONDS``, see ``worker``), so the later ones
+can still be cancelled, and a result of a call cancelled meanwhile is dropped.
 
 Markers are collected under the engine's lock and written after it is released, one
 writer at a time (``_io``), so that the markers of an index land in order, each with
@@ -157,12 +160,14 @@ class SkipMarkers:
             if batch is None or self.store is None:
                 continue
             entry = batch.indexes[index]
-            if entry.started or entry.skipped:
+            if entry.finished or entry.skipped:
                 continue
             ids = [t.task_id for t in entry.tasks if t.future.cancelled()]
-            if all(t.future.done() for t in entry.tasks):  # nothing left to run
+            if not entry.started and all(t.future.done() for t in entry.tasks):
+                # Nothing left to run: the worker need not start.
                 entry.skipped = True
                 markers.append((batch_id, index, b"", True))
             else:
+                # A started worker re-reads its marker between calls.
                 markers.append((batch_id, index, json.dumps({"tasks": ids}).encode(), False))
         return markers

@@ -201,15 +201,57 @@ def _cancelled_tasks(marker: bytes | None) -> frozenset[int]:
         return frozenset()
 
 
+# The least time between two reads of the skip marker while running an index's calls; more
+# when a read takes long (SKIP_RECHECK_COST reads' time apart), so a 10 000-call index does
+# not pay a storage round trip per call.
+SKIP_RECHECK_SECONDS: Final = 0.2
+SKIP_RECHECK_COST: Final = 10
+
+
+class _SkipMarker:
+    """The calls of this index cancelled so far: the marker read at start, re-read between
+    calls (rate-limited), so that ``shutdown(cancel_futures=True)`` and ``Future.cancel``
+    reach calls queued behind others in this worker."""
+
+    def __init__(self, store: RunStore, index: int) -> None:
+        self._store = store
+        self._key = f"skip/{index}"
+        self.every = False  # the whole index was cancelled
+        self.cancelled: frozenset[int] = frozenset()
+        self._next = 0.0
+        self.read()
+
+    def read(self) -> None:
+        began = time.monotonic()
+        marker = self._store.get_or_none(self._key)
+        now = time.monotonic()
+        self._next = now + max(SKIP_RECHECK_SECONDS, SKIP_RECHECK_COST * (now - began))
+        if marker == b"":
+            self.every = True
+        else:
+            self.cancelled = _cancelled_tasks(marker)
+
+    def skips(self, task_id: int) -> bool:
+        """Whether the call ``task_id`` was cancelled (re-reading the marker if due)."""
+        if not self.every and time.monotonic() >= self._next:
+            try:
+                self.read()
+            except Exception as exc:  # the calls run as if not cancelled: no harm done
+                self._next = time.monotonic() + SKIP_RECHECK_SECONDS
+                print(
+                    f"k8s_executor.worker: cannot re-read its skip marker: {exc}", file=sys.stderr
+                )
+        return self.every or task_id in self.cancelled
+
+
 def run_index(store: RunStore, key: bytes, index: int, run: RunStore | None = None) -> int:
     """Run one index of a batch (``store``: the batch's storage, ``run``: the run's, for
     shared buffers); return the process exit code."""
     out_key = f"out/{index}"
-    marker = store.get_or_none(f"skip/{index}")
-    if marker == b"":
+    skip = _SkipMarker(store, index)
+    if skip.every:
         # Every call of this index was cancelled before the worker started.
         return EXIT_OK
-    cancelled = _cancelled_tasks(marker)
     try:
         table = wire.FunctionTable.open(key, store.get("fn"))
         tasks = wire.open_inputs(key, store.get(f"in/{index}"))
@@ -229,7 +271,7 @@ def run_index(store: RunStore, key: bytes, index: int, run: RunStore | None = No
         return EXIT_INDEX_FAILED
     runner = _Runner(table, run)
     runner.initialize()
-    outcomes = [runner.run(task) for task in tasks if task.task_id not in cancelled]
+    outcomes = [runner.run(task) for task in tasks if not skip.skips(task.task_id)]
     store.put(out_key, wire.seal_outcomes(key, outcomes))
     return EXIT_OK if all(o.error is None for o in outcomes) else EXIT_TASK_FAILED
 
