@@ -327,7 +327,12 @@ def resolve(
                 stream_logs=stream_logs,
             ),
         )
-    storage = storage or env.storage
+    if storage is not None and not isinstance(storage, str | os.PathLike):
+        raise ConfigError(
+            f"storage={storage!r} is not allowed: expected an fsspec URL or a path, e.g. "
+            "'s3://bucket/k8sx' or '/shared/k8sx'"
+        )
+    storage = os.fspath(storage) if storage is not None else env.storage
     if storage is None and backend.name != "local":
         raise ConfigError(
             "storage= is required with the kubernetes backend: an fsspec URL that both "
@@ -351,6 +356,10 @@ def backend_name(
     ``kubernetes`` when a cluster is configured; never a silent fallback to ``local``."""
     env = env or Env()
     name = backend or env.backend
+    if backend is None and name is not None and name not in known_backends:
+        raise ConfigError(
+            f"{ENV_BACKEND}={name!r} is not allowed: expected one of {sorted(known_backends)}"
+        )
     if name is None:
         if config_source(kubeconfig, context) is None:
             raise ConfigError(

@@ -124,3 +124,17 @@ def test_resolve_kubernetes_without_contacting_it() -> None:
     assert (k8s.image, k8s.registry, k8s.python) == ("auto", "registry.example/team", "py")
     with pytest.raises(ConfigError, match="storage= is required with the kubernetes backend"):
         resolve(backend="kubernetes", kubeconfig="/nonexistent", image="team/env:1", env=Env({}))
+
+
+def test_wrong_storage_and_backend_variable_say_what_is_expected(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Issue 14 item 17: storage=123 was an AttributeError; K8S_EXECUTOR_BACKEND=bogus was
+    # reported as backend='bogus', not as the variable that said it.
+    with pytest.raises(ConfigError, match=r"storage=123 is not allowed: expected an fsspec URL"):
+        resolve(backend="local", storage=123)  # type: ignore[arg-type]
+    assert resolve(backend="local", storage=tmp_path).storage == str(tmp_path)
+    monkeypatch.setenv("K8S_EXECUTOR_BACKEND", "bogus")
+    with pytest.raises(ConfigError, match=r"K8S_EXECUTOR_BACKEND='bogus' is not allowed"):
+        _config.backend_name(None, None, None)
+    assert _config.backend_name("local", None, None) == "local"  # the argument wins
