@@ -48,7 +48,7 @@ def test_argument_wins_over_environment(monkeypatch: pytest.MonkeyPatch) -> None
 @pytest.mark.usefixtures("no_cluster")
 def test_unknown_backend_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("K8S_EXECUTOR_BACKEND", "no-such-backend")
-    with pytest.raises(ConfigError, match="backend='no-such-backend' is not allowed"):
+    with pytest.raises(ConfigError, match="K8S_EXECUTOR_BACKEND='no-such-backend' is not allowed"):
         KubernetesExecutor()
 
 
