@@ -154,6 +154,25 @@ class RunStore:
         except FileNotFoundError:
             return None
 
+    def age(self, key: str) -> float | None:
+        """Seconds since ``key`` was last written (by the storage's clock), or None when it
+        does not exist."""
+        path = self.path(key)
+
+        def modified() -> float:
+            if self.is_local:
+                return os.stat(path).st_mtime
+            info = self.fs.info(path)
+            when = info.get("LastModified") or info.get("mtime") or info.get("updated")
+            if hasattr(when, "timestamp"):
+                return float(when.timestamp())
+            return float(when)
+
+        try:
+            return max(0.0, time.time() - self._call(f"look at {key}", modified))
+        except FileNotFoundError:
+            return None
+
     def delete_all(self) -> None:
         """Delete the whole run prefix; a missing prefix is not an error."""
 

@@ -803,3 +803,27 @@ def test_cleanup_deletes_only_a_run_shaped_storage_prefix(
     assert "deleted run rcleanme0001: 0 Jobs (and their pods), 1 Secret" in out
     assert "deleted storage" not in out
     assert run_prefix.exists()
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_cleanup_finished_never_touches_a_live_idle_run(
+    kubesim: Kubesim, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Issue 14 item 8: an idle run's Jobs have all ended, so it showed as finished, and
+    # `cleanup --finished` deleted it under its live client (its next map then failed).
+    from k8s_executor._admin import Cluster
+
+    config = kubeconfig(kubesim)
+    with KubernetesExecutor(**kubesim_kwargs(kubesim, tmp_path / "storage")) as ex:
+        assert ex.submit(helpers.square, 3).result(timeout=60) == 9
+
+        def jobs_ended() -> bool:
+            runs = {r.run_id: r for r in Cluster(str(kubesim.kubeconfig_path)).runs()}
+            return ex.run_id in runs and runs[ex.run_id].finished
+
+        helpers.wait_for(jobs_ended, 60, "the run's Job to end")
+        assert cli.main(["cleanup", "--finished", "--all-mine", "--yes", *config]) == 0
+        assert f"{ex.run_id}: its client is alive (fresh heartbeat): not touched" in (
+            capsys.readouterr().out
+        )
+        assert ex.submit(helpers.square, 4).result(timeout=60) == 16  # still usable

@@ -63,6 +63,10 @@ def cleanup(cluster: Cluster, args: argparse.Namespace) -> int:
             continue
         if args.finished and not run.finished:
             continue
+        if args.finished and _alive(run.run_id, run.storage, args.storage_options):
+            # An idle executor's Jobs have all ended too: its heartbeat tells it apart.
+            print(f"{run.run_id}: its client is alive (fresh heartbeat): not touched")
+            continue
         chosen.append(run)
     missing = set(args.runs) - {r.run_id for r in chosen}
     for run_id in sorted(missing):
@@ -87,6 +91,30 @@ def cleanup(cluster: Cluster, args: argparse.Namespace) -> int:
     if chosen and not args.yes:
         print("dry run: add --yes to delete")
     return 1 if failed else 0
+
+
+# A client refreshes its heartbeat every Timeouts.heartbeat (30 s by default); its workers
+# give it up after Timeouts.heartbeat_grace (300 s by default): so does cleanup.
+_HEARTBEAT_GRACE = 300.0
+
+
+def _alive(run_id: str, url: str, options_json: str | None) -> bool:
+    """Whether the run's client still refreshes its heartbeat (unknown counts as alive:
+    `--finished` must never touch a live run)."""
+    import json
+
+    if not url or url.rstrip("/").rsplit("/", 1)[-1] != run_id:
+        return True
+    try:
+        options = json.loads(options_json) if options_json else {}
+        age = RunStore(url, options).age("heartbeat")
+    except (K8sExecutorError, ValueError) as exc:
+        print(
+            f"  {run_id}: cannot read its heartbeat at {url} ({exc}); not touched",
+            file=sys.stderr,
+        )
+        return True
+    return age is not None and age < _HEARTBEAT_GRACE
 
 
 def _delete_storage(run_id: str, url: str, options_json: str | None) -> bool:
