@@ -827,3 +827,36 @@ def test_cleanup_finished_never_touches_a_live_idle_run(
             capsys.readouterr().out
         )
         assert ex.submit(helpers.square, 4).result(timeout=60) == 16  # still usable
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["cleanup", "--older-than", "-5m"], "'-5m' is not a duration like 30m, 2h or 7d"),
+        (["cleanup", "--older-than", "soon"], "'soon' is not a duration"),
+        (["doctor", "--timeout", "0"], "'0' is not a number of seconds > 0"),
+        (["rbac", "-n", "Bad_NS"], "'Bad_NS' is not a namespace name"),
+        (["rbac", "--service-account", "a b"], "'a b' is not a service account name"),
+    ],
+    ids=["negative age", "no unit", "zero timeout", "bad namespace", "bad account"],
+)
+def test_bad_arguments_are_usage_errors_saying_what_is_expected(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Issue 14 item 14: argparse's "expected one argument", a pydantic dump, or invalid
+    # manifests printed as if all was well.
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_cleanup_of_a_missing_run_fails_and_zero_age_is_an_age(
+    kubesim: Kubesim, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = kubeconfig(kubesim)
+    assert cli.main(["cleanup", "rnosuchrun01", "--yes", *config]) == 1
+    assert "rnosuchrun01: no such run in namespace default" in capsys.readouterr().out
+    assert cli.main(["cleanup", "--older-than", "0s", *config]) == 0  # every run: none here
+    assert "name runs, or use --older-than" not in capsys.readouterr().err

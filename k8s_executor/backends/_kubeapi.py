@@ -129,10 +129,11 @@ class KubeApi:
                 where = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
                 found = f"no usable Kubernetes configuration in {where} ({detail})"
             raise ConfigError(
-                f"{found}. Point KUBECONFIG (or kubeconfig=) at a kubeconfig file, pick a "
-                "context with context=, or run inside a pod (the quickstart shows how to "
-                "make a kind or k3d cluster to try on); to run without a cluster, pass "
-                "backend='local'"
+                f"{found}. Point KUBECONFIG (kubeconfig= in code, --kubeconfig on the "
+                "command line) at a kubeconfig file, pick a context (context=, --context), "
+                "or run inside a pod (the quickstart shows how to make a kind or k3d "
+                "cluster to try on); to run without a cluster, use the local backend "
+                "(backend='local' or K8S_EXECUTOR_BACKEND=local)"
             ) from exc
         return cls(api, namespace, kubeconfig=kubeconfig, context=context)
 

@@ -37,9 +37,29 @@ from ._parser import build_parser
 __all__ = ["main"]
 
 
+def _negative_values(argv: list[str]) -> list[str]:
+    """``--older-than -5m`` → ``--older-than=-5m``: argparse takes a value that starts with
+    '-' for an option and says only "expected one argument"; joined, the value reaches its
+    own check, which says what a duration looks like."""
+    joined: list[str] = []
+    i = 0
+    while i < len(argv):
+        value = argv[i + 1] if i + 1 < len(argv) else ""
+        if argv[i] in _VALUED and value.startswith("-") and value[1:2].isdigit():
+            joined.append(f"{argv[i]}={value}")
+            i += 2
+            continue
+        joined.append(argv[i])
+        i += 1
+    return joined
+
+
+_VALUED = frozenset({"--older-than", "--timeout", "--pod-timeout", "--tail"})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_negative_values(list(sys.argv[1:] if argv is None else argv)))
     try:
         if args.command == "rbac":
             return prepare.rbac(args)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+from collections.abc import Callable
 from datetime import timedelta
 
 from .._admin import Env
@@ -14,9 +15,28 @@ _DURATION = re.compile(r"^(\d+)([smhd])$")
 def _duration(text: str) -> timedelta:
     match = _DURATION.match(text)
     if not match:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 30m, 2h or 7d")
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a duration like 30m, 2h or 7d (a whole number >= 0 and a unit)"
+        )
     unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[match.group(2)]
     return timedelta(**{unit: int(match.group(1))})
+
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def _dns_label(what: str) -> Callable[[str], str]:
+    """A Kubernetes name that must be a DNS-1123 label (namespaces, service accounts)."""
+
+    def check(text: str) -> str:
+        if not _DNS_LABEL.match(text):
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a {what} name: lower-case letters, digits and '-', "
+                "starting and ending with a letter or digit, at most 63 characters"
+            )
+        return text
+
+    return check
 
 
 def _seconds(text: str) -> float:
@@ -86,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     doctor.add_argument(
         "--timeout",
-        type=float,
+        type=_seconds,
         default=5.0,
         metavar="SECONDS",
         help="how long to wait for each answer (default: 5)",
@@ -195,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     rbac = sub.add_parser("rbac", help="print the Role and RoleBinding the executor needs")
-    rbac.add_argument("-n", "--namespace", default="default")
-    rbac.add_argument("--service-account", default="k8s-executor")
+    rbac.add_argument("-n", "--namespace", default="default", type=_dns_label("namespace"))
+    rbac.add_argument(
+        "--service-account", default="k8s-executor", type=_dns_label("service account")
+    )
     return parser

@@ -48,7 +48,7 @@ def ls(cluster: Cluster) -> int:
 
 def cleanup(cluster: Cluster, args: argparse.Namespace) -> int:
     """``k8s-executor cleanup``: delete (or, without ``--yes``, list) the chosen runs."""
-    if not (args.runs or args.older_than or args.all_mine):
+    if not (args.runs or args.older_than is not None or args.all_mine):
         print("k8s-executor cleanup: name runs, or use --older-than or --all-mine", file=sys.stderr)
         return 2
     now = datetime.now(UTC)
@@ -57,7 +57,7 @@ def cleanup(cluster: Cluster, args: argparse.Namespace) -> int:
     for run in cluster.runs():
         if args.runs and run.run_id not in args.runs:
             continue
-        if args.older_than and _age(run.created, now) < args.older_than:
+        if args.older_than is not None and _age(run.created, now) < args.older_than:
             continue
         if args.all_mine and run.owner.split("@")[0] != me:
             continue
@@ -71,7 +71,7 @@ def cleanup(cluster: Cluster, args: argparse.Namespace) -> int:
     missing = set(args.runs) - {r.run_id for r in chosen}
     for run_id in sorted(missing):
         print(f"{run_id}: no such run in namespace {cluster.namespace} (or filtered out)")
-    failed = False
+    failed = bool(missing)  # docs/cli.md: a named run that is not there is an error
     for run in chosen:
         storage = "" if args.keep_storage else run.storage
         if not args.yes:
