@@ -232,7 +232,7 @@ class Settings:
 def resolve(
     *,
     backend: str | Backend | None = None,
-    storage: str | None = None,
+    storage: str | os.PathLike[str] | None = None,
     storage_options: dict[str, Any] | None = None,
     batching: Batching | None = None,
     storage_retry: StorageRetry | None = None,

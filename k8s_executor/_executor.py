@@ -176,6 +176,14 @@ class KubernetesExecutor(Executor):
             else:
                 check_positive_int("max_workers", max_workers)
         if initializer is not None and not callable(initializer):
+            if hasattr(initializer, "get_start_method"):
+                # KubernetesExecutor(4, mp_context): ProcessPoolExecutor's positional order.
+                raise ConfigError(
+                    "a multiprocessing context was given where KubernetesExecutor takes "
+                    "its initializer: mp_context has no meaning here (workers are pods or "
+                    "subprocesses started by the backend); drop it, and pass initializer= "
+                    "by keyword"
+                )
             raise TypeError("initializer must be a callable")
         if not isinstance(initargs, tuple):
             raise ConfigError(f"initargs={initargs!r} is not allowed: expected a tuple")

@@ -138,3 +138,14 @@ def test_wrong_storage_and_backend_variable_say_what_is_expected(
     with pytest.raises(ConfigError, match=r"K8S_EXECUTOR_BACKEND='bogus' is not allowed"):
         _config.backend_name(None, None, None)
     assert _config.backend_name("local", None, None) == "local"  # the argument wins
+
+
+def test_mp_context_in_process_pool_order_is_named() -> None:
+    import multiprocessing
+
+    from k8s_executor import KubernetesExecutor
+
+    with pytest.raises(ConfigError, match="mp_context has no meaning here"):
+        KubernetesExecutor(4, multiprocessing.get_context("spawn"), backend="local")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="initializer must be a callable"):
+        KubernetesExecutor(4, 42, backend="local")  # type: ignore[arg-type]
