@@ -198,10 +198,9 @@ def test_watch_cache_504_is_retried(kubesim: Any, kw: dict[str, Any]) -> None:
 def _quota(kubesim: Any, hard: dict[str, str]) -> None:
     from kubernetes import client
 
+    body: Any = {"metadata": {"name": "tight"}, "spec": {"hard": hard}}
     with kubesim.api_client() as api:
-        client.CoreV1Api(api).create_namespaced_resource_quota(
-            "default", {"metadata": {"name": "tight"}, "spec": {"hard": hard}}
-        )
+        client.CoreV1Api(api).create_namespaced_resource_quota("default", body)
 
 
 def _run_jobs(kubesim: Any, run_id: str) -> list[Any]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -57,7 +58,7 @@ def _queues(crd: Any, cpu: str, preemption: str = "Never") -> None:
 
 
 def _kw(kubesim: Any, shared_dir: SharedPath, queue: str = "team-a") -> dict[str, Any]:
-    kw = kubesim_kwargs(kubesim, shared_dir / "storage")
+    kw = kubesim_kwargs(kubesim, Path((shared_dir / "storage").url))
     kw["scheduling"] = Scheduling(queue=queue)
     kw["resources"] = Resources(cpu="1", memory="256Mi")
     # Queued time is never a startup failure, however long.
@@ -128,7 +129,7 @@ def test_preempted_batch_runs_again_and_no_call_fails(
         helpers.wait_for(lambda: len(calls.listdir()) == 1, 60, "the first attempt")
         # Someone else's urgent Job takes the quota: ours is preempted (suspended, its pod
         # stopped) and requeued.
-        urgent = job_body(
+        urgent: Any = job_body(
             "urgent", "pass", grace=1, container={"resources": {"requests": {"cpu": "1"}}}
         )
         urgent["metadata"]["labels"] = {

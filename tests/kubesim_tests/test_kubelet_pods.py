@@ -298,14 +298,15 @@ def _beating_pod(name: str, beat: Any, setup: str = "", grace: int = 30) -> dict
 
 @pytest.fixture
 def fake_sim(kubesim_factory: Any) -> Kubesim:
-    return kubesim_factory(clock=FakeClock())
+    sim: Kubesim = kubesim_factory(clock=FakeClock())
+    return sim
 
 
 def test_pid1_without_handler_runs_through_the_grace_period(
     fake_sim: Kubesim, tmp_path: Any
 ) -> None:
     with fake_sim.api_client() as api:
-        core = client.CoreV1Api(api)
+        core: Any = client.CoreV1Api(api)
         beat = tmp_path / "beat"
         core.create_namespaced_pod(NS, _beating_pod("pid1", beat))
         wait_for(lambda: _beats(beat) >= 0, 15, "the process to run")
@@ -327,7 +328,7 @@ def test_pid1_without_handler_runs_through_the_grace_period(
 
 def test_pid1_with_handler_gets_sigterm(fake_sim: Kubesim, tmp_path: Any) -> None:
     with fake_sim.api_client() as api:
-        core = client.CoreV1Api(api)
+        core: Any = client.CoreV1Api(api)
         beat = tmp_path / "beat"
         setup = "signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))\n"
         core.create_namespaced_pod(NS, _beating_pod("handler", beat, setup))
@@ -351,7 +352,7 @@ def test_sigterm_reaches_the_main_process_only_and_sigkill_the_whole_tree(
     fake_sim: Kubesim, tmp_path: Any
 ) -> None:
     with fake_sim.api_client() as api:
-        core = client.CoreV1Api(api)
+        core: Any = client.CoreV1Api(api)
         beat, child_pid = tmp_path / "beat", tmp_path / "child"
         # The main process forwards nothing: its SIGTERM handler only notes it. The child
         # (same process group, default SIGTERM action) must not be signalled at all.
@@ -396,7 +397,7 @@ def test_pod_start_delay_models_a_real_nodes_start(
     clock = FakeClock()
     sim = kubesim_factory(clock=clock, pod_start_delay=3.0)
     with sim.api_client() as api:
-        core = client.CoreV1Api(api)
+        core: Any = client.CoreV1Api(api)
         core.create_namespaced_pod(NS, _pod("slow", "print('up')"))
 
         def sandbox_ready() -> bool:

@@ -179,7 +179,7 @@ def test_compute_quota_must_specify_and_sums(apis: Any) -> None:
         'pods "bare" is forbidden: failed quota: compute: must specify limits.memory for: main; '
         "requests.cpu for: main"
     )
-    sized = {"requests": {"cpu": "600m"}, "limits": {"memory": "512Mi"}}
+    sized: dict[str, Any] = {"requests": {"cpu": "600m"}, "limits": {"memory": "512Mi"}}
     core.create_namespaced_pod(NS, _pod("a", "import time; time.sleep(30)", **sized))
     assert _status(core, "compute")["used"] == {"limits.memory": "512Mi", "requests.cpu": "600m"}
     message = _refused(core.create_namespaced_pod, NS, _pod("b", **sized))
@@ -188,7 +188,7 @@ def test_compute_quota_must_specify_and_sums(apis: Any) -> None:
         "used: requests.cpu=600m, limited: requests.cpu=1"
     )
     # Requests default to limits: a pod with limits only names both.
-    small = {"limits": {"cpu": "400m", "memory": "512Mi"}}
+    small: dict[str, Any] = {"limits": {"cpu": "400m", "memory": "512Mi"}}
     core.create_namespaced_pod(NS, _pod("c", **small))
     assert _status(core, "compute")["used"]["limits.memory"] == "1Gi"
 
