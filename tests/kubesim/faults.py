@@ -4,7 +4,13 @@ watch errors, and RBAC denials.
 Every rule is checked by the HTTP server before it touches the store, so a faulted request has
 no effect, as a request refused by a real apiserver's filters.
 
-* :meth:`Faults.fail_next`: the next N matching requests get an error status (429, 5xx...).
+* :meth:`Faults.fail_next`: the next N matching requests get an error status (429, 5xx...);
+  ``watch=True`` fails only watch requests, ``watch=False`` only the others (lists and gets
+  share their path with watches).
+* :meth:`Faults.lose_answers`: the next N matching requests are carried out (a write is
+  committed), then their answer is lost: the client gets 504 Timeout, as from an apiserver
+  whose request deadline passed while the write went on, or a cut connection. Its retry
+  then meets what it did itself (a create gets 409 AlreadyExists).
 * :meth:`Faults.delay`: matching requests are held before anything is answered (not even the
   response headers); the returned :class:`DelayHandle` tells how many are held right now
   (``wait_held``) and lets them go early (``release``). A stopping server releases them too.
@@ -46,11 +52,29 @@ class _Failure:
     methods: frozenset[str] | None
     path: re.Pattern[str] | None
     hits: int = 0
+    watch: bool | None = None
 
-    def matches(self, method: str, path: str) -> bool:
-        return (self.methods is None or method in self.methods) and (
-            self.path is None or self.path.search(path) is not None
+    def matches(self, method: str, path: str, watch: bool = False) -> bool:
+        return (
+            (self.methods is None or method in self.methods)
+            and (self.path is None or self.path.search(path) is not None)
+            and (self.watch is None or self.watch == watch)
         )
+
+
+@dataclass
+class LostAnswer:
+    """A request to carry out, then answer with ``code`` (None: cut the connection)."""
+
+    remaining: int
+    code: int | None
+    methods: frozenset[str] | None
+    path: re.Pattern[str] | None
+
+    def error(self) -> ApiError:
+        assert self.code is not None
+        reason, message = _MESSAGES.get(self.code, ("InternalError", "kubesim injected fault"))
+        return ApiError(self.code, reason, message)
 
 
 @dataclass
@@ -122,6 +146,7 @@ class Faults:
     _delays: list[_Delay] = field(default_factory=list)
     _denied: set[tuple[str, str, str | None]] = field(default_factory=set)
     _watch_errors: list[_WatchError] = field(default_factory=list)
+    _lost: list[LostAnswer] = field(default_factory=list)
     _closing: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
@@ -135,10 +160,12 @@ class Faults:
         retry_after: int | None = 1,
         methods: str | tuple[str, ...] | None = None,
         path_regex: str | None = None,
+        watch: bool | None = None,
     ) -> None:
         """Fail the next ``n`` matching requests with ``code`` (429, 500, 503, 504...).
 
         429 and 503 carry ``Retry-After: <retry_after>`` (pass ``None`` to omit it).
+        ``watch``: ``True`` fails only watch requests, ``False`` only the others.
         """
         with self._lock:
             self._failures.append(
@@ -148,6 +175,29 @@ class Faults:
                     retry_after if code in (429, 503) else None,
                     _methods(methods),
                     re.compile(path_regex) if path_regex else None,
+                    watch=watch,
+                )
+            )
+
+    def lose_answers(
+        self,
+        n: int = 1,
+        *,
+        code: int | None = 504,
+        methods: str | tuple[str, ...] | None = None,
+        path_regex: str | None = None,
+    ) -> None:
+        """Carry out the next ``n`` matching requests (not watches), then lose their answer.
+
+        The client gets ``code`` instead (504 Timeout by default: what an apiserver answers
+        when a request outlives its deadline while the write goes on), or, with ``None``,
+        a connection cut before any answer. A create retried after it finds its own object
+        (409 AlreadyExists), a delete its object gone (404).
+        """
+        with self._lock:
+            self._lost.append(
+                LostAnswer(
+                    n, code, _methods(methods), re.compile(path_regex) if path_regex else None
                 )
             )
 
@@ -201,6 +251,15 @@ class Faults:
         """Expire the whole watch history: resuming from any earlier RV gets 410 Expired."""
         self._compact()
 
+    def pending(self) -> int:
+        """Injected failures, lost answers and watch errors not used up yet."""
+        with self._lock:
+            return (
+                sum(f.remaining for f in self._failures)
+                + sum(x.remaining for x in self._lost)
+                + sum(w.remaining for w in self._watch_errors)
+            )
+
     def clear(self) -> None:
         """Remove every pending failure, delay, watch error and denial (held requests go on)."""
         with self._cond:
@@ -209,6 +268,7 @@ class Faults:
                 delay.released = True
             self._delays.clear()
             self._watch_errors.clear()
+            self._lost.clear()
             self._denied.clear()
             self._cond.notify_all()
 
@@ -220,10 +280,10 @@ class Faults:
 
     # --- used by the server ------------------------------------------------------------------
 
-    def injected_failure(self, method: str, path: str) -> ApiError | None:
+    def injected_failure(self, method: str, path: str, *, watch: bool = False) -> ApiError | None:
         with self._lock:
             for failure in self._failures:
-                if failure.remaining > 0 and failure.matches(method, path):
+                if failure.remaining > 0 and failure.matches(method, path, watch):
                     failure.remaining -= 1
                     failure.hits += 1
                     reason, message = _MESSAGES.get(
@@ -242,6 +302,20 @@ class Faults:
                         details=details,
                         retry_after=failure.retry_after,
                     )
+        return None
+
+    def lost_answer(self, method: str, path: str) -> LostAnswer | None:
+        """The lost-answer rule this request uses up, if one matches (never a watch)."""
+        with self._lock:
+            for lost in self._lost:
+                if (
+                    lost.remaining > 0
+                    and (lost.methods is None or method in lost.methods)
+                    and (lost.path is None or lost.path.search(path) is not None)
+                ):
+                    lost.remaining -= 1
+                    self._lost = [x for x in self._lost if x.remaining > 0]
+                    return lost
         return None
 
     def hold(self, method: str, path: str, *, watch: bool = False) -> None:

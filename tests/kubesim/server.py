@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import io
 import json
 import re
 import select
@@ -452,9 +453,16 @@ class _Handler(BaseHTTPRequestHandler):
             self._authenticate()
             watch = method == "GET" and query.get("watch") in ("true", "1")
             self.api.faults.hold(method, path, watch=watch)
-            failure = self.api.faults.injected_failure(method, path)
+            failure = self.api.faults.injected_failure(method, path, watch=watch)
             if failure is not None:
                 raise failure
+            lost = None if watch else self.api.faults.lost_answer(method, path)
+            if lost is not None:
+                self._route_unanswered(method, path, query, body, content_type)
+                if lost.code is None:
+                    self._cut_connection()
+                    return
+                raise lost.error()
             self._route(method, path, query, body, content_type)
         except ApiError as error:
             self._send_error(error)
@@ -463,6 +471,19 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as exc:  # a kubesim bug: answer like the apiserver's panic filter
             traceback.print_exc()
             self._send_error(ApiError(500, "InternalError", f"Internal error occurred: {exc!r}"))
+
+    def _route_unanswered(
+        self, method: str, path: str, query: dict[str, str], body: bytes, content_type: str
+    ) -> None:
+        """Carry out a request whose answer is lost (``faults.lose_answers``): what it
+        would have sent goes nowhere."""
+        sent, self.wfile = self.wfile, io.BytesIO()
+        try:
+            self._route(method, path, query, body, content_type)
+        except ApiError:
+            pass  # its refusal is lost too
+        finally:
+            self.wfile = sent
 
     def _authenticate(self) -> None:
         # client-go (kubectl) never sends a bearer token over plain http, so requests without
