@@ -308,10 +308,13 @@ class KubernetesExecutor(Executor):
             _restore_sigterm_handler()  # the program's own SIGTERM disposition again
 
     def __exit__(self, exc_type: Any, exc_val: Any, exc_tb: Any) -> None:
-        if exc_type is not None and not issubclass(exc_type, Exception):
+        from_task = getattr(exc_val, "__dict__", {}).get(wire.FROM_TASK, False)
+        if exc_type is not None and not issubclass(exc_type, Exception) and not from_task:
             # KeyboardInterrupt, SIGTERM (_Terminated) or SystemExit in the with block: the
             # user wants out now.
-            # Leave nothing running: cancel what has not started, kill what has.
+            # Leave nothing running: cancel what has not started, kill what has. (One a
+            # task raised and result() re-raised is handed on as ProcessPoolExecutor does:
+            # the other calls finish.)
             self._terminate()
         else:
             self.shutdown(wait=True)

@@ -14,6 +14,7 @@ Nothing here imports more than the standard library and cloudpickle: the worker 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import io
@@ -449,6 +450,10 @@ def rebuild_exception(error: TaskError, fn_name: str) -> BaseException:
         if exc is None:
             exc = RemoteError(error.type_name, error.message, error.traceback)
         exc.__cause__ = remote
+        # A task's KeyboardInterrupt or SystemExit is a result to hand on, not the user
+        # pressing Ctrl-C: the executor's __exit__ tells them apart by this mark.
+        with contextlib.suppress(AttributeError, TypeError):
+            exc.__dict__[FROM_TASK] = True
         return exc
     if error.kind == INITIALIZER:
         from ._pool_errors import InitializerError
@@ -493,6 +498,10 @@ def rebuild_exception(error: TaskError, fn_name: str) -> BaseException:
         built = PayloadError(f"unknown task error kind {error.kind!r}: {error.message}")
     built.__cause__ = remote
     return built
+
+
+FROM_TASK: Final = "_k8s_executor_from_task"
+"""Set on an exception a task raised, rebuilt on the client (see rebuild_exception)."""
 
 
 def _load_exception(error: TaskError) -> BaseException | None:

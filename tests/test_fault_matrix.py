@@ -462,6 +462,17 @@ FAULTS = [
     # -- the client ---------------------------------------------------------------------
     # bound: no pod of the run runs any more, heartbeat_grace (3 s) and slack.
     Fault("client SIGKILLed mid-run", client="subprocess", bound=15),
+    # A task raising KeyboardInterrupt / SystemExit inside `with`: as ProcessPoolExecutor,
+    # the caller gets it and __exit__ waits for the rest (it killed the run before).
+    *(
+        Fault(
+            f"task raises {name} inside with",
+            in_with=True,
+            actions={3: f"raise:{name}"},
+            expect=only(3, Raises(exc)),
+        )
+        for name, exc in (("KeyboardInterrupt", KeyboardInterrupt), ("SystemExit", SystemExit))
+    ),
 ]
 
 # Rows that do not hold today (issue 19): not collected, so CI stays green. Each says
@@ -529,18 +540,6 @@ PENDING_FIX = [
         leaves_storage=True,
         bound=60,
         slow=True,
-    ),
-    # A task raising KeyboardInterrupt / SystemExit inside `with`: ProcessPoolExecutor
-    # hands it to the caller and __exit__ waits for the rest; today __exit__ kills the
-    # run: B's 25 calls cancelled, A's unfinished ones WorkerLostError(Shutdown).
-    *(
-        Fault(
-            f"task raises {name} inside with",
-            in_with=True,
-            actions={3: f"raise:{name}"},
-            expect=only(3, Raises(exc)),
-        )
-        for name, exc in (("KeyboardInterrupt", KeyboardInterrupt), ("SystemExit", SystemExit))
     ),
 ]
 
