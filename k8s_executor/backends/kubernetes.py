@@ -29,7 +29,7 @@ from ..errors import ClusterError, PodStartError
 from . import _manifest as m
 from . import _slots
 from ._base import IndexExit, LaunchSpec, Listener, RunContext
-from ._kubeapi import KubeApi
+from ._kubeapi import KubeApi, Retry
 from ._logs import Logs
 from ._tracker import (
     IMAGE_REASONS,
@@ -52,6 +52,9 @@ the command that removes them), but never keeps the caller's `with` block open."
 # one PATCH per waiting Job (pods often end together; a pod start takes far longer).
 _REBALANCE_DELAY = 0.1
 _TICK_SECONDS = 1.0
+# Deletes at close are worth more tries than other calls (an object left behind outlives
+# the run): as many as fit before CLOSE_SECONDS, at most 2 s apart.
+_CLOSING = Retry(attempts=1000, max_delay=2.0)
 _STARTED_PHASES = frozenset({"Running", "Succeeded", "Failed"})
 _LIVE = frozenset({"Pending", "Running", "Unknown"})
 
@@ -329,7 +332,9 @@ class KubernetesBackend:
             logs.join(5.0)
         left = []
         for name in jobs:
-            error = api.delete("Job", api.batch.delete_namespaced_job, name, deadline=deadline)
+            error = api.delete(
+                "Job", api.batch.delete_namespaced_job, name, retry=_CLOSING, deadline=deadline
+            )
             if error is not None:
                 left.append((f"Job {name}", error))
         if jobs:
@@ -345,7 +350,9 @@ class KubernetesBackend:
             )
         if self._secret_created:
             name = m.secret_name(self._run_id)
-            error = api.delete("Secret", api.core.delete_namespaced_secret, name, deadline=deadline)
+            error = api.delete(
+                "Secret", api.core.delete_namespaced_secret, name, retry=_CLOSING, deadline=deadline
+            )
             if error is not None:
                 left.append((f"Secret {name}", error))
         for what, error in left:
