@@ -43,7 +43,7 @@ from ._progress import Progress
 from ._skips import SkipMarkers
 from ._store import RunStore
 from .backends._base import IndexExit, RunContext
-from .errors import ExecutorBrokenError, StorageError
+from .errors import ClusterError, ExecutorBrokenError, StorageError
 
 __all__ = ["INTERPRETER_EXIT", "Run", "State"]
 
@@ -52,6 +52,9 @@ __all__ = ["INTERPRETER_EXIT", "Run", "State"]
 INTERPRETER_EXIT = threading.Event()
 
 _log = logging.getLogger("k8s_executor._executor")
+# Statuses of a failed launch that do not condemn the next one: throttling, server
+# errors (a restarting or overloaded API server). Unreachable (no status) too.
+_PASSING = frozenset({429, 500, 502, 503, 504})
 
 
 class State(enum.Enum):
@@ -293,6 +296,18 @@ class Run:
             self._skips.write()
         try:
             self._backend.launch(self._launcher.spec(batch))
+        except ClusterError as exc:
+            if exc.status is not None and exc.status not in _PASSING:
+                self.backend_broken(exc)  # refused (RBAC, an invalid Job): so will the next
+                return
+            # Throttled or failing past the retries, or unreachable: this batch's calls
+            # fail with it; the next batch tries again (as a new call to ProcessPoolExecutor
+            # may succeed after a worker crashed).
+            with self._lock:
+                self._batches.pop(batch.batch_id, None)
+            for entry in batch.indexes:
+                for t in entry.tasks:
+                    self._settle(t, error=exc)
         except Exception as exc:
             self.backend_broken(exc)
 

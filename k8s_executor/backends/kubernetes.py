@@ -287,13 +287,23 @@ class KubernetesBackend:
             # Known before it is created, so that close() deletes it even if the answer
             # to the create is lost; PATCHed only once it exists (_created).
             self._jobs[spec.batch_id] = job["metadata"]["name"]
-        api.create(
-            "Job",
-            api.batch.create_namespaced_job,
-            api.batch.read_namespaced_job,
-            job,
-            stop=self._stop,
-        )
+        try:
+            api.create(
+                "Job",
+                api.batch.create_namespaced_job,
+                api.batch.read_namespaced_job,
+                job,
+                stop=self._stop,
+            )
+        except ClusterError:
+            # Not created: its slots go back to the plan (else later batches would wait
+            # for them for ever). Its name stays known, so that close() deletes it should
+            # a try whose answer was lost have created it after all.
+            with self._lock:
+                self._parallelism.pop(spec.batch_id, None)
+                self._sent_parallelism.pop(spec.batch_id, None)
+                self._tracker.forget(spec.batch_id)
+            raise
         with self._lock:
             self._created.add(spec.batch_id)
             # Slots freed while the Job was being created were planned for it, but could
