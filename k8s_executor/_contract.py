@@ -23,9 +23,12 @@ USAGE: Final = 85
 ORPHANED: Final = 86
 """Local backend: the client process that started the worker is gone."""
 ABANDONED: Final = 87
+STORAGE_FAILED: Final = 88
+"""The storage failed the worker past its retries (a revoked permission, a bucket gone):
+no outcome could be written; the last line of its stderr says why."""
 """The client's heartbeat stopped: the run is abandoned, its Job should fail."""
 
-NOT_RETRIED: Final = (TASK_FAILED, INDEX_FAILED, USAGE)
+NOT_RETRIED: Final = (TASK_FAILED, INDEX_FAILED, USAGE, STORAGE_FAILED)
 
 # -- the worker's environment --------------------------------------------------------------
 

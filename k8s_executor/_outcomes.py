@@ -13,9 +13,10 @@ from typing import Any
 
 from . import _payload as wire
 from ._batches import Task
+from ._contract import STORAGE_FAILED
 from ._pool_errors import WorkerLostError
 from .backends._base import IndexExit
-from .errors import PodStartError
+from .errors import PodStartError, StorageError
 
 __all__ = ["SHUT_DOWN_MESSAGE", "Outcome", "resolve_index", "shut_down_error", "worker_lost"]
 
@@ -81,6 +82,15 @@ def worker_lost(batch_id: str, index: int, n_tasks: int, exit: IndexExit) -> Wor
     )
 
 
+def _storage_failure(log_tail: str) -> str:
+    """The worker's own words (the last line it wrote about the storage)."""
+    prefix = "k8s_executor.worker: "
+    lines = [line for line in log_tail.splitlines() if line.startswith(prefix)]
+    if lines:
+        return lines[-1].removeprefix(prefix)
+    return "see its log (`k8s-executor logs`)"
+
+
 def shut_down_error() -> WorkerLostError:
     """The error of a call whose worker a killing shutdown ended before it reported."""
     return WorkerLostError(SHUT_DOWN_MESSAGE, reason="Shutdown")
@@ -118,6 +128,12 @@ def resolve_index(
         outcomes = None if data is None else wire.open_outcomes(key, data)
     except Exception as exc:  # StorageError, PayloadError: every task of the index
         return [Outcome(t, error=exc) for t in tasks]
+    if outcomes is None and exit.exit_code == STORAGE_FAILED:
+        why = _storage_failure(exit.log_tail)
+        failed = StorageError(
+            f"the worker of batch {batch_id} index {index} could not use the storage: {why}"
+        )
+        return [Outcome(t, error=failed) for t in tasks]
     if outcomes is None:
         lost = worker_lost(batch_id, index, n_tasks, exit)
         return [Outcome(t, error=lost) for t in tasks]

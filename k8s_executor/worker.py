@@ -27,7 +27,8 @@ reads ``URL/fn`` and ``URL/in/3``, runs the tasks of index 3 in order, writes
 Exit codes (``_contract``): 0 every task succeeded; 83 the outcome is written and some
 task raised (not worth a retry); 84 the index could not run at all (bad payload, version
 mismatch) and a JSON failure was written; 85 bad invocation; 86 the parent went away;
-87 the client's heartbeat stopped (``K8S_EXECUTOR_HEARTBEAT_GRACE``). Anything else (a
+87 the client's heartbeat stopped (``K8S_EXECUTOR_HEARTBEAT_GRACE``); 88 the storage
+failed past its retries (no outcome could be written). Anything else (a
 signal, an out-of-memory kill, an interpreter crash) means no outcome was written.
 
 This module must start fast and without the client-side dependencies: it imports only
@@ -304,7 +305,13 @@ def main(argv: list[str] | None = None) -> NoReturn:
     grace = os.environ.get(codes.ENV_HEARTBEAT_GRACE)
     if grace:
         _watch_heartbeat(run, float(grace))
-    code = run_index(RunStore(args[0], options, retry), key, int(index_text), run)
+    try:
+        code = run_index(RunStore(args[0], options, retry), key, int(index_text), run)
+    except StorageError as exc:
+        # Past the storage's own retries: say why, for the client (its log tail), and
+        # exit with the code that tells it so.
+        print(f"k8s_executor.worker: {exc}", file=sys.stderr, flush=True)
+        code = codes.STORAGE_FAILED
     sys.stdout.flush()
     sys.stderr.flush()
     # The outcome is written: nothing a task left behind (a non-daemon thread, a hung

@@ -508,15 +508,9 @@ FAULTS = [
         )
         for code in (429, 500, 503)
     ),
-]
-
-# Rows that do not hold today (issue 19): not collected, so CI stays green. Each says
-# what happens now; when its fix lands, move it to FAULTS. `python -m
-# tests.test_fault_matrix NAME` reproduces one.
-PENDING_FIX = [
-    # Storage refusing writes mid-run (a revoked permission, a read-only mount): in 7 s
-    # every call WorkerLostError ("exited with code 1 (Error)"), the StorageError only
-    # in the worker's traceback in the message.
+    # Storage refusing writes mid-run (a revoked permission, a read-only mount): every call
+    # StorageError naming the URL and the 403 (the worker exits 88 and says why; before,
+    # WorkerLostError "exited with code 1" with the StorageError only in a traceback).
     Fault(
         "S3 read-only mid-run (403 on PUT)",
         storage="s3",
@@ -527,6 +521,12 @@ PENDING_FIX = [
             b=Raises(StorageError, match=rf"s3://{BUCKET}/.*(403|Access|Permission)"),
         ),
     ),
+]
+
+# Rows that do not hold today (issue 19): not collected, so CI stays green. Each says
+# what happens now; when its fix lands, move it to FAULTS. `python -m
+# tests.test_fault_matrix NAME` reproduces one.
+PENDING_FIX = [
     # Futures fine (StorageError in 22-26 s); shutdown() takes 25-28 s, and the 11
     # objects it cannot delete while S3 is down are said only by a traceback of its
     # thread (StorageError: cannot delete the run at s3://...), an error under pytest.
