@@ -76,7 +76,7 @@ def test_labels_select_run_and_batch() -> None:
 def test_failure_policy_user_errors_not_retried_disruptions_ignored() -> None:
     rules = m.job_manifest(params(retries=2))["spec"]["podFailurePolicy"]["rules"]
     by_action = {r["action"]: r for r in rules}
-    assert by_action["FailIndex"]["onExitCodes"]["values"] == [83, 84, 85]
+    assert by_action["FailIndex"]["onExitCodes"]["values"] == [83, 84, 85, 88]
     assert by_action["FailJob"]["onExitCodes"]["values"] == [87]
     assert by_action["Ignore"]["onPodConditions"] == [
         {"type": "DisruptionTarget", "status": "True"}
