@@ -435,7 +435,7 @@ class KubernetesBackend:
         owners = (workload.get("metadata") or {}).get("ownerReferences") or []
         names = {o.get("name") for o in owners if o.get("kind") == "Job"}
         with self._lock:
-            batch_id = next((b for b, n in self._jobs.items() if n in names), None)
+            batch_id = self._batch_of(names)
             if batch_id is None:
                 return
             events = self._tracker.on_workload(batch_id, workload)
@@ -446,13 +446,17 @@ class KubernetesBackend:
             return
         name = (event.get("involvedObject") or {}).get("name")
         with self._lock:
-            batch_id = next((b for b, n in self._jobs.items() if n == name), None)
+            batch_id = self._batch_of({name})
             if batch_id is None:
                 return
             events = self._tracker.on_refusal(
                 batch_id, str(event.get("message") or ""), time.monotonic()
             )
         self._deliver(events)
+
+    def _batch_of(self, job_names: set[Any]) -> str | None:
+        # Called with the lock held: the batch whose Job has one of these names.
+        return next((b for b, n in self._jobs.items() if n in job_names), None)
 
     def _watch(self, api: KubeApi, list_fn: Any, handle: Any) -> None:
         try:

@@ -10,12 +10,12 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 
+from tests.kube_helpers import BASE_IMAGE, podman_cmd
 from tests.kubesim.kubeconfig import Kubesim
 from tests.kubesim_tests.conftest import wait_for
 from tests.kubesim_tests.job_helpers import NS, phase, raw
@@ -28,36 +28,17 @@ if shutil.which("podman") is None:
     pytest.skip("podman is not installed", allow_module_level=True)
 
 
-def _podman_cmd() -> list[str]:
-    """podman with the project's private configuration, when .ci/containers.sh made one
-    (it makes podman work on these VMs and holds the Python base image)."""
-    default = Path.home() / ".cache" / "k8s-executor" / "containers"
-    config = Path(os.environ.get("K8SX_CONTAINERS_DIR") or default)
-    if not (config / "containers.conf").exists():
-        return ["podman"]
-    return [
-        "env",
-        f"CONTAINERS_CONF={config / 'containers.conf'}",
-        f"CONTAINERS_STORAGE_CONF={config / 'storage.conf'}",
-        f"CONTAINERS_REGISTRIES_CONF={config / 'registries.conf'}",
-        "podman",
-    ]
-
-
-BASE_IMAGE = "localhost/k8sx-base:py3.11"  # built by .ci/containers.sh
-
-
 def _local_image() -> str | None:
     """The Python base image .ci/containers.sh imports, if it is in the store."""
     result = subprocess.run(
-        [*_podman_cmd(), "image", "exists", BASE_IMAGE], capture_output=True, check=False
+        [*podman_cmd(), "image", "exists", BASE_IMAGE], capture_output=True, check=False
     )
     return BASE_IMAGE if result.returncode == 0 else None
 
 
 @pytest.fixture
 def core(kubesim_factory: Any) -> Iterator[Any]:
-    sim: Kubesim = kubesim_factory(runtime="podman", kubelet_options={"podman_cmd": _podman_cmd()})
+    sim: Kubesim = kubesim_factory(runtime="podman", kubelet_options={"podman_cmd": podman_cmd()})
     with sim.api_client() as api:
         yield client.CoreV1Api(api)
 
