@@ -173,6 +173,47 @@ class RunStore:
         except FileNotFoundError:
             return None
 
+    def list_keys(self, prefix: str) -> list[str]:
+        """The keys under ``prefix`` (relative to the run root, any depth); [] when none.
+
+        One LIST request on an object store (a few for more than 1 000 keys)."""
+        base = self.path(prefix)
+
+        def find() -> list[str]:
+            if self.is_local:
+                keys = []
+                for folder, _, files in os.walk(base):
+                    keys += [
+                        os.path.relpath(os.path.join(folder, f), self.root)
+                        for f in files
+                        if ".tmp-" not in f  # a write in progress (see _put_atomic)
+                    ]
+                return keys
+            # s3fs and others cache listings: a poll must see the storage, not the cache.
+            self.fs.invalidate_cache(base)
+            found: list[str] = self.fs.find(base)
+            return [p.removeprefix(self.root).lstrip("/") for p in found]
+
+        try:
+            return self._call(f"list {prefix}", find)
+        except FileNotFoundError:
+            return []
+
+    def delete(self, *keys: str) -> None:
+        """Delete ``keys`` (one request on an object store); missing keys are no error."""
+        paths = [self.path(k) for k in keys]
+
+        def remove() -> None:
+            if self.is_local:
+                for path in paths:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(path)
+            elif paths:
+                self.fs.rm(paths)
+
+        with contextlib.suppress(FileNotFoundError):
+            self._call(f"delete {', '.join(keys)}", remove)
+
     def delete_all(self) -> None:
         """Delete the whole run prefix; a missing prefix is not an error."""
 
