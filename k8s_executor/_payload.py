@@ -19,10 +19,14 @@ import hashlib
 import hmac
 import io
 import json
+import linecache
 import pickle
+import re
 import struct
 import sys
 import traceback
+import types
+from collections import ChainMap
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import IO, Any, Final, Literal
@@ -153,10 +157,47 @@ def callable_name(fn: object) -> str:
     return f"{module}.{name}" if module and module != "builtins" else str(name)
 
 
+_DYNAMIC_CODE: Final = "<dynamic-code>"
+_CLOUDPICKLE_DISPATCH: Final = cloudpickle.Pickler.dispatch_table
+
+
+def _code_reduce_keeping_filename(code: types.CodeType) -> tuple[Any, ...]:
+    """cloudpickle's reduction of a code object, with the real ``co_filename`` put back.
+
+    cloudpickle writes ``<dynamic-code>`` instead (for byte-identical pickles of notebook
+    cells), so a remote traceback through a ``__main__`` function would name no file. The
+    line numbers travel anyway; with the file name, the client can also show the source
+    lines (see :func:`add_source_lines`). The file name is the only top-level argument
+    equal to the marker: it comes before ``co_name`` in every ``CodeType`` signature.
+    """
+    rebuild, args = _CLOUDPICKLE_DISPATCH[types.CodeType](code)
+    args = list(args)
+    for i, arg in enumerate(args):
+        if isinstance(arg, str) and arg == _DYNAMIC_CODE:
+            args[i] = code.co_filename
+            break
+    return rebuild, tuple(args)
+
+
+class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+    """cloudpickle, keeping the file names of the code it pickles by value."""
+
+    dispatch_table = ChainMap(
+        {types.CodeType: _code_reduce_keeping_filename}, _CLOUDPICKLE_DISPATCH
+    )
+
+
+def dumps(obj: object, buffer_callback: Any = None) -> bytes:
+    """``cloudpickle.dumps``, keeping the file names of code pickled by value."""
+    out = io.BytesIO()
+    _Pickler(out, protocol=pickle.HIGHEST_PROTOCOL, buffer_callback=buffer_callback).dump(obj)
+    return out.getvalue()
+
+
 def dump_function(fn: object, *, what: str = "function") -> bytes:
     """Pickle a callable by value where needed (lambdas, closures, ``__main__``)."""
     try:
-        blob: bytes = cloudpickle.dumps(fn, protocol=pickle.HIGHEST_PROTOCOL)
+        blob: bytes = dumps(fn)
     except Exception as exc:
         raise FunctionPicklingError(
             f"cannot pickle the {what} {callable_name(fn)}: {type(exc).__name__}: {exc}; "
@@ -170,7 +211,7 @@ def dump_function(fn: object, *, what: str = "function") -> bytes:
 def dump_calls(fn: object, calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]]) -> bytes:
     """Pickle the arguments of the calls of one task."""
     try:
-        blob: bytes = cloudpickle.dumps(list(calls), protocol=pickle.HIGHEST_PROTOCOL)
+        blob: bytes = dumps(list(calls))
     except Exception as exc:
         raise ArgumentsPicklingError(
             f"cannot pickle the arguments of a call to {callable_name(fn)}: "
@@ -180,7 +221,7 @@ def dump_calls(fn: object, calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]
     return blob
 
 
-class _SharingPickler(cloudpickle.Pickler):  # type: ignore[misc]
+class _SharingPickler(_Pickler):
     """cloudpickle, plus: a large NumPy array that is neither C- nor Fortran-contiguous (a
     column slice, such as scikit-learn's ``load_digits`` data) is pickled as a contiguous
     copy. NumPy pickles such an array in band, so it would never be shared; unpickled,
@@ -391,7 +432,7 @@ def _dump_exception(exc: BaseException) -> tuple[bytes | None, str]:
     by state instead, rebuilt without calling ``__init__``, as copy.copy does.
     """
     try:
-        pickled: bytes = cloudpickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
+        pickled: bytes = dumps(exc)
     except Exception as failure:  # its class refuses, or its state cannot be pickled
         return None, f"{type(failure).__name__}: {failure}"
     try:
@@ -400,7 +441,7 @@ def _dump_exception(exc: BaseException) -> tuple[bytes | None, str]:
     except Exception as failure:
         why = f"{type(failure).__name__}: {failure}"
     try:
-        pickled = cloudpickle.dumps(_ByState(exc), protocol=pickle.HIGHEST_PROTOCOL)
+        pickled = dumps(_ByState(exc))
         pickle.loads(pickled)
     except Exception:
         return None, why
@@ -431,6 +472,27 @@ def _restore_exception(
 # -- client side: rebuilding errors ----------------------------------------------------
 
 
+_FRAME_LINE = re.compile(r'^  File "(?P<file>[^"\n]+)", line (?P<line>\d+), in .*$')
+
+
+def add_source_lines(tb: str) -> str:
+    """Fill in the source lines a worker could not show: the frames of files it does not
+    have (a script run as ``__main__``, a notebook cell), read here when they are."""
+    lines = tb.splitlines(keepends=True)
+    out: list[str] = []
+    for i, line in enumerate(lines):
+        out.append(line)
+        frame = _FRAME_LINE.match(line)
+        if frame is None:
+            continue
+        if i + 1 < len(lines) and lines[i + 1].startswith("    "):
+            continue  # the worker showed the line itself
+        source = linecache.getline(frame["file"], int(frame["line"])).strip()
+        if source:
+            out.append(f"    {source}\n")
+    return "".join(out)
+
+
 def _remote_cause(tb: str) -> BaseException:
     # The very type ProcessPoolExecutor uses, so code that inspects __cause__ keeps working.
     # Imported here: concurrent.futures.process pulls in multiprocessing, which the worker
@@ -444,7 +506,7 @@ def _remote_cause(tb: str) -> BaseException:
 
 def rebuild_exception(error: TaskError, fn_name: str) -> BaseException:
     """Turn a :class:`TaskError` back into the exception the future should raise."""
-    remote = _remote_cause(error.traceback)
+    remote = _remote_cause(add_source_lines(error.traceback))
     if error.kind == RAISED:
         exc = _load_exception(error)
         if exc is None:
