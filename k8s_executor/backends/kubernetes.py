@@ -3,7 +3,7 @@
 It composes the pure parts (``_manifest``: options → Job dicts; ``_tracker``: pod and Job
 states → index events; ``_slots``: sharing ``max_workers`` among Jobs) with the I/O parts
 (``_kubeapi``: the API boundary, the only importer of ``kubernetes``; ``_logs``: streamed
-logs and log tails).
+logs and log tails; ``_admission``: the watches that say why pods do not appear).
 
 Writes are reconciled, not fire-and-forget: the backend keeps the state it wants (which
 Jobs exist, with what parallelism) and its periodic tick re-applies whatever a failed
@@ -28,13 +28,12 @@ from .._options import PodOptions, Resources, Scheduling, Timeouts
 from ..errors import ClusterError, PodStartError
 from . import _manifest as m
 from . import _slots
+from ._admission import Admission, TrackerUpdate, start_failure
 from ._base import IndexExit, LaunchSpec, Listener, RunContext
 from ._kubeapi import KubeApi, Retry
 from ._logs import Logs
 from ._tracker import (
     IMAGE_REASONS,
-    NO_POD,
-    REFUSED,
     Event,
     Finished,
     RunTracker,
@@ -126,45 +125,6 @@ def _wait_pods_gone(api: KubeApi, run_id: str, timeout: float, *, live_only: boo
         delay = min(delay * 2, 2.0)
 
 
-def _start_failure(event: Stuck, seconds: float, namespace: str, job_name: str) -> str:
-    """Why the calls of a batch whose pods could not start fail, and what to do."""
-    if event.reason == REFUSED:
-        return (
-            f"the cluster refuses to create the worker pods of batch {event.batch_id}: "
-            f"{event.message.removeprefix('Error creating: ')}{_refusal_hint(event.message)}"
-        )
-    hint = {
-        "Unschedulable": "; ask for less (Resources) or check Scheduling: "
-        "node_selector, tolerations, affinity",
-        "CreateContainerConfigError": "; a Secret or ConfigMap it needs is missing "
-        "(PodOptions.secrets?)",
-        NO_POD: f" (a ResourceQuota, a LimitRange, PodSecurity admission or an admission "
-        f"webhook); `kubectl describe job -n {namespace} {job_name}` shows the "
-        "FailedCreate events that say why",
-    }.get(event.reason, "")
-    return (
-        f"a worker pod of batch {event.batch_id} could not start for {seconds:g}s: "
-        f"{event.reason}: {event.message}{hint}"
-    )
-
-
-def _refusal_hint(message: str) -> str:
-    """What to do about pods the API server refuses for good (docs/troubleshooting.md)."""
-    if "exceeded quota" in message or "must specify" in message:
-        return (
-            "; one worker pod asks for more than the namespace's ResourceQuota allows: ask "
-            "for less (Resources) or for more quota (`kubectl describe resourcequota`)"
-        )
-    if "PodSecurity" in message:
-        return (
-            "; the namespace's PodSecurity level forbids the pod: drop what pod_template or "
-            "PodOptions(run_as_root=True) adds, or use a namespace whose level allows it"
-        )
-    if "per Container" in message or "per Pod" in message:
-        return "; a LimitRange of the namespace bounds it: ask for resources within its bounds"
-    return "; an admission policy of the cluster refuses it"
-
-
 def _owner() -> str:
     try:
         user = getpass.getuser()
@@ -238,12 +198,13 @@ class KubernetesBackend:
         )
         self._secret_created = True
         self._delivery = ThreadPoolExecutor(4, thread_name_prefix="k8sx-deliver")
+        admission = Admission(api, self._stop, self._update_batch, self._deliver)
         for target, name in (
             (self._watch_pods, "k8sx-watch-pods"),
             (self._watch_jobs, "k8sx-watch-jobs"),
-            (self._watch_events, "k8sx-watch-events"),
+            (admission.watch_events, "k8sx-watch-events"),
             (self._tick, "k8sx-tick"),
-            *([(self._watch_workloads, "k8sx-watch-workloads")] if s.scheduling.queue else []),
+            *([(admission.watch_workloads, "k8sx-watch-workloads")] if s.scheduling.queue else []),
         ):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -390,73 +351,11 @@ class KubernetesBackend:
         api = self._connected()
         self._watch(api, api.batch.list_namespaced_job, self._on_job)
 
-    def _watch_events(self) -> None:
-        """The Job controller's ``FailedCreate`` events say at once why no pod appears
-        (a quota, PodSecurity, a LimitRange): without them, only Timeouts.startup would."""
-        api = self._connected()
-        try:
-            api.watch(
-                api.core.list_namespaced_event,
-                "",
-                self._on_event,
-                self._stop,
-                field_selector="involvedObject.kind=Job,reason=FailedCreate",
-            )
-        except ClusterError as error:
-            # Optional (older Roles lack it): refusals then surface after Timeouts.startup.
-            print(
-                f"k8s_executor: {error}; without Events, pods the cluster refuses to create "
-                "are reported only after Timeouts.startup",
-                file=sys.stderr,
-            )
-
-    def _watch_workloads(self) -> None:
-        """Kueue's Workloads of the run's Jobs: queued (no startup clock), or never
-        admissible (the batch fails at once)."""
-        api = self._connected()
-
-        def list_namespaced_workload(namespace: str, **kwargs: Any) -> Any:
-            return api.custom.list_namespaced_custom_object(
-                "kueue.x-k8s.io", "v1beta1", namespace, "workloads", **kwargs
-            )
-
-        try:
-            api.watch(list_namespaced_workload, "", self._on_workload, self._stop)
-        except ClusterError as error:
-            print(
-                f"k8s_executor: {error}; without Kueue's Workloads, a batch Kueue cannot "
-                "admit waits for ever: check `kubectl get workloads`",
-                file=sys.stderr,
-            )
-
-    def _on_workload(self, kind: str, workload: dict[str, Any]) -> None:
-        if kind == "DELETED":
-            return
-        owners = (workload.get("metadata") or {}).get("ownerReferences") or []
-        names = {o.get("name") for o in owners if o.get("kind") == "Job"}
+    def _update_batch(self, job_names: Collection[Any], update: TrackerUpdate) -> list[Event]:
+        # For _admission: the tracker's events about the batch whose Job has one of these names.
         with self._lock:
-            batch_id = self._batch_of(names)
-            if batch_id is None:
-                return
-            events = self._tracker.on_workload(batch_id, workload)
-        self._deliver(events)
-
-    def _on_event(self, kind: str, event: dict[str, Any]) -> None:
-        if kind == "DELETED":
-            return
-        name = (event.get("involvedObject") or {}).get("name")
-        with self._lock:
-            batch_id = self._batch_of({name})
-            if batch_id is None:
-                return
-            events = self._tracker.on_refusal(
-                batch_id, str(event.get("message") or ""), time.monotonic()
-            )
-        self._deliver(events)
-
-    def _batch_of(self, job_names: set[Any]) -> str | None:
-        # Called with the lock held: the batch whose Job has one of these names.
-        return next((b for b, n in self._jobs.items() if n in job_names), None)
+            batch_id = next((b for b, n in self._jobs.items() if n in job_names), None)
+            return [] if batch_id is None else update(self._tracker, batch_id)
 
     def _watch(self, api: KubeApi, list_fn: Any, handle: Any) -> None:
         try:
@@ -591,7 +490,7 @@ class KubernetesBackend:
         api = self._connected()
         if event.reason in IMAGE_REASONS:
             # The image cannot be pulled: no batch of this run can start.
-            message = _start_failure(event, self._tracker.limit(event.reason), "", "")
+            message = start_failure(event, self._tracker.limit(event.reason), "", "")
             self._listener.backend_broken(
                 PodStartError(
                     message + f" (image {self._image}); check the image name and the "
@@ -615,7 +514,7 @@ class KubernetesBackend:
             if error is not None:
                 print(f"k8s_executor: {error}", file=sys.stderr)
         limit = self._tracker.limit(event.reason)
-        message = _start_failure(event, limit, self.namespace, job_name or "")
+        message = start_failure(event, limit, self.namespace, job_name or "")
         exit = IndexExit(exit_code=None, reason=event.reason, message=message, never_started=True)
         for i in unfinished:
             self._listener.index_finished(event.batch_id, i, exit)
