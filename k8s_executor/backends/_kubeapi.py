@@ -29,7 +29,16 @@ from .._cluster import config_source
 from ..errors import ClusterError, ConfigError
 from ._kubeerrors import RBAC_RULES, check_kubeconfig_files, translate
 
-__all__ = ["ONCE", "RBAC_RULES", "RETRY", "KubeApi", "LogStream", "Retry", "translate"]
+__all__ = [
+    "ONCE",
+    "RBAC_RULES",
+    "RETRY",
+    "KubeApi",
+    "LogStream",
+    "OpenStreams",
+    "Retry",
+    "translate",
+]
 
 T = TypeVar("T")
 
@@ -83,9 +92,7 @@ class KubeApi:
         self.core: Any = k8s.CoreV1Api(client)
         self.batch: Any = k8s.BatchV1Api(client)
         self.custom: Any = k8s.CustomObjectsApi(client)
-        self._streams: set[Any] = set()
-        self._lock = threading.Lock()
-        self._closed = threading.Event()
+        self.streams = OpenStreams()
 
     @classmethod
     def connect(
@@ -319,86 +326,8 @@ class KubeApi:
         Raises:
             ClusterError: the watch is refused (401/403): waiting will not help.
         """
-        what = f"watch the run's {list_fn.__name__.removeprefix('list_namespaced_')}s"
         fields = {"field_selector": field_selector} if field_selector else {}
-        rv: str | None = None
-        delay = 0.2
-        while not stop.is_set():
-            try:
-                if rv is None:
-                    listing = self.read_json(
-                        what, list_fn, self.namespace, label_selector=selector, stop=stop, **fields
-                    )
-                    rv = listing["metadata"]["resourceVersion"]
-                    for item in listing.get("items") or []:
-                        handle("ADDED", item)
-                for event in self._stream(list_fn, selector, rv, stop, fields):
-                    kind = event.get("type")
-                    obj = event.get("object") or {}
-                    if kind == "ERROR":
-                        code = obj.get("code")
-                        if code == 410:
-                            rv = None  # history compacted: relist
-                            break
-                        # E.g. 504 "Too large resource version" from a lagging watch
-                        # cache: resume from the same version after a pause.
-                        raise _WatchError(code, obj.get("message"))
-                    rv = (obj.get("metadata") or {}).get("resourceVersion") or rv
-                    if kind != "BOOKMARK":
-                        handle(str(kind), obj)
-                delay = 0.2
-            except Exception as exc:
-                if stop.is_set():
-                    return
-                status = getattr(exc, "status", None)
-                if status in (401, 403):
-                    if isinstance(exc, ClusterError):
-                        raise
-                    raise self.translate(what, exc) from exc
-                if status == 410:
-                    rv = None
-                # Overload, a dropped connection, a restarting apiserver: wait, resume.
-                stop.wait(random.uniform(delay / 2, delay))
-                delay = min(delay * 2, 10.0)
-
-    def _stream(
-        self,
-        list_fn: Callable[..., Any],
-        selector: str,
-        rv: str,
-        stop: threading.Event,
-        fields: dict[str, str],
-    ) -> Iterator[dict[str, Any]]:
-        # Hand-rolled instead of kubernetes.watch.Watch: with deserialize=False that class
-        # fails on ERROR events (it reads a key only set when deserializing), and parsing
-        # into models is wasted work here.
-        from kubernetes.watch.watch import iter_resp_lines
-
-        resp = list_fn(
-            self.namespace,
-            label_selector=selector,
-            watch=True,
-            resource_version=rv,
-            allow_watch_bookmarks=True,
-            timeout_seconds=WATCH_SECONDS,
-            _preload_content=False,
-            _request_timeout=(REQUEST_TIMEOUT[0], WATCH_SECONDS + 30),
-            **fields,
-        )
-        with self._lock:
-            self._streams.add(resp)
-        ended = False
-        try:
-            if stop.is_set() or self._closed.is_set():
-                return
-            for line in iter_resp_lines(resp):
-                if line:
-                    yield json.loads(line)
-            ended = True
-        finally:
-            with self._lock:
-                self._streams.discard(resp)
-            finish_response(resp, ended)
+        _Watch(self, list_fn, selector, fields, stop).run(handle)
 
     def open_log(
         self,
@@ -429,10 +358,8 @@ class KubeApi:
             _request_timeout=timeout or (FOLLOW_TIMEOUT if follow else REQUEST_TIMEOUT),
             **options,
         )
-        stream = LogStream(self, pod, resp)
-        with self._lock:
-            self._streams.add(resp)
-        return stream
+        self.streams.add(resp)
+        return LogStream(self.streams, pod, resp)
 
     def log_tail(self, pod: str, container: str, lines: int) -> str:
         """The last ``lines`` lines of a container's log ("" when there is none)."""
@@ -448,21 +375,12 @@ class KubeApi:
 
     def shutdown_streams(self) -> None:
         """Cut every open watch and log stream (their threads see the end at once)."""
-        self._closed.set()
-        with self._lock:
-            streams = list(self._streams)
-        for resp in streams:
-            with contextlib.suppress(Exception):
-                resp.shutdown()
+        self.streams.shutdown()
 
     def close(self) -> None:
         """Cut the streams and release every connection."""
         self.shutdown_streams()
         self.client.close()
-
-    def _forget(self, resp: Any) -> None:
-        with self._lock:
-            self._streams.discard(resp)
 
     # -- errors -----------------------------------------------------------------------------
 
@@ -472,12 +390,141 @@ class KubeApi:
         return translate(what, exc, namespace=self.namespace, host=self.host, context=context)
 
 
+class OpenStreams:
+    """The streamed responses (watches, log follows) of a connection still being read:
+    :meth:`shutdown` cuts them all, and any opened after it end at once."""
+
+    def __init__(self) -> None:
+        self._open: set[Any] = set()
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`shutdown` was called."""
+        return self._closed.is_set()
+
+    def add(self, resp: Any) -> None:
+        with self._lock:
+            self._open.add(resp)
+
+    def discard(self, resp: Any) -> None:
+        with self._lock:
+            self._open.discard(resp)
+
+    def shutdown(self) -> None:
+        """Cut every open stream (their readers see the end at once)."""
+        self._closed.set()
+        with self._lock:
+            streams = list(self._open)
+        for resp in streams:
+            with contextlib.suppress(Exception):
+                resp.shutdown()
+
+
+class _Watch:
+    """The loop of :meth:`KubeApi.watch` over one kind of object (see there)."""
+
+    def __init__(
+        self,
+        api: KubeApi,
+        list_fn: Callable[..., Any],
+        selector: str,
+        fields: dict[str, str],
+        stop: threading.Event,
+    ) -> None:
+        self._api = api
+        self._list_fn = list_fn
+        self._selector = selector
+        self._fields = fields
+        self._stop = stop
+
+    def run(self, handle: Callable[[str, dict[str, Any]], None]) -> None:
+        api, list_fn, stop = self._api, self._list_fn, self._stop
+        what = f"watch the run's {list_fn.__name__.removeprefix('list_namespaced_')}s"
+        rv: str | None = None
+        delay = 0.2
+        while not stop.is_set():
+            try:
+                if rv is None:
+                    listing = api.read_json(
+                        what,
+                        list_fn,
+                        api.namespace,
+                        label_selector=self._selector,
+                        stop=stop,
+                        **self._fields,
+                    )
+                    rv = listing["metadata"]["resourceVersion"]
+                    for item in listing.get("items") or []:
+                        handle("ADDED", item)
+                for event in self._stream(rv):
+                    kind = event.get("type")
+                    obj = event.get("object") or {}
+                    if kind == "ERROR":
+                        code = obj.get("code")
+                        if code == 410:
+                            rv = None  # history compacted: relist
+                            break
+                        # E.g. 504 "Too large resource version" from a lagging watch
+                        # cache: resume from the same version after a pause.
+                        raise _WatchError(code, obj.get("message"))
+                    rv = (obj.get("metadata") or {}).get("resourceVersion") or rv
+                    if kind != "BOOKMARK":
+                        handle(str(kind), obj)
+                delay = 0.2
+            except Exception as exc:
+                if stop.is_set():
+                    return
+                status = getattr(exc, "status", None)
+                if status in (401, 403):
+                    if isinstance(exc, ClusterError):
+                        raise
+                    raise api.translate(what, exc) from exc
+                if status == 410:
+                    rv = None
+                # Overload, a dropped connection, a restarting apiserver: wait, resume.
+                stop.wait(random.uniform(delay / 2, delay))
+                delay = min(delay * 2, 10.0)
+
+    def _stream(self, rv: str) -> Iterator[dict[str, Any]]:
+        # Hand-rolled instead of kubernetes.watch.Watch: with deserialize=False that class
+        # fails on ERROR events (it reads a key only set when deserializing), and parsing
+        # into models is wasted work here.
+        from kubernetes.watch.watch import iter_resp_lines
+
+        streams = self._api.streams
+        resp = self._list_fn(
+            self._api.namespace,
+            label_selector=self._selector,
+            watch=True,
+            resource_version=rv,
+            allow_watch_bookmarks=True,
+            timeout_seconds=WATCH_SECONDS,
+            _preload_content=False,
+            _request_timeout=(REQUEST_TIMEOUT[0], WATCH_SECONDS + 30),
+            **self._fields,
+        )
+        streams.add(resp)
+        ended = False
+        try:
+            if self._stop.is_set() or streams.closed:
+                return
+            for line in iter_resp_lines(resp):
+                if line:
+                    yield json.loads(line)
+            ended = True
+        finally:
+            streams.discard(resp)
+            finish_response(resp, ended)
+
+
 class LogStream:
     """A pod log being read: iterate for chunks; the connection is closed unless the log
     was read to its end (see :func:`finish_response`)."""
 
-    def __init__(self, api: KubeApi, pod: str, resp: Any) -> None:
-        self._api = api
+    def __init__(self, streams: OpenStreams, pod: str, resp: Any) -> None:
+        self._streams = streams
         self._pod = pod
         self._resp = resp
 
@@ -499,7 +546,7 @@ class LogStream:
                 "run the command again to read it from the start"
             ) from exc
         finally:
-            self._api._forget(self._resp)
+            self._streams.discard(self._resp)
             finish_response(self._resp, ended)
 
 
