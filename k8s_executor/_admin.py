@@ -33,13 +33,14 @@ from ._contract import (
     LABEL_BATCH,
     LABEL_INDEX,
     LABEL_MANAGED_BY,
+    LABEL_QUEUE,
     LABEL_RUN,
     MANAGED_BY,
 )
 from ._store import RunStore
 from .backends._kubeapi import ONCE, RBAC_RULES, KubeApi
 from .backends._manifest import run_selector
-from .backends._tracker import parse_indexes
+from .backends._tracker import parse_indexes, waiting_problem, workload_verdict
 from .errors import ClusterError
 from .image._base import BaseImage, is_local_reference
 from .image._podman import default_podman_url, inspect_image
@@ -63,6 +64,7 @@ __all__ = [
     "rbac_manifests",
     "run_indexes",
     "split_reference",
+    "summarize_runs",
 ]
 
 # How many attempts of an index have failed before a pod (annotations the Job controller
@@ -73,23 +75,131 @@ _IGNORED_FAILURES_KEY = "batch.kubernetes.io/job-index-ignored-failure-count"
 
 @dataclass(frozen=True)
 class RunSummary:
-    """One run found on the cluster, from its Jobs and Secret."""
+    """One run found on the cluster, from its Jobs, pods and Secret."""
 
     run_id: str
     owner: str
     created: str
     jobs: int
     active: int
+    """Pods not finished, as the Jobs count them: running, and waiting to start."""
     succeeded: int
     failed: int
     finished_jobs: int
     storage: str = ""
     """The run's storage prefix (from its Secret), or "" when unknown."""
+    running: int = 0
+    """Pods whose worker runs (phase Running)."""
+    waiting: int = 0
+    """Pods not running yet (Pending): being scheduled, pulling, or stuck."""
+    queued: int = 0
+    """Unfinished Jobs that are suspended: waiting for a worker slot, or for Kueue."""
+    reason: str = ""
+    """Why pods or Jobs of the run wait, when the cluster says: a pod's start-up problem
+    (``CreateContainerConfigError: secret "x" not found``, ``ImagePullBackOff: ...``,
+    ``Unschedulable: ...``) or Kueue's (``queued: ...``)."""
 
     @property
     def finished(self) -> bool:
         """Whether every Job of the run has reached a terminal condition."""
         return self.finished_jobs == self.jobs
+
+    @property
+    def state(self) -> str:
+        """``finished``, ``running``, ``waiting`` or ``queued``, with the reason known."""
+        if self.finished:
+            return "finished"
+        why = ""
+        if self.reason:
+            why = self.reason if self.reason.startswith("queued: ") else f"waiting: {self.reason}"
+        if self.running:
+            return "running" + (f"; {why}" if why else "")
+        if why:
+            return why
+        return "queued" if self.queued and not self.waiting else "waiting"
+
+
+def summarize_runs(
+    jobs: Iterable[dict[str, Any]],
+    secrets: Iterable[dict[str, Any]],
+    pods: Iterable[dict[str, Any]] = (),
+    workloads: Iterable[dict[str, Any]] = (),
+) -> list[RunSummary]:
+    """The runs these objects belong to (as the API returns them), oldest first.
+
+    A pod counts as running only in phase Running: one stuck before its start
+    (``CreateContainerConfigError``, ``ImagePullBackOff``, unschedulable) is waiting, with
+    its reason, although its Job counts it ``active``. ``workloads`` are Kueue's, matched
+    to the run's Jobs by owner.
+    """
+    found: dict[str, dict[str, Any]] = {}
+    job_runs: dict[str, str] = {}  # Job name -> run id
+
+    def entry_of(meta: dict[str, Any]) -> dict[str, Any] | None:
+        run_id = (meta.get("labels") or {}).get(LABEL_RUN)
+        if not run_id:
+            return None
+        entry = found.setdefault(
+            run_id,
+            {"owner": "", "created": meta.get("creationTimestamp") or "", "jobs": 0,
+             "active": 0, "succeeded": 0, "failed": 0, "finished_jobs": 0, "storage": "",
+             "running": 0, "waiting": 0, "queued": 0, "reason": ""},
+        )  # fmt: skip
+        entry["created"] = min(entry["created"] or "~", meta.get("creationTimestamp") or "~")
+        entry["owner"] = (meta.get("annotations") or {}).get(ANNOTATION_OWNER, entry["owner"])
+        return entry
+
+    for secret in secrets:
+        meta = secret.get("metadata") or {}
+        entry = entry_of(meta)
+        if entry is not None:
+            annotations = meta.get("annotations") or {}
+            entry["storage"] = annotations.get(ANNOTATION_STORAGE, entry["storage"])
+    for job in jobs:
+        meta = job.get("metadata") or {}
+        entry = entry_of(meta)
+        if entry is None:
+            continue
+        job_runs[str(meta.get("name") or "")] = meta["labels"][LABEL_RUN]
+        status = job.get("status") or {}
+        entry["jobs"] += 1
+        for key in ("active", "succeeded", "failed"):
+            entry[key] += int(status.get(key) or 0)
+        if any(
+            c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+            for c in status.get("conditions") or []
+        ):
+            entry["finished_jobs"] += 1
+        elif (job.get("spec") or {}).get("suspend"):
+            entry["queued"] += 1
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        run_id = (meta.get("labels") or {}).get(LABEL_RUN)
+        phase = (pod.get("status") or {}).get("phase")
+        if run_id not in found or phase not in ("Pending", "Running"):
+            continue
+        entry = found[run_id]
+        if phase == "Running":
+            entry["running"] += 1
+            continue
+        entry["waiting"] += 1
+        problem = waiting_problem(pod)
+        if problem is not None and not entry["reason"]:
+            reason, message = problem
+            entry["reason"] = f"{reason}: {message}" if message else reason
+    for workload in workloads:
+        owners = (workload.get("metadata") or {}).get("ownerReferences") or []
+        run_ids = {job_runs.get(o.get("name")) for o in owners if o.get("kind") == "Job"}
+        verdict = workload_verdict(workload)
+        for run_id in run_ids - {None}:
+            entry = found[str(run_id)]
+            if verdict is not None and not entry["reason"]:
+                meaning, message = verdict
+                entry["reason"] = f"queued: {message}" if meaning == "wait" else message
+    return sorted(
+        (RunSummary(run_id=run_id, **entry) for run_id, entry in found.items()),
+        key=lambda r: r.created,
+    )
 
 
 @dataclass
@@ -189,49 +299,40 @@ class Cluster:
     # -- runs (`k8s-executor ls` and `cleanup`) -------------------------------------------
 
     def runs(self) -> list[RunSummary]:
-        """Every run with Jobs or a Secret in the namespace, oldest first."""
+        """Every run with Jobs or a Secret in the namespace, oldest first (see
+        :func:`summarize_runs`)."""
         api = self._api
         selector = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
         jobs = api.list("list Jobs", api.batch.list_namespaced_job, selector)
         secrets = api.list("list Secrets", api.core.list_namespaced_secret, selector)
-        found: dict[str, dict[str, Any]] = {}
-        for obj in [*secrets, *jobs]:
-            meta = obj.get("metadata") or {}
-            run_id = (meta.get("labels") or {}).get(LABEL_RUN)
-            if not run_id:
-                continue
-            entry = found.setdefault(
-                run_id,
-                {
-                    "owner": "",
-                    "created": meta.get("creationTimestamp") or "",
-                    "jobs": 0,
-                    "active": 0,
-                    "succeeded": 0,
-                    "failed": 0,
-                    "finished_jobs": 0,
-                    "storage": "",
-                },
-            )
-            entry["created"] = min(entry["created"] or "~", meta.get("creationTimestamp") or "~")
-            annotations = meta.get("annotations") or {}
-            entry["owner"] = annotations.get(ANNOTATION_OWNER, entry["owner"])
-            if obj.get("kind", "Job") == "Secret" or "spec" not in obj:
-                entry["storage"] = annotations.get(ANNOTATION_STORAGE, entry["storage"])
-                continue
-            status = obj.get("status") or {}
-            entry["jobs"] += 1
-            for key in ("active", "succeeded", "failed"):
-                entry[key] += int(status.get(key) or 0)
-            if any(
-                c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
-                for c in status.get("conditions") or []
-            ):
-                entry["finished_jobs"] += 1
-        return sorted(
-            (RunSummary(run_id=run_id, **entry) for run_id, entry in found.items()),
-            key=lambda r: r.created,
+        pods = api.list("list pods", api.core.list_namespaced_pod, selector)
+        queued = any(
+            (job.get("spec") or {}).get("suspend")
+            and ((job.get("metadata") or {}).get("labels") or {}).get(LABEL_QUEUE)
+            for job in jobs
         )
+        workloads = self.workloads() if queued else []
+        return summarize_runs(jobs, secrets, pods, workloads)
+
+    def workloads(self) -> list[dict[str, Any]]:
+        """Kueue's Workloads in the namespace; none where Kueue is not installed or these
+        credentials may not read them (they only add Kueue's words to ``ls``)."""
+        api = self._api
+        try:
+            listing = api.read_json(
+                "list Kueue Workloads",
+                api.custom.list_namespaced_custom_object,
+                "kueue.x-k8s.io",
+                "v1beta1",
+                self.namespace,
+                "workloads",
+                retry=ONCE,
+            )
+        except ClusterError as exc:
+            if exc.status in (403, 404):
+                return []
+            raise
+        return list(listing.get("items") or [])
 
     def delete_run(self, run_id: str) -> tuple[list[str], list[str]]:
         """Delete a run's Jobs (pods with them, in the background) and Secrets; the names

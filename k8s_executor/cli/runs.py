@@ -35,12 +35,11 @@ def ls(cluster: Cluster) -> int:
         print(f"no runs in namespace {cluster.namespace}")
         return 0
     now = datetime.now(UTC)
-    rows = [("RUN", "AGE", "OWNER", "JOBS", "RUNNING", "SUCCEEDED", "FAILED", "STATE")]
+    rows = [("RUN", "AGE", "OWNER", "JOBS", "RUNNING", "WAITING", "SUCCEEDED", "FAILED", "STATE")]
     for r in runs:
-        state = "finished" if r.finished else "running"
         rows.append(
             (r.run_id, _human(_age(r.created, now)), r.owner or "?", str(r.jobs),
-             str(r.active), str(r.succeeded), str(r.failed), state)
+             str(r.running), str(r.waiting), str(r.succeeded), str(r.failed), r.state)
         )  # fmt: skip
     print_table(rows)
     return 0
