@@ -29,7 +29,7 @@ from tests.kube_helpers import (
 )
 from tests.kube_helpers import shared_dir as make_shared_dir
 
-pytest_plugins = ["tests.kubesim.fixture"]
+pytest_plugins = ["tests.kubesim.fixture", "tests.containers"]
 
 KUBESIM_ONLY = pytest.StashKey[list[str]]()
 KUBESIM_FIXTURES = frozenset({"kubesim", "kubesim_factory"})

@@ -1,5 +1,6 @@
 """Functions the tests run in workers (importable, so they pickle by reference) and
-small waiting utilities. No test here sleeps to dodge a race: they wait on conditions.
+small utilities: waiting, whether a process is alive, loading a file as a module. No
+test here sleeps to dodge a race: they wait on conditions.
 
 Tests and workers meet through :class:`SharedPath`: files both sides reach, a local path
 when the workers run on this machine (local backend, kubesim) and a URL under the cluster's
@@ -10,6 +11,7 @@ one, or a plain path string as before.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import posixpath
@@ -24,6 +26,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 
@@ -36,6 +39,31 @@ def wait_for(predicate: Callable[[], object], timeout: float = 30.0, what: str =
             raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
         threading.Event().wait(delay)
         delay = min(delay * 2, 0.2)
+
+
+def alive(pid: int) -> bool:
+    """True while process ``pid`` runs: a zombie (exited, not yet reaped) does not count."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            # The state follows the command name, which is in parentheses and may hold spaces.
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def load_module(path: Path, name: str) -> ModuleType:
+    """Import the file ``path`` as module ``name``, without keeping it in ``sys.modules``
+    (a script's ``__main__`` guard keeps it from running)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while defining
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[spec.name]
+    return module
 
 
 @dataclass(frozen=True)

@@ -72,19 +72,6 @@ def nested_parallel(n: int) -> tuple[int, list[int], str]:
     return os.getpid(), list(pids), type(backend).__name__
 
 
-def alive(pid: int) -> bool:
-    """True if ``pid`` runs (a zombie does not count)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def parallel_naming_kubernetes(n: int) -> tuple[int, list[int], str]:
     """Code that names the backend itself, as library code inside a task may."""
     import joblib

@@ -23,8 +23,7 @@ import yaml
 
 from k8s_executor import KubernetesExecutor, cli
 from tests import helpers
-from tests.image import infra
-from tests.image.conftest import missing, need_tool
+from tests.containers import AuthRegistry, missing
 from tests.image.infra import BASE_IMAGE, PodmanService, RegistryServer
 from tests.kube_helpers import KubesimCluster, kubesim_kwargs
 from tests.kubesim.kubeconfig import Kubesim
@@ -71,37 +70,15 @@ def test_no_cluster_config_is_a_clear_error(
 
 # -- doctor ------------------------------------------------------------------------------
 # Each test runs `doctor` against its own kubesim; registry and podman tests use real ones
-# (tests/image/infra.py), skipped locally and failing under CI=true when missing.
+# (tests/containers.py), skipped locally and failing under CI=true when missing.
 
 
 @pytest.fixture(scope="session")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
-    need_tool("docker-registry")
-    server = infra.start_registry(tmp_path_factory.mktemp("cli-registry"))
-    try:
-        yield server
-    finally:
-        infra.stop_process(server.process)
-
-
-@pytest.fixture(scope="session")
-def podman(
-    tmp_path_factory: pytest.TempPathFactory, registry: RegistryServer
-) -> Iterator[PodmanService]:
-    need_tool("podman")
-    try:
-        service = infra.start_podman_service(
-            tmp_path_factory.mktemp("cli-podman"), insecure_registries=(registry.host,)
-        )
-    except infra.Missing as exc:
-        missing(str(exc))
-        raise
-    try:
-        if service.cli("image", "exists", BASE_IMAGE, check=False).returncode != 0:
-            missing(f"the base image {BASE_IMAGE} is not in podman's store")
-        yield service
-    finally:
-        infra.stop_process(service.process)
+def podman(podman_service: PodmanService) -> PodmanService:
+    """tests/containers.py's podman service, with the base image `doctor` checks."""
+    if podman_service.cli("image", "exists", BASE_IMAGE, check=False).returncode != 0:
+        missing(f"the base image {BASE_IMAGE} is not in podman's store")
+    return podman_service
 
 
 @dataclass
@@ -151,7 +128,7 @@ def kubeconfig(sim: Kubesim) -> list[str]:
 @pytest.mark.podman
 def test_doctor_all_green(
     kubesim: Kubesim,
-    registry: RegistryServer,
+    oci_registry: RegistryServer,
     podman: PodmanService,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
@@ -161,7 +138,7 @@ def test_doctor_all_green(
         capsys,
         *kubeconfig(kubesim),
         "--storage", str(storage),
-        "--registry", f"{registry.host}/team",
+        "--registry", f"{oci_registry.host}/team",
         "--base-image", BASE_IMAGE,
         "--podman-url", podman.url,
     )  # fmt: skip
@@ -395,28 +372,20 @@ def test_doctor_unreachable_registry(kubesim: Kubesim, capsys: pytest.CaptureFix
 @pytest.mark.podman  # a real registry (Debian's docker-registry), with htpasswd
 def test_doctor_registry_refusing_anonymous_push(
     kubesim: Kubesim,
+    auth_registry: AuthRegistry,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    htpasswd_tool = need_tool("htpasswd")
-    need_tool("docker-registry")
-    line = subprocess.run(
-        [htpasswd_tool, "-Bbn", "k8sx", "s3cret"], check=True, capture_output=True, text=True
-    ).stdout
-    (tmp_path / "htpasswd").write_text(line.strip() + "\n")
-    server = infra.start_registry(tmp_path / "auth-registry", htpasswd=tmp_path / "htpasswd")
+    server = auth_registry.server
     monkeypatch.setenv("REGISTRY_AUTH_FILE", str(tmp_path / "no-auth.json"))
     monkeypatch.setenv("HOME", str(tmp_path))  # no stored login of this machine
-    try:
-        result = doctor(
-            capsys,
-            *kubeconfig(kubesim),
-            "--registry", f"{server.host}/team",
-            "--base-image", f"{server.host}/team/python:3.11",
-        )  # fmt: skip
-    finally:
-        infra.stop_process(server.process)
+    result = doctor(
+        capsys,
+        *kubeconfig(kubesim),
+        "--registry", f"{server.host}/team",
+        "--base-image", f"{server.host}/team/python:3.11",
+    )  # fmt: skip
     assert result.code == 1
     assert result.mark("registry") == "✗"
     assert f"`podman login {server.host}`" in result.text("registry")

@@ -3,7 +3,6 @@ documented, and the mkdocs site builds without a warning."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -14,22 +13,14 @@ from types import ModuleType
 import pytest
 
 import k8s_executor
+from tests import helpers
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 
 
 def load_generator() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gen_reference", DOCS / "gen_reference.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while defining
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        del sys.modules[spec.name]
-    return module
+    return helpers.load_module(DOCS / "gen_reference.py", "gen_reference")
 
 
 def test_generated_reference_is_up_to_date() -> None:

@@ -6,7 +6,6 @@ also needs an entry in CHECKS saying what its output must show
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import re
@@ -18,6 +17,8 @@ from types import ModuleType
 
 import numpy as np
 import pytest
+
+from tests import helpers
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.py"))
@@ -32,16 +33,7 @@ def number(pattern: str, text: str) -> float:
 
 def load(path: Path) -> ModuleType:
     """Import an example as a module (its ``__main__`` guard keeps it from running)."""
-    spec = importlib.util.spec_from_file_location(f"example_{path.stem}", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while defining
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        del sys.modules[spec.name]
-    return module
+    return helpers.load_module(path, f"example_{path.stem}")
 
 
 def check_quickstart(out: str) -> None:

@@ -42,18 +42,6 @@ for _ in ex.map(helpers.touch_then_block, [f"{started}/a", f"{started}/b", f"{st
 """
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 @pytest.mark.parametrize("script", [WITH, WITHOUT], ids=["with", "without-with"])
 def test_keyboard_interrupt_during_map_kills_workers(script: str, tmp_path: Path) -> None:
     started = tmp_path / "started"
@@ -68,11 +56,11 @@ def test_keyboard_interrupt_during_map_kills_workers(script: str, tmp_path: Path
     helpers.wait_for(lambda: len(list(started.iterdir())) == 2, 60, "two tasks to start")
     # Each file is created a moment before its pid is written into it.
     pids = [int(helpers.wait_for_text(p, 60, f"task {p.name}'s pid")) for p in started.iterdir()]
-    assert all(_alive(pid) for pid in pids)
+    assert all(helpers.alive(pid) for pid in pids)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=60)
     assert "KeyboardInterrupt" in stderr
-    helpers.wait_for(lambda: not any(_alive(pid) for pid in pids), 60, "workers to be gone")
+    helpers.wait_for(lambda: not any(helpers.alive(pid) for pid in pids), 60, "workers to be gone")
     # The third call (packed behind another in the same worker) never started.
     assert len(list(started.iterdir())) == 2
 
@@ -126,7 +114,7 @@ def _terminate_client(
     try:
         helpers.wait_for(lambda: len(list(started.iterdir())) == 2, 60, "two calls to start")
         pids = [int(helpers.wait_for_text(p, 60, f"{p.name}'s pid")) for p in started.iterdir()]
-        assert all(_alive(pid) for pid in pids)
+        assert all(helpers.alive(pid) for pid in pids)
         proc.send_signal(signal.SIGTERM)
         stdout, stderr = proc.communicate(timeout=60)
     finally:
@@ -145,7 +133,7 @@ def _terminate_client(
 @pytest.mark.parametrize("mode", ["with", "at-exit"])
 def test_sigterm_on_the_local_backend_kills_workers(mode: str, tmp_path: Path) -> None:
     _, pids, _ = _terminate_client(tmp_path, mode)
-    helpers.wait_for(lambda: not any(_alive(pid) for pid in pids), 60, "workers to be gone")
+    helpers.wait_for(lambda: not any(helpers.alive(pid) for pid in pids), 60, "workers to be gone")
 
 
 @pytest.mark.parametrize("mode", ["with", "at-exit"])
@@ -159,7 +147,7 @@ def test_sigterm_on_kubernetes_leaves_no_job_pod_or_secret(
         assert cluster.run_objects(run_id) == {"jobs": [], "pods": [], "secrets": []}
     finally:
         cluster.close()
-    assert not any(_alive(pid) for pid in pids)  # the process kubelet's pods
+    assert not any(helpers.alive(pid) for pid in pids)  # the process kubelet's pods
 
 
 USER_HANDLER = """

@@ -95,7 +95,7 @@ def test_abort_on_first_error_cancels_and_kills(tmp_path: Path) -> None:
     # At most one other call got a worker (n_jobs=2) before the failure: the rest were
     # cancelled, never started; the ones that started were killed.
     assert len(pids) <= 2
-    assert not any(jh.alive(pid) for pid in pids)
+    assert not any(helpers.alive(pid) for pid in pids)
 
 
 def test_parallel_timeout_raises_and_kills(tmp_path: Path) -> None:
@@ -111,10 +111,10 @@ def test_parallel_timeout_raises_and_kills(tmp_path: Path) -> None:
         )
         helpers.wait_for(lambda: len(pids()) == 2, 60, "both calls to start")
         started = pids()
-        assert all(jh.alive(pid) for pid in started)
+        assert all(helpers.alive(pid) for pid in started)
         with pytest.raises(multiprocessing.TimeoutError):
             next(results)
-    assert not any(jh.alive(pid) for pid in started)
+    assert not any(helpers.alive(pid) for pid in started)
 
 
 def test_task_timeout_fails_only_that_call(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -70,43 +71,45 @@ def test_oom_killed_worker_is_reported_with_reason(
         assert ex.submit(helpers.square, 3).result(timeout=60) == 9
 
 
-def test_evicted_worker_is_retried_not_failed(
-    kubesim: Any, kw: dict[str, Any], shared_dir: SharedPath
+def _disrupted_then_retried(
+    kw: dict[str, Any], shared_dir: SharedPath, disrupt: Callable[[], None]
 ) -> None:
+    """A running call's pod is disrupted (``DisruptionTarget``): the pod failure policy
+    does not count it, so the index runs again and the call gets its result."""
     calls, release = shared_dir / "calls", shared_dir / "release"
     calls.mkdir()
     with KubernetesExecutor(max_workers=1, **kw) as ex:
         future = ex.submit(helpers.record_then_wait, calls, release)
         helpers.wait_for(lambda: len(calls.listdir()) == 1, 60, "the first attempt")
+        disrupt()
+        helpers.wait_for(lambda: len(calls.listdir()) == 2, 60, "the retry")
+        release.touch()
+        assert isinstance(future.result(timeout=60), int)
 
-        def running_pods() -> list[Any]:
-            pods: list[Any] = kubesim.store.list(
-                "pods", "default", field_selector="status.phase=Running"
-            )[0]
-            return pods
 
+def test_evicted_worker_is_retried_not_failed(
+    kubesim: Any, kw: dict[str, Any], shared_dir: SharedPath
+) -> None:
+    def running_pods() -> list[Any]:
+        pods: list[Any] = kubesim.store.list(
+            "pods", "default", field_selector="status.phase=Running"
+        )[0]
+        return pods
+
+    def evict() -> None:
         # The kubelet starts the worker, then publishes the phase: the call may run first.
         helpers.wait_for(lambda: len(running_pods()) == 1, 60, "the pod to be seen Running")
         (pod,) = running_pods()
         kubesim.kubelet.evict("default", pod["metadata"]["name"])
-        # DisruptionTarget -> the pod failure policy ignores it -> the index runs again.
-        helpers.wait_for(lambda: len(calls.listdir()) == 2, 60, "the retry")
-        release.touch()
-        assert isinstance(future.result(timeout=60), int)
+
+    _disrupted_then_retried(kw, shared_dir, evict)
 
 
 def test_lost_node_is_a_disruption_and_retried(
     kubesim: Any, kw: dict[str, Any], shared_dir: SharedPath
 ) -> None:
-    calls, release = shared_dir / "calls", shared_dir / "release"
-    calls.mkdir()
-    with KubernetesExecutor(max_workers=1, **kw) as ex:
-        future = ex.submit(helpers.record_then_wait, calls, release)
-        helpers.wait_for(lambda: len(calls.listdir()) == 1, 60, "the first attempt")
-        kubesim.kubelet.lose_node()  # DisruptionTarget DeletionByPodGC: not counted
-        helpers.wait_for(lambda: len(calls.listdir()) == 2, 60, "the retry")
-        release.touch()
-        assert isinstance(future.result(timeout=60), int)
+    # DisruptionTarget DeletionByPodGC: not counted.
+    _disrupted_then_retried(kw, shared_dir, kubesim.kubelet.lose_node)
 
 
 def test_crash_is_retried_when_retries_allow(kw: dict[str, Any], shared_dir: SharedPath) -> None:
@@ -372,7 +375,7 @@ def test_kill_workers_ends_running_pods(
         future.result(timeout=0)
     assert cluster.run_objects(ex.run_id)["pods"] == []
     if cluster.local_workers:
-        helpers.wait_for(lambda: not _alive(pid), 60, "the worker process to be gone")
+        helpers.wait_for(lambda: not helpers.alive(pid), 60, "the worker process to be gone")
 
 
 def test_forbidden_create_says_which_verbs(kubesim: Any, kw: dict[str, Any]) -> None:
@@ -500,7 +503,7 @@ def test_killed_client_leaves_nothing_running_then_cleanup(
     # No heartbeat for 3 s: the worker gives up (exit 87), the pod failure policy fails
     # the Job, and nothing of the run is running any more.
     if cluster.local_workers:
-        helpers.wait_for(lambda: not _alive(worker_pid), 30, "the abandoned worker to exit")
+        helpers.wait_for(lambda: not helpers.alive(worker_pid), 30, "the abandoned worker to exit")
 
     def job_failed() -> bool:
         jobs = cluster.jobs(run_id)
@@ -531,18 +534,6 @@ def test_killed_client_leaves_nothing_running_then_cleanup(
         30,
         "cleanup to remove everything",
     )
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def print_then_raise(clue: str) -> None:

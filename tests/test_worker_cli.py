@@ -141,17 +141,8 @@ def test_worker_exits_when_parent_dies(tmp_path: Path) -> None:
     proc.kill()
     proc.wait()
     proc.stdout.close()
-
-    def gone() -> bool:
-        try:
-            os.kill(worker_pid, 0)
-        except ProcessLookupError:
-            return True
-        # A zombie (re-parented, not yet reaped) counts as gone.
-        with open(f"/proc/{worker_pid}/stat") as f:
-            return f.read().split()[2] == "Z"
-
-    helpers.wait_for(gone, 30, "the orphaned worker to exit")
+    # A zombie (re-parented, not yet reaped) counts as gone.
+    helpers.wait_for(lambda: not helpers.alive(worker_pid), 30, "the orphaned worker to exit")
 
 
 def test_storage_retry_travels_in_the_environment() -> None:

@@ -13,6 +13,7 @@ import pytest
 from kubernetes import client
 from kubernetes.client import ApiException
 
+from tests.helpers import alive
 from tests.kubesim.clock import FakeClock
 from tests.kubesim.errors import ApiError
 from tests.kubesim.kubeconfig import Kubesim
@@ -340,14 +341,6 @@ def test_pid1_with_handler_gets_sigterm(fake_sim: Kubesim, tmp_path: Any) -> Non
         core.patch_namespaced_pod("handler", NS, {"metadata": {"finalizers": None}})
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rpartition(")")[2].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def test_sigterm_reaches_the_main_process_only_and_sigkill_the_whole_tree(
     fake_sim: Kubesim, tmp_path: Any
 ) -> None:
@@ -368,11 +361,11 @@ def test_sigterm_reaches_the_main_process_only_and_sigkill_the_whole_tree(
         pid = int(child_pid.read_text())
         core.delete_namespaced_pod("tree", NS)
         wait_for((tmp_path / "term").exists, 10, "the main process's handler")
-        assert _alive(pid) and phase(_get(core, "tree")) == "Running"
+        assert alive(pid) and phase(_get(core, "tree")) == "Running"
         fake_sim.clock.advance(5)
         term = _state(_wait_phase(core, "tree", "Failed"))["terminated"]
         assert term["exitCode"] == 137
-        wait_for(lambda: not _alive(pid), 10, "the child killed with its container")
+        wait_for(lambda: not alive(pid), 10, "the child killed with its container")
 
 
 def test_the_container_ends_with_its_main_process(core: Any, tmp_path: Any) -> None:
@@ -386,7 +379,7 @@ def test_the_container_ends_with_its_main_process(core: Any, tmp_path: Any) -> N
     core.create_namespaced_pod(NS, _pod("orphan", code))
     assert _state(_wait_phase(core, "orphan", "Succeeded"))["terminated"]["exitCode"] == 0
     pid = int(child_pid.read_text())
-    wait_for(lambda: not _alive(pid), 10, "the orphan killed with PID 1")
+    wait_for(lambda: not alive(pid), 10, "the orphan killed with PID 1")
 
 
 def test_pod_start_delay_models_a_real_nodes_start(
