@@ -6,6 +6,11 @@ Layout under the storage URL (see docs/architecture.md)::
     <storage>/<run-id>/<batch>/in/<index>  the tasks of one index
     <storage>/<run-id>/<batch>/out/<index> their outcomes, written atomically
 
+An operation that fails past all its tries (``StorageRetry``) marks the storage *down*:
+until some operation of this store gets an answer again, each one is tried once, and
+retries already waiting give up. A storage that is gone costs one retry budget, not one
+per operation: the futures of a run, and its shutdown, end within a bounded time.
+
 The worker imports this module: keep it free of anything but fsspec and the stdlib.
 """
 
@@ -15,7 +20,9 @@ import contextlib
 import errno
 import os
 import random
+import re
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -68,6 +75,48 @@ def is_transient(exc: BaseException) -> bool:
     return module in _TRANSIENT_MODULES
 
 
+# What fsspec's rm/expand_path take for a glob pattern in a path.
+_GLOB = re.compile(r"[*?[]")
+
+# How to delete a run prefix left behind, by URL scheme (said when shutdown cannot).
+_DELETE_COMMANDS = {
+    "s3": "aws s3 rm --recursive {url}/",
+    "s3a": "aws s3 rm --recursive s3{rest}/",
+    "gs": "gcloud storage rm --recursive {url}",
+    "gcs": "gcloud storage rm --recursive gs{rest}",
+}
+
+
+def _delete_command(url: str, is_local: bool) -> str:
+    """A command that deletes the prefix ``url``, or a phrase saying to."""
+    if is_local:
+        return f"`rm -r {url}`"
+    scheme, sep, rest = url.partition("://")
+    template = _DELETE_COMMANDS.get(scheme)
+    if template is None:
+        return f"your storage's own tools (everything under {url}/)"
+    return "`" + template.format(url=url, rest=sep and "://" + rest) + "`"
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message`` of a storage error, with the service's own error code and HTTP
+    status when the exception it was translated from carries them (s3fs turns botocore's
+    ``ClientError`` into a bare ``OSError`` and keeps it as ``__cause__``)."""
+    text = f"{type(exc).__name__}: {exc}"
+    cause = exc.__cause__ or exc.__context__
+    for _ in range(5):
+        if cause is None:
+            break
+        response = getattr(cause, "response", None)
+        if isinstance(response, dict):
+            code = (response.get("Error") or {}).get("Code")
+            status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+            said = ", ".join(str(x) for x in (code, status and f"HTTP {status}") if x)
+            return f"{text} ({said})" if said and said not in text else text
+        cause = cause.__cause__ or cause.__context__
+    return text
+
+
 def new_run_id() -> str:
     """A short random run id, usable in Kubernetes names and labels."""
     return "r" + uuid.uuid4().hex[:11]
@@ -92,6 +141,10 @@ class RunStore:
         self.retry = retry or StorageRetry()
         self.is_local = "://" not in self.url or self.url.startswith("file://")
         self.fs: Any = None
+        # Set while the storage is down (an operation failed past its tries, none has
+        # been answered since); _down_since: when, by time.monotonic().
+        self._down = threading.Event()
+        self._down_since = 0.0
         if self.is_local:
             # Plain file operations, not fsspec's LocalFileSystem: importing fsspec costs a
             # worker ~50 ms of its start-up, and local files need nothing it adds.
@@ -208,19 +261,26 @@ class RunStore:
                 for path in paths:
                     with contextlib.suppress(FileNotFoundError):
                         os.remove(path)
-            elif paths:
-                self.fs.rm(paths)
+            else:
+                self._rm_files(paths)
 
         with contextlib.suppress(FileNotFoundError):
             self._call(f"delete {', '.join(keys)}", remove)
 
     def delete_all(self) -> None:
-        """Delete the whole run prefix; a missing prefix is not an error."""
+        """Delete the whole run prefix; a missing prefix is not an error.
+
+        Raises:
+            StorageError: the prefix could not be deleted (some of it may be left): the
+                message, one line, names it, the cause, and how to delete it later.
+        """
 
         def remove() -> None:
             with contextlib.suppress(FileNotFoundError):
                 if self.is_local:
                     shutil.rmtree(self.root)
+                elif _GLOB.search(self.root):
+                    self._remove_literally()
                 else:
                     self.fs.rm(self.root, recursive=True)
 
@@ -230,6 +290,33 @@ class RunStore:
             raise StorageError(
                 f"cannot delete the run at {self.url}: {type(exc).__name__}: {exc}"
             ) from exc
+        except StorageError as exc:
+            raise StorageError(
+                f"{exc}; its objects are left there: once the storage answers, delete them "
+                f"with {_delete_command(self.url, self.is_local)}"
+            ) from exc
+
+    def _remove_literally(self) -> None:
+        # A listing by prefix is literal (unlike rm's recursive expansion, see _rm_files).
+        found = self.fs.find(self.root, withdirs=True, detail=True)
+        dirs = [p for p, info in found.items() if info.get("type") == "directory"]
+        self._rm_files([p for p in found if p not in dirs])
+        # Stores with real directories keep them, empty; object stores have none left.
+        for path in sorted([*dirs, self.root], key=len, reverse=True):
+            with contextlib.suppress(OSError):
+                self.fs.rmdir(path)
+        self.fs.invalidate_cache(self.root)
+
+    def _rm_files(self, paths: list[str]) -> None:
+        """Delete these files (missing ones are no error): in bulk, where no path holds
+        ``[``, ``*`` or ``?``, which fsspec's rm expands as a glob pattern (it would delete
+        what the pattern matches, and miss the path itself); else one at a time."""
+        if any(_GLOB.search(p) for p in paths):
+            for path in paths:
+                with contextlib.suppress(FileNotFoundError):
+                    self.fs.rm_file(path)
+        elif paths:
+            self.fs.rm(paths)
 
     def _where_hint(self) -> str:
         if self.is_local:
@@ -266,23 +353,44 @@ class RunStore:
         delay = self.retry.initial_delay
         for attempt in range(1, self.retry.attempts + 1):
             try:
-                return op()
+                result = op()
             except FileNotFoundError:
+                self._answered()
                 raise
             except Exception as exc:
                 if not is_transient(exc):
-                    raise StorageError(
-                        f"cannot {what} at {self.url}: {type(exc).__name__}: {exc}"
-                    ) from exc
-                if attempt == self.retry.attempts:
-                    raise StorageError(
-                        f"cannot {what} at {self.url} after {attempt} tries: "
-                        f"{type(exc).__name__}: {exc}"
-                    ) from exc
-                # Full jitter keeps many workers from retrying in lockstep.
-                time.sleep(random.uniform(0, delay))
+                    raise StorageError(f"cannot {what} at {self.url}: {describe(exc)}") from exc
+                # Full jitter keeps many workers from retrying in lockstep; the wait ends
+                # early when another operation finds the storage down.
+                if (
+                    attempt == self.retry.attempts
+                    or self._down.is_set()
+                    or self._down.wait(random.uniform(0, delay))
+                ):
+                    raise StorageError(self._gave_up(what, attempt, exc)) from exc
                 delay = min(delay * 2, self.retry.max_delay)
                 if not self.is_local:
                     # s3fs caches listings and connections; a reset connection may linger.
                     self.fs.invalidate_cache()
+            else:
+                self._answered()
+                return result
         raise AssertionError("unreachable")
+
+    def _gave_up(self, what: str, attempt: int, exc: BaseException) -> str:
+        """The message of an operation's last failed try; marks the storage down."""
+        if attempt == self.retry.attempts:
+            if not self._down.is_set():
+                self._down_since = time.monotonic()
+                self._down.set()
+            return f"cannot {what} at {self.url} after {attempt} tries: {describe(exc)}"
+        down = time.monotonic() - self._down_since
+        tries = "1 try" if attempt == 1 else f"{attempt} tries"
+        return (
+            f"cannot {what} at {self.url} after {tries}: {describe(exc)} (the storage has "
+            f"been down for {down:.0f} s: not retried until it answers)"
+        )
+
+    def _answered(self) -> None:
+        if self._down.is_set():
+            self._down.clear()

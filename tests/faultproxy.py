@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import http.client
 import re
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -56,6 +57,14 @@ class _Proxy(ThreadingHTTPServer):
     daemon_threads = True
     upstream: tuple[str, int]
     faults: Faults
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that drops its connection (a worker exiting with a keep-alive
+        # connection open) is no error of the proxy's: no traceback on stderr, where
+        # the fault matrix checks what the executor says.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
