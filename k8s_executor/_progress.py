@@ -4,6 +4,11 @@ Dispatch must not slow down for it: the executor's threads only bump counters un
 small lock, and one daemon thread per bar redraws it a few times a second. The bar is
 tqdm's (``tqdm.auto``: a widget in a Jupyter notebook, text in a terminal), imported
 only when a bar is shown.
+
+A note says why calls wait, when the cluster says so (``waiting for quota: ...``,
+``queued: <Kueue's message>``, ``CreateContainerConfigError: secret "x" not found``): the
+bar shows it after its counters, and a log (stderr not a terminal) gets a line as soon as
+it changes rather than at the next periodic line.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from .errors import ConfigError
 
 _INTERVAL = 0.2  # seconds between redraws in a terminal or notebook
 _PIPE_INTERVAL = 10.0  # ... and when stderr is a file or a pipe (a log, not a screen)
+_PIPE_MIN_GAP = 1.0  # a log gets at most a line a second, however often the note changes
 
 
 def wanted(progress: bool | None) -> bool:
@@ -59,7 +65,9 @@ class Progress:
         self.failed = 0
         self.cancelled = 0
         self._sealed = False
+        self._note = ""
         self._closed = threading.Event()
+        self._wake = threading.Event()  # redraw now: closed, or the note changed
         self._description = description
         self._thread = threading.Thread(target=self._draw, name="k8sx-progress", daemon=True)
         self._thread.start()
@@ -87,29 +95,47 @@ class Progress:
             elif failed:
                 self.failed += calls
             if self._sealed and self.done >= self.total:
-                self._closed.set()  # the last call: draw the end now, not at the next tick
+                self._stop()  # the last call: draw the end now, not at the next tick
 
     def seal(self) -> None:
         """No more calls will be added: close the bar once they are all done."""
         with self._lock:
             self._sealed = True
             if self.done >= self.total:
-                self._closed.set()
+                self._stop()
+
+    def note(self, text: str) -> None:
+        """Show why calls wait (one line of text; "" clears it), until changed or cleared."""
+        text = " ".join(text.split())  # one line: a message may hold newlines
+        with self._lock:
+            if text == self._note:
+                return
+            self._note = text
+        self._wake.set()
+
+    def clear_note(self) -> None:
+        """Stop showing the note: nothing known holds the calls up any more."""
+        self.note("")
 
     def close(self) -> None:
         """Draw the final state and stop; waits for the drawing thread."""
-        self._closed.set()
+        self._stop()
         if self._thread is not threading.current_thread():
             self._thread.join()
 
     def text(self) -> str:
-        """The counters as the bar's suffix shows them."""
+        """The counters as the bar's suffix shows them, then the note if there is one."""
         with self._lock:
             pending = self.total - self.done - self.running
             parts = [f"running={self.running}", f"pending={pending}", f"failed={self.failed}"]
             if self.cancelled:
                 parts.append(f"cancelled={self.cancelled}")
-        return " ".join(parts)
+            note = self._note
+        return " ".join(parts) + (f"; {note}" if note else "")
+
+    def _stop(self) -> None:
+        self._closed.set()
+        self._wake.set()
 
     # -- drawing thread -----------------------------------------------------------
 
@@ -132,7 +158,9 @@ class Progress:
         )
         try:
             while True:
-                stop = self._closed.wait(interval)
+                self._wake.wait(interval)
+                self._wake.clear()
+                stop = self._closed.is_set()
                 with self._lock:
                     finished = self._sealed and self.done >= self.total
                 self._render(bar)
@@ -143,10 +171,13 @@ class Progress:
 
     def _draw_lines(self, stream: TextIO) -> None:
         """Into a file or a pipe (a log, CI output): a plain line now and then, when
-        something changed, and the last state; no carriage returns, no cursor codes."""
+        something changed, at once when the note changed, and the last state; no carriage
+        returns, no cursor codes."""
         last = ""
         while True:
-            stop = self._closed.wait(_PIPE_INTERVAL)
+            self._wake.wait(_PIPE_INTERVAL)
+            self._wake.clear()
+            stop = self._closed.is_set()
             with self._lock:
                 finished = self._sealed and self.done >= self.total
                 total, done = self.total, self.done
@@ -156,6 +187,7 @@ class Progress:
                 last = line
             if stop or finished:
                 return
+            self._closed.wait(_PIPE_MIN_GAP)
 
     def _render(self, bar: Any) -> None:
         with self._lock:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import re
+import sys
 import threading
 from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
 
-from k8s_executor import ConfigError, KubernetesExecutor
+from k8s_executor import ConfigError, KubernetesExecutor, _progress
 from k8s_executor._progress import Progress, wanted
 
 from .helpers import fail_with_value_error, square, touch_then_wait, wait_for
@@ -130,3 +132,69 @@ def test_progress_counters_alone(capsys: pytest.CaptureFixture[str]) -> None:
     # Sealed and all done: the bar ends by itself.
     wait_for(lambda: not bar._thread.is_alive(), what="the bar to close itself")
     assert "5/5" in _final_line(capsys.readouterr().err, "unit")
+
+
+def test_note_follows_the_counters_until_cleared() -> None:
+    bar = Progress("unit", total=2)
+    try:
+        bar.note('CreateContainerConfigError: secret "s3-credentials"\nnot found')
+        assert bar.text() == (
+            'running=0 pending=2 failed=0; CreateContainerConfigError: secret "s3-credentials" '
+            "not found"
+        )
+        bar.clear_note()
+        assert bar.text() == "running=0 pending=2 failed=0"
+    finally:
+        bar.close()
+
+
+def test_a_log_gets_the_note_as_soon_as_it_changes(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # stderr is not a terminal here: plain lines. With the periodic line an hour apart,
+    # only the note's change can make one appear while the bar is open.
+    monkeypatch.setattr(_progress, "_PIPE_INTERVAL", 3600.0)
+    bar = Progress("unit", total=3)
+    seen: list[str] = []
+
+    def logged(text: str) -> bool:
+        seen.append(capsys.readouterr().err)
+        return any(text in line for line in "".join(seen).splitlines())
+
+    try:
+        bar.note("waiting for quota: tight, requested: pods=1, used: pods=2, limited: pods=2")
+        wait_for(lambda: logged("; waiting for quota: tight"), what="the note's line")
+        bar.note("queued: insufficient unused quota for cpu in flavor default-flavor")
+        wait_for(lambda: logged("; queued: insufficient"), what="the new note's line")
+        bar.clear_note()
+        wait_for(lambda: logged("calls done, running=0 pending=3 failed=0"), what="cleared")
+    finally:
+        bar.close()
+    lines = "".join(seen).splitlines() + capsys.readouterr().err.splitlines()
+    assert lines == [
+        "unit: 0/3 calls done, running=0 pending=3 failed=0; waiting for quota: tight, "
+        "requested: pods=1, used: pods=2, limited: pods=2",
+        "unit: 0/3 calls done, running=0 pending=3 failed=0; queued: insufficient unused "
+        "quota for cpu in flavor default-flavor",
+        "unit: 0/3 calls done, running=0 pending=3 failed=0",
+    ]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_bar_in_a_terminal_shows_the_note(monkeypatch: pytest.MonkeyPatch) -> None:
+    screen = _Terminal()
+    monkeypatch.setattr(sys, "stderr", screen)
+    bar = Progress("unit", total=1)
+    try:
+        bar.note("queued: waiting for quota in ClusterQueue cq")
+        wait_for(lambda: "queued: waiting" in screen.getvalue(), what="the bar to show it")
+        bar.finished(1, was_running=False, failed=False, cancelled=False)
+        bar.clear_note()
+    finally:
+        bar.close()
+    final = _final_line(screen.getvalue(), "unit")
+    assert "1/1" in final and final.rstrip().endswith("running=0 pending=0 failed=0]")

@@ -494,3 +494,85 @@ def test_workload_verdict(condition: dict[str, Any], verdict: Any) -> None:
     workload = {"status": {"conditions": [{"type": "QuotaReserved", **condition}]}}
     found = workload_verdict(workload)
     assert (found[0] if found and isinstance(verdict, str) else found) == verdict
+
+
+# -- what progress shows while calls wait (issue 14 item 12, issue 16) -------------------
+
+
+def _waiting(reason: str, message: str) -> dict[str, Any]:
+    return {
+        "containerStatuses": [
+            {"name": "worker", "state": {"waiting": {"reason": reason, "message": message}}}
+        ]
+    }
+
+
+def test_waiting_reason_names_a_pod_that_cannot_start(tracker: RunTracker) -> None:
+    tracker.add_batch("b00001", 1)
+    assert tracker.waiting_note() == ""
+    tracker.on_pod("ADDED", pod(0, "Pending"), now=0.0)  # on its way: nothing to say
+    assert tracker.waiting_reason("b00000") == ""
+    missing = _waiting("CreateContainerConfigError", 'secret "s3-credentials" not found')
+    tracker.on_pod("MODIFIED", pod(0, "Pending", **missing), now=1.0)
+    expected = 'CreateContainerConfigError: secret "s3-credentials" not found'
+    assert tracker.waiting_reason("b00000") == expected
+    assert tracker.waiting_reason("b00001") == ""
+    assert tracker.waiting_note() == expected
+    tracker.on_pod("MODIFIED", pod(0, "Running"), now=2.0)  # the Secret appeared
+    assert tracker.waiting_note() == ""
+
+
+def test_waiting_reason_of_an_unschedulable_pod_ends_with_its_pod(tracker: RunTracker) -> None:
+    unschedulable = {
+        "conditions": [
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "reason": "Unschedulable",
+                "message": "0/1 nodes are available: 1 Insufficient cpu.",
+            }
+        ]
+    }
+    tracker.on_pod("ADDED", pod(1, "Pending", **unschedulable), now=0.0)
+    assert tracker.waiting_note() == "Unschedulable: 0/1 nodes are available: 1 Insufficient cpu."
+    tracker.on_pod("DELETED", pod(1, "Pending", **unschedulable), now=1.0)
+    assert tracker.waiting_note() == ""
+
+
+def test_waiting_for_quota_lasts_until_a_new_pod_gets_in() -> None:
+    tracker = RunTracker(startup_timeout=60)
+    tracker.add_batch("b00000", 2)
+    tracker.on_job("ADDED", running_job(parallelism=2), now=0.0)
+    tracker.on_pod("ADDED", pod(0, "Pending"), now=0.5)  # got in before the quota filled
+    full = (
+        'Error creating: pods "k8sx-r-b00000-1-x" is forbidden: exceeded quota: tight, '
+        "requested: pods=1, used: pods=1, limited: pods=1"
+    )
+    tracker.on_refusal("b00000", full, now=1.0)
+    note = "waiting for quota: tight, requested: pods=1, used: pods=1, limited: pods=1"
+    assert tracker.waiting_note() == note
+    # The pod that got in goes on running: that is no room for the refused one.
+    tracker.on_pod("MODIFIED", pod(0, "Running"), now=2.0)
+    assert tracker.waiting_note() == note
+    tracker.on_pod("MODIFIED", pod(0, "Succeeded"), now=3.0)
+    assert tracker.waiting_note() == note
+    tracker.on_pod("ADDED", pod(1, "Pending"), now=4.0)  # room came
+    assert tracker.waiting_note() == ""
+
+
+def test_queued_by_kueue_until_admitted(tracker: RunTracker) -> None:
+    message = "couldn't assign flavors to pod set main: insufficient unused quota for cpu"
+    pending = {"type": "QuotaReserved", "status": "False", "reason": "Pending", "message": message}
+    tracker.on_workload("b00000", {"status": {"conditions": [pending]}})
+    assert tracker.waiting_note() == f"queued: {message}"
+    admitted = {"type": "QuotaReserved", "status": "True", "reason": "QuotaReserved"}
+    tracker.on_workload("b00000", {"status": {"conditions": [admitted]}})
+    assert tracker.waiting_note() == ""
+
+
+def test_a_finished_batch_has_no_waiting_reason(tracker: RunTracker) -> None:
+    image = _waiting("ImagePullBackOff", 'Back-off pulling image "registry.example/x:1"')
+    tracker.on_pod("ADDED", pod(0, "Pending", **image), now=0.0)
+    assert tracker.waiting_note().startswith("ImagePullBackOff: Back-off pulling")
+    tracker.on_job("MODIFIED", job(conditions=[{"type": "Failed", "status": "True"}]), now=1.0)
+    assert tracker.waiting_note() == ""

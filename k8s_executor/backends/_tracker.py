@@ -168,6 +168,17 @@ def _amounts(text: str) -> dict[str, float]:
     return found
 
 
+QUEUED = "queued: "
+"""How a batch whose Kueue Workload waits for quota is described (then Kueue's message)."""
+
+
+def quota_note(message: str) -> str:
+    """``waiting for quota: NAME, requested: ..., used: ..., limited: ...`` from the API
+    server's refusal of a pod by a full ResourceQuota."""
+    _, found, rest = message.partition("exceeded quota: ")
+    return f"waiting for quota: {rest if found else message}"
+
+
 INADMISSIBLE = "Inadmissible"
 """The reason of a batch whose Kueue Workload can never be admitted."""
 
@@ -228,7 +239,7 @@ class _Job:
     # this is the startup clock of that case.
     podless_since: float | None = None
     active: bool = False
-    waiting_for: str = ""  # why its pods wait (a full quota), for progress and messages
+    waiting_for: str = ""  # a full quota's refusal, or QUEUED + Kueue's message (progress)
     refused: bool = False  # reported as refused for good
 
 
@@ -280,12 +291,15 @@ class RunTracker:
             return []
         events: list[Event] = []
         phase = (pod.get("status") or {}).get("phase")
-        was_running = entry.running
+        was_running, had_pod = entry.running, entry.has_pod
         entry.running = phase == "Running" and event_type != "DELETED"
         entry.has_pod = phase in ("Pending", "Running") and event_type != "DELETED"
         if entry.has_pod:
             job.podless_since = None
-            job.waiting_for = ""  # room came
+            if not had_pod:
+                # A new pod: room came. (An update of a pod that got in before the quota
+                # filled says nothing about room for the ones still refused.)
+                job.waiting_for = ""
         elif job.active and job.podless_since is None:
             job.podless_since = now
         if entry.running or was_running:
@@ -298,6 +312,8 @@ class RunTracker:
         elif phase == "Failed":
             entry.last_exit = pod_exit(pod)
             entry.stuck_since = entry.stuck = None
+        elif phase == "Running":
+            entry.stuck_since = entry.stuck = None  # it got over it
         elif phase == "Pending" and event_type != "DELETED":
             problem = waiting_problem(pod)
             if problem is None:
@@ -394,13 +410,46 @@ class RunTracker:
             return []
         meaning, message = verdict
         if meaning == "wait":
-            job.waiting_for = f"queued: {message}"
+            job.waiting_for = f"{QUEUED}{message}"
             return []
         waiting = [i for i, e in enumerate(job.indexes) if not e.finished and not e.has_pod]
         if not waiting:
             return []
         job.refused = True
         return [Stuck(batch_id, waiting[0], INADMISSIBLE, message)]
+
+    def waiting_reason(self, batch_id: str) -> str:
+        """Why a batch's calls that have not started wait, as progress shows it.
+
+        A pod's start-up problem (``CreateContainerConfigError: secret "x" not found``,
+        ``ImagePullBackOff: ...``, ``Unschedulable: 0/3 nodes are available: ...``), then
+        ``waiting for quota: NAME, requested: ..., used: ..., limited: ...`` while a
+        ResourceQuota full of running pods refuses its pods, then ``queued: <Kueue's
+        message>`` while its Workload waits. "" when nothing is known to hold it up: its
+        pods are on their way, or it waits for one of the executor's own worker slots.
+        """
+        job = self.jobs.get(batch_id)
+        if job is None or job.done:
+            return ""
+        for entry in job.indexes:
+            if not entry.finished and entry.has_pod and entry.stuck is not None:
+                reason, message = entry.stuck
+                return f"{reason}: {message}" if message else reason
+        if job.waiting_for.startswith(QUEUED):
+            return job.waiting_for
+        if job.waiting_for:
+            return quota_note(job.waiting_for)
+        return ""
+
+    def waiting_note(self) -> str:
+        """The run's note for progress: the first :meth:`waiting_reason`, in launch order,
+        of a batch that has one ("" when none has). Batches of one run share their pod
+        spec, so the first reason is usually everyone's."""
+        for batch_id in self.jobs:
+            reason = self.waiting_reason(batch_id)
+            if reason:
+                return reason
+        return ""
 
     def limit(self, reason: str) -> float:
         """Seconds a pod may stay unable to start for ``reason``."""
