@@ -37,10 +37,11 @@ from ._contract import (
     LABEL_RUN,
     MANAGED_BY,
 )
+from ._options import PodOptions, Resources, Scheduling
 from ._store import RunStore
 from .backends._kubeapi import ONCE, RBAC_RULES, KubeApi
-from .backends._manifest import run_selector
-from .backends._tracker import parse_indexes, waiting_problem, workload_verdict
+from .backends._manifest import JobParams, job_manifest, run_selector
+from .backends._tracker import parse_indexes, parse_quantity, waiting_problem, workload_verdict
 from .errors import ClusterError
 from .image._base import BaseImage, is_local_reference
 from .image._podman import default_podman_url, inspect_image
@@ -48,6 +49,7 @@ from .image._registry import Registry, find_credentials, split_reference
 
 __all__ = [
     "CONTAINER",
+    "DEFAULT_MAX_WORKERS",
     "LABEL_RUN",
     "RBAC_RULES",
     "BaseImage",
@@ -61,11 +63,16 @@ __all__ = [
     "find_credentials",
     "inspect_image",
     "is_local_reference",
+    "parse_quantity",
     "rbac_manifests",
     "run_indexes",
     "split_reference",
     "summarize_runs",
+    "worker_pod",
 ]
+
+DEFAULT_MAX_WORKERS = 16
+"""``max_workers`` of a Kubernetes executor when none is given (the backend's default)."""
 
 # How many attempts of an index have failed before a pod (annotations the Job controller
 # sets on the pods of a Job with backoffLimitPerIndex): orders a task's pods by attempt.
@@ -447,6 +454,55 @@ class Cluster:
         ]
         return len(wanted), missing
 
+    def quotas(self, timeout: float) -> list[dict[str, Any]] | None:
+        """The namespace's ResourceQuotas (None: these credentials may not list them)."""
+        return self._readable(
+            "list ResourceQuotas", self._api.core.list_namespaced_resource_quota, timeout
+        )
+
+    def limit_ranges(self, timeout: float) -> list[dict[str, Any]] | None:
+        """The namespace's LimitRanges (None: these credentials may not list them)."""
+        return self._readable(
+            "list LimitRanges", self._api.core.list_namespaced_limit_range, timeout
+        )
+
+    def namespace_labels(self, timeout: float) -> dict[str, str] | None:
+        """The namespace's labels (None: these credentials may not read it)."""
+        ns = self.namespace
+        try:
+            found = self._once_json(
+                f"read namespace {ns}", self._api.core.read_namespace, ns, timeout=timeout
+            )
+        except ClusterError as exc:
+            if exc.status == 403:
+                return None
+            raise
+        return dict((found.get("metadata") or {}).get("labels") or {})
+
+    def local_queues(self, timeout: float) -> list[dict[str, Any]] | None:
+        """Kueue's LocalQueues in the namespace (None: these credentials may not list them).
+
+        Raises:
+            ClusterError: ``status`` 404 where Kueue is not installed.
+        """
+        api = self._api
+
+        def list_local_queues(namespace: str, **kwargs: Any) -> Any:
+            return api.custom.list_namespaced_custom_object(
+                "kueue.x-k8s.io", "v1beta1", namespace, "localqueues", **kwargs
+            )
+
+        return self._readable("list Kueue LocalQueues", list_local_queues, timeout)
+
+    def _readable(self, what: str, fn: Any, timeout: float) -> list[dict[str, Any]] | None:
+        try:
+            listing = self._once_json(what, fn, self.namespace, timeout=timeout)
+        except ClusterError as exc:
+            if exc.status == 403:
+                return None
+            raise
+        return list(listing.get("items") or [])
+
     # -- a run's objects and logs (`k8s-executor logs`) ------------------------------------
 
     def run_objects(self, run_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -490,6 +546,28 @@ class Cluster:
         return self._api.read_json(
             what, fn, *args, retry=ONCE, _request_timeout=(timeout, timeout), **kwargs
         )
+
+
+def worker_pod(
+    resources: Resources,
+    pod: PodOptions | None = None,
+    scheduling: Scheduling | None = None,
+) -> dict[str, Any]:
+    """The worker pod (``metadata`` and ``spec``) an executor with these options has its
+    Jobs create, as the API server's admission sees it before LimitRange defaults."""
+    params = JobParams(
+        run_id="r0doctor",
+        batch_id="b00000",
+        indexes=1,
+        parallelism=1,
+        image="IMAGE",
+        batch_url="STORAGE",
+        resources=resources,
+        pod=pod or PodOptions(),
+        scheduling=scheduling or Scheduling(),
+    )
+    template: dict[str, Any] = job_manifest(params)["spec"]["template"]
+    return template
 
 
 def rbac_manifests(namespace: str, service_account: str = "k8s-executor") -> list[dict[str, Any]]:

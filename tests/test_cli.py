@@ -95,7 +95,10 @@ class Doctor:
         return self.lines[name].split(" ", 1)[1].removeprefix(name).strip()
 
 
-CHECKS = ("cluster", "namespace", "permissions", "storage", "registry", "podman", "base Python")
+CHECKS = (
+    "cluster", "namespace", "permissions", "quota", "LimitRange", "PodSecurity", "Kueue",
+    "storage", "registry", "podman", "base Python",
+)  # fmt: skip
 
 
 def doctor(capsys: pytest.CaptureFixture[str], *args: str) -> Doctor:
@@ -152,7 +155,7 @@ def test_doctor_all_green(
     assert podman.url in result.text("podman")
     assert "has Python 3.11" in result.text("base Python")
     assert (
-        result.out.splitlines()[-1] == "all checks that ran passed (7 passed, 0 failed, 0 skipped)"
+        result.out.splitlines()[-1] == "all checks that ran passed (11 passed, 0 failed, 0 skipped)"
     )
     assert list(storage.iterdir()) == []  # the probe is gone
 
@@ -163,7 +166,7 @@ def test_doctor_without_registry_says_how_to_set_one(
 ) -> None:
     result = doctor(capsys, *kubeconfig(kubesim), "--storage", f"file://{tmp_path}")
     assert result.code == 1, result.out
-    assert [result.mark(n) for n in CHECKS] == ["✓"] * 4 + ["✗", "-", "-"]
+    assert [result.mark(n) for n in CHECKS] == ["✓"] * 8 + ["✗", "-", "-"]
     registry = result.text("registry")
     assert registry.startswith("not set: your environment is copied into an image")
     assert "K8S_EXECUTOR_REGISTRY" in registry and "K8S_EXECUTOR_IMAGE" in registry
@@ -181,7 +184,7 @@ def test_doctor_with_a_ready_image_builds_nothing(
         capsys, *kubeconfig(kubesim), "--storage", str(tmp_path), "--image", "team/env:1"
     )
     assert result.code == 0, result.out
-    assert [result.mark(n) for n in CHECKS] == ["✓"] * 4 + ["-"] * 3
+    assert [result.mark(n) for n in CHECKS] == ["✓"] * 8 + ["-"] * 3
     assert result.text("registry") == (
         "skipped (image team/env:1: pods run it as is, nothing is built here)"
     )
@@ -227,7 +230,7 @@ def test_doctor_unreachable_cluster(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert result.text("namespace") == "skipped (the cluster did not answer)"
     assert result.text("permissions") == "skipped (the cluster did not answer)"
     assert result.mark("storage") == "✓"  # does not depend on the cluster
-    assert result.out.splitlines()[-1] == "some checks failed (1 passed, 2 failed, 4 skipped)"
+    assert result.out.splitlines()[-1] == "some checks failed (1 passed, 2 failed, 8 skipped)"
 
 
 @pytest.mark.usefixtures("clean_env")
@@ -340,7 +343,7 @@ def test_doctor_unwritable_storage(
     blocker.write_text("not a directory")  # unwritable below it, even for root
     result = doctor(capsys, *kubeconfig(kubesim), "--storage", str(blocker / "runs"))
     assert result.code == 1
-    assert [result.mark(n) for n in CHECKS[:4]] == ["✓", "✓", "✓", "✗"]
+    assert [result.mark(n) for n in CHECKS[:8]] == ["✓"] * 7 + ["✗"]
     text = result.text("storage")
     assert text.startswith("cannot write probe at ")
     assert "NotADirectoryError" in text
@@ -527,7 +530,7 @@ def test_doctor_pod_without_credentials_says_how_to_give_them(
     monkeypatch.setenv("K8S_EXECUTOR_POD_SECRETS", "s3-endpoint")
     result = doctor(capsys, *kubeconfig(kubesim), *pod_doctor_env)
     assert result.code == 1, result.out
-    assert [result.mark(n) for n in (*CHECKS, "pod")] == ["✓"] * 4 + ["-"] * 3 + ["✗"]
+    assert [result.mark(n) for n in (*CHECKS, "pod")] == ["✓"] * 8 + ["-"] * 3 + ["✗"]
     text = result.text("pod")
     assert text.startswith(f"the pod could not use the storage s3://{POD_BUCKET}/runs: ")
     assert "Unable to locate credentials" in text, text

@@ -77,12 +77,26 @@ def check_threadpool_to_cluster(out: str) -> None:
     assert number(r"median absolute percentage error (\d+\.\d+)%", out) < 5
 
 
+def check_shared_cluster(out: str) -> None:
+    assert "backend=local: 4 workers of cpu 1, memory 1Gi" in out
+    assert "24 fits on the local backend (8 alphas x 3 folds)" in out
+    # The very errors the workers computed: the same fits, here, pick the same alpha.
+    example = load(ROOT / "examples" / "shared_cluster.py")
+    errors = {
+        alpha: [example.validation_error(alpha, fold) for fold in range(example.FOLDS)]
+        for alpha in example.ALPHAS
+    }
+    alpha, error = example.best_alpha(errors)
+    assert f"best alpha {alpha:g}, mean validation error {error:.4f}" in out
+
+
 CHECKS: dict[str, Callable[[str], None]] = {
     "quickstart.py": check_quickstart,
     "sklearn_grid_search.py": check_sklearn_grid_search,
     "batch_inference.py": check_batch_inference,
     "monte_carlo.py": check_monte_carlo,
     "threadpool_to_cluster.py": check_threadpool_to_cluster,
+    "shared_cluster.py": check_shared_cluster,
 }
 
 

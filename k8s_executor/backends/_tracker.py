@@ -17,8 +17,10 @@ why (exit code, OOMKilled, evicted, logs).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 from .._contract import LABEL_INDEX
@@ -144,18 +146,34 @@ REFUSED = "FailedCreate"
 one pod, PodSecurity, a LimitRange bound, an admission webhook): known from the Job's
 ``FailedCreate`` events, so reported at once."""
 
-_QUANTITY_SUFFIXES = {
-    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
-    "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18, "m": 1e-3,
+_BINARY_SUFFIXES = {"Ki": 1, "Mi": 2, "Gi": 3, "Ti": 4, "Pi": 5, "Ei": 6}
+_DECIMAL_SUFFIXES = {
+    "n": -9, "u": -6, "m": -3, "": 0, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18,
 }  # fmt: skip
+_QUANTITY = re.compile(
+    r"([+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+))(Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE]|[eE][+-]?[0-9]+)?"
+)
+
+
+def parse_quantity(text: str | int | float) -> Fraction:
+    """A Kubernetes quantity, exactly (``"500m"`` → 1/2, ``"2Gi"`` → 2147483648, ``"1e3"``).
+
+    Raises:
+        ValueError: not a quantity.
+    """
+    match = _QUANTITY.fullmatch(str(text).strip())
+    if match is None:
+        raise ValueError(f"not a Kubernetes quantity: {text!r}")
+    number, suffix = Fraction(match.group(1)), match.group(2) or ""
+    if suffix in _BINARY_SUFFIXES:
+        return number * (1 << 10 * _BINARY_SUFFIXES[suffix])
+    exponent = _DECIMAL_SUFFIXES[suffix] if suffix in _DECIMAL_SUFFIXES else int(suffix[1:])
+    return number * (10**exponent if exponent >= 0 else Fraction(1, 10**-exponent))
 
 
 def _quantity(text: str) -> float:
     """A Kubernetes quantity as a number (``"500m"`` → 0.5, ``"2Gi"`` → 2147483648)."""
-    for suffix in sorted(_QUANTITY_SUFFIXES, key=len, reverse=True):
-        if text.endswith(suffix):
-            return float(text[: -len(suffix)]) * _QUANTITY_SUFFIXES[suffix]
-    return float(text)
+    return float(parse_quantity(text))
 
 
 def _amounts(text: str) -> dict[str, float]:

@@ -7,7 +7,8 @@ import re
 from collections.abc import Callable
 from datetime import timedelta
 
-from .._admin import Env
+from .. import ConfigError, Resources
+from .._admin import DEFAULT_MAX_WORKERS, Env
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 
@@ -47,6 +48,28 @@ def _seconds(text: str) -> float:
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds > 0")
     return value
+
+
+def _resource(field: str) -> Callable[[str], str]:
+    """A ``Resources`` field given on the command line, checked as the executor checks it."""
+
+    def check(text: str) -> str:
+        try:
+            Resources(cpu=text) if field == "cpu" else Resources(memory=text)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
+
+    return check
+
+
+def _whole(least: int) -> Callable[[str], int]:
+    def check(text: str) -> int:
+        if not text.isdigit() or int(text) < least:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= {least}")
+        return int(text)
+
+    return check
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,6 +133,36 @@ def build_parser() -> argparse.ArgumentParser:
         default=5.0,
         metavar="SECONDS",
         help="how long to wait for each answer (default: 5)",
+    )
+    sizing = doctor.add_argument_group(
+        "the workers to size quota, LimitRange and PodSecurity against (as Resources() "
+        "and max_workers= in code)"
+    )
+    sizing.add_argument(
+        "--cpu", type=_resource("cpu"), help="CPU request per worker (default: Resources' 1)"
+    )
+    sizing.add_argument(
+        "--memory",
+        type=_resource("memory"),
+        help="memory request and limit per worker (default: Resources' 2Gi)",
+    )
+    sizing.add_argument("--gpu", type=_whole(0), help="GPUs per worker (default: Resources' 0)")
+    sizing.add_argument(
+        "--run-as-root",
+        action="store_true",
+        help="workers run as root, as with PodOptions(run_as_root=True) (default: a "
+        "non-root user, as PodSecurity's restricted level wants)",
+    )
+    sizing.add_argument(
+        "--max-workers",
+        type=_whole(1),
+        default=DEFAULT_MAX_WORKERS,
+        metavar="N",
+        help=f"workers at once (default: the executor's {DEFAULT_MAX_WORKERS})",
+    )
+    sizing.add_argument(
+        "--queue",
+        help="the Kueue LocalQueue runs would use (default: K8S_EXECUTOR_QUEUE)",
     )
     doctor.add_argument(
         "--pod",

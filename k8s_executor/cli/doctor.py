@@ -1,10 +1,12 @@
 """``k8s-executor doctor``: check, in order, what a first run needs, one line per check.
 
 The checks: the cluster answers (kubeconfig, context), the namespace exists, the
-executor's verbs are allowed there (SelfSubjectAccessReview), the storage URL is writable
-from here; then the image (``doctor_image``): the registry answers and lets us push,
-podman answers (when the base image is in its store) and the base image has this
-Python's major.minor; with ``--pod``, one worker pod uses the storage (``doctor_pod``).
+executor's verbs are allowed there (SelfSubjectAccessReview), what the namespace's
+admission does to the worker pods (``doctor_cluster``: ResourceQuota headroom, LimitRange,
+PodSecurity, Kueue's LocalQueues), the storage URL is writable from here; then the
+image (``doctor_image``): the registry answers and lets us push, podman answers (when the
+base image is in its store) and the base image has this Python's major.minor; with
+``--pod``, one worker pod uses the storage (``doctor_pod``).
 A check that cannot run (an earlier one failed, an option is not set) says why it was
 skipped. Each check runs within a deadline, so a server that never answers fails its
 check instead of hanging the command.
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 from .. import StorageRetry
 from .._admin import RBAC_RULES, Cluster, Env, RunStore
 from ..errors import ClusterError, K8sExecutorError
+from .doctor_cluster import CannotTellError, check_namespace, skip_all
 from .doctor_image import check_image
 from .doctor_pod import check_pod
 
@@ -76,6 +79,8 @@ def bounded(check: Callable[[], str], deadline: float | None) -> tuple[str, str]
     def target() -> None:
         try:
             result.append((OK, check()))
+        except CannotTellError as exc:
+            result.append((SKIP, str(exc)))
         except K8sExecutorError as exc:
             result.append((FAIL, str(exc)))
         except Exception as exc:  # a check must not end the others: report it as such
@@ -140,6 +145,7 @@ def _check_cluster(
         report.fail("cluster", str(exc))
         report.skip("namespace", "no cluster")
         report.skip("permissions", "no cluster")
+        skip_all(report, "no cluster")
         return False
     try:
 
@@ -151,6 +157,7 @@ def _check_cluster(
         if not report.run("cluster", reach, deadline):
             report.skip("namespace", "the cluster did not answer")
             report.skip("permissions", "the cluster did not answer")
+            skip_all(report, "the cluster did not answer")
             return False
         ns = cluster.namespace
 
@@ -171,6 +178,7 @@ def _check_cluster(
 
         if not report.run("namespace", namespace, deadline):
             report.skip("permissions", f"namespace {ns!r} is not usable")
+            skip_all(report, f"namespace {ns!r} is not usable")
             return False
 
         def permissions() -> str:
@@ -199,7 +207,9 @@ def _check_cluster(
                 )
             return f"all {total} verbs the executor needs on {resources} in {ns}"
 
-        return report.run("permissions", permissions, deadline)
+        allowed = report.run("permissions", permissions, deadline)
+        check_namespace(report, cluster, args, timeout, deadline)
+        return allowed
     finally:
         cluster.close()
 
