@@ -16,6 +16,12 @@ and measures, per executor lifetime (construct, workload, shutdown):
     python benchmarks/kube_overhead.py --write      # also update benchmarks/README.md
     python benchmarks/kube_overhead.py --repeat 1   # fewer repetitions (default 3)
     python benchmarks/kube_overhead.py --kubesim-as-is  # without TCP_NODELAY (see tcp_nodelay)
+    python benchmarks/kube_overhead.py --load [--write]  # the load row (issue 19), below
+
+The load row (``--load``): a 10 000-call map and 2 000 spaced submits, each in a client
+process of its own (so that its peak resident memory is the client's alone; kubesim stays
+in this process and counts the API requests), checking that no future is lost. About
+15 minutes on 2 CPUs (kubesim starts 1 300 pods); its own README section.
 
 Each repetition runs every (workload, backend) pair once, round-robin; the latency
 workload (LATENCY_INDEXES pods) runs once, at the end. About 30 s per repetition on 2 CPUs.
@@ -29,11 +35,13 @@ import argparse
 import collections
 import contextlib
 import importlib
+import json
 import os
 import re
 import shlex
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -63,6 +71,12 @@ CALLS_PER_JOB = 4
 # than the Kubernetes backend's (200 ms since this benchmark found one Job per submit).
 SPACED_SUBMITS = 20
 SPACED_GAP = 0.02
+
+# The load row (issue 19): LOAD_SUBMITS submits LOAD_GAP seconds apart (the caller does a
+# little work between them), and a map of MAP_CALLS; every future must end with its result.
+LOAD_SUBMITS = 2_000
+LOAD_GAP = 0.01
+LOAD_PATIENCE = 1800.0  # seconds a load client waits for its futures before counting them lost
 
 POD_LABEL_RUN = "k8s-executor.io/run"
 INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
@@ -353,6 +367,10 @@ class Measurement:
 
 
 def _executor(who: Contender, work: Workload, sim: Any, storage: Path) -> Any:
+    return _executor_on(who, work, None if sim is None else sim.kubeconfig_path, storage)
+
+
+def _executor_on(who: Contender, work: Workload, kubeconfig: str | None, storage: Path) -> Any:
     from k8s_executor import Batching, KubernetesExecutor, PodOptions
 
     options: dict[str, Any] = {}
@@ -374,7 +392,7 @@ def _executor(who: Contender, work: Workload, sim: Any, storage: Path) -> Any:
     # command as a local process, the "image" is this interpreter and this source tree.
     return KubernetesExecutor(
         backend="kubernetes",
-        kubeconfig=str(sim.kubeconfig_path),
+        kubeconfig=str(kubeconfig),
         storage=str(storage),
         image="kubesim.local/process:latest",
         python=sys.executable,
@@ -466,6 +484,183 @@ def run_all(repeat: int, sim: Any, side: KubesimSide, tmp: Path) -> dict[Key, li
         measure(KUBESIM, LATENCY_WORKLOAD, sim, side, storage, tmp)
     )
     return samples
+
+
+# -- the load row ----------------------------------------------------------------------------
+
+LOAD_WORKLOADS = (
+    Workload(f"map {MAP_CALLS}", "map", MAP_CALLS),
+    Workload(
+        f"submit {LOAD_SUBMITS}, {LOAD_GAP * 1000:g} ms apart", "submit", LOAD_SUBMITS, gap=LOAD_GAP
+    ),
+)
+
+
+def _rss_kib() -> int:
+    """This process's resident memory now, in KiB (Linux: /proc/self/statm)."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def load_client(name: str, kubeconfig: str, storage: str) -> dict[str, Any]:
+    """Run one load workload in this (fresh) process; what became of every call, the
+    client's resident memory (before the executor, at its peak) and the times."""
+    import resource
+
+    preload()
+    work = next(w for w in LOAD_WORKLOADS if w.name == name)
+    base_kib = _rss_kib()
+    outcome: collections.Counter[str] = collections.Counter()
+    errors: list[str] = []
+    t0 = time.perf_counter()
+    ex = _executor_on(KUBESIM, work, kubeconfig, Path(storage))
+    try:
+        if work.kind == "map":
+            # map hands out no futures: a lost call would hang the iterator, which the
+            # timeout turns into a TimeoutError (the calls left are counted lost).
+            got = 0
+            try:
+                for i, value in enumerate(ex.map(inc, range(work.n), timeout=LOAD_PATIENCE)):
+                    outcome["result" if value == i + 1 else "wrong"] += 1
+                    got += 1
+            except Exception as exc:
+                errors.append(f"{type(exc).__name__}: {exc}"[:300])
+                outcome["error or lost"] += work.n - got
+            submit_s = None
+        else:
+            futures = []
+            for i in range(work.n):
+                futures.append(ex.submit(inc, i))
+                time.sleep(work.gap)  # the caller's own work between two submits
+            submit_s = time.perf_counter() - t0
+            deadline = time.monotonic() + LOAD_PATIENCE
+            for i, f in enumerate(futures):
+                try:
+                    value = f.result(timeout=max(0.0, deadline - time.monotonic()))
+                except TimeoutError:
+                    outcome["lost (unresolved)"] += 1
+                    continue
+                except Exception as exc:
+                    outcome["error"] += 1
+                    errors.append(f"{type(exc).__name__}: {exc}"[:300])
+                    continue
+                outcome["result" if value == i + 1 else "wrong"] += 1
+        workload_s = time.perf_counter() - t0
+    finally:
+        t1 = time.perf_counter()
+        ex.shutdown(wait=True)
+        shutdown_s = time.perf_counter() - t1
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return {
+        "run_id": ex.run_id,
+        "max_workers": ex.max_workers,
+        "outcome": dict(outcome),
+        "errors": errors[:5],
+        "workload_s": workload_s,
+        "submit_s": submit_s,
+        "shutdown_s": shutdown_s,
+        "base_kib": base_kib,
+        "peak_kib": peak_kib,
+    }
+
+
+@dataclass
+class LoadResult:
+    work: Workload
+    client: dict[str, Any]
+    requests: collections.Counter[str]
+    pods: int
+
+
+def run_load(sim: Any, side: KubesimSide, tmp: Path) -> list[LoadResult]:
+    """Each load workload in a client process of its own, against this process's kubesim."""
+    results = []
+    for work in LOAD_WORKLOADS:
+        print(f"load: {work.name} ...", file=sys.stderr, flush=True)
+        side.wait_idle()
+        side.take_requests()
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), *sys.path])}
+        done = subprocess.run(
+            [sys.executable, __file__, "--load-client", work.name, sim.kubeconfig_path,
+             str(tmp / "storage")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=LOAD_PATIENCE * 2,
+            check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise SystemExit(f"load client {work.name!r} failed:\n{done.stderr[-3000:]}")
+        client = json.loads(done.stdout.strip().splitlines()[-1])
+        results.append(
+            LoadResult(
+                work, client, side.take_requests(), side.pods_created.pop(client["run_id"], 0)
+            )
+        )
+    return results
+
+
+def load_section(
+    results: list[LoadResult], command: str, load_before: str, load_after: str, took: float
+) -> str:
+    """The generated README section of the load row."""
+    mib = 1024
+    lines = [
+        run_line(command, took),
+        "",
+        f"{machine()}; load average (1/5/15 min) {load_before} before, {load_after} after. "
+        "kubesim served with TCP_NODELAY (as kube-apiserver), in the benchmark's process; "
+        "each workload's client in a process of its own.",
+        "",
+        "| | " + " | ".join(r.work.name for r in results) + " |",
+        "|---|" + "--:|" * len(results),
+    ]
+
+    def row(label: str, cells: list[str]) -> None:
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+
+    n = [r.work.n for r in results]
+    ok = [r.client["outcome"].get("result", 0) for r in results]
+    row("calls", [f"{x:,}" for x in n])
+    row("**ended with their result**", [f"{a:,}/{b:,}" for a, b in zip(ok, n, strict=True)])
+    row(
+        "lost, failed or wrong",
+        [
+            ", ".join(f"{k} {v}" for k, v in r.client["outcome"].items() if k != "result") or "0"
+            for r in results
+        ],
+    )
+    row("max_workers", [str(r.client["max_workers"]) for r in results])
+    row("Jobs (batches)", [f"{r.requests['create jobs']:,}" for r in results])
+    row("pods (indexes)", [f"{r.pods:,}" for r in results])
+    kinds = sorted({k for r in results for k in r.requests}, key=_request_order)
+    for kind in kinds:
+        row(f"API: {kind}", [f"{r.requests[kind]:,}" for r in results])
+    row("**API requests, total**", [f"{sum(r.requests.values()):,}" for r in results])
+    row("API requests per call", [f"{sum(r.requests.values()) / r.work.n:.3f}" for r in results])
+    row(
+        "client memory (RSS) before the executor, MiB",
+        [f"{r.client['base_kib'] / mib:.0f}" for r in results],
+    )
+    row("**client peak RSS, MiB**", [f"{r.client['peak_kib'] / mib:.0f}" for r in results])
+    row(
+        "peak above the baseline, MiB (per call)",
+        [
+            f"{(r.client['peak_kib'] - r.client['base_kib']) / mib:.0f} "
+            f"({(r.client['peak_kib'] - r.client['base_kib']) / r.work.n:.1f} KiB)"
+            for r in results
+        ],
+    )
+    row(
+        "submitting (s)",
+        ["" if r.client["submit_s"] is None else f"{r.client['submit_s']:.1f}" for r in results],
+    )
+    row("workload, to the last result (s)", [f"{r.client['workload_s']:.1f}" for r in results])
+    row("shutdown() (s)", [f"{r.client['shutdown_s']:.1f}" for r in results])
+    errors = [e for r in results for e in r.client["errors"]]
+    if errors:
+        lines += ["", "Errors seen (first few): " + "; ".join(f"`{e}`" for e in errors[:5])]
+    return "\n".join(lines)
 
 
 # -- report ----------------------------------------------------------------------------------
@@ -648,9 +843,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="serve kubesim's connections without TCP_NODELAY, as it was before (see tcp_nodelay)",
     )
+    parser.add_argument(
+        "--load",
+        action="store_true",
+        help="run the load row instead (10 000-call map, 2 000 spaced submits)",
+    )
+    parser.add_argument("--load-client", nargs=3, metavar=("WORKLOAD", "KUBECONFIG", "STORAGE"),
+                        help=argparse.SUPPRESS)  # fmt: skip
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be >= 1")
+    if args.load_client:
+        print(json.dumps(load_client(*args.load_client)), flush=True)
+        return 0
 
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))  # for tests.kubesim when run as a script
@@ -660,6 +865,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="kube-overhead-"))
     load_before = load_average()
     t0 = time.perf_counter()
+    command = "python benchmarks/kube_overhead.py " + " ".join(
+        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
+    if args.load:
+        try:
+            with tcp_nodelay(not args.kubesim_as_is), Kubesim(runtime="process") as sim:
+                results = run_load(sim, KubesimSide(sim), tmp)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        generated = load_section(
+            results, command.strip(), load_before, load_average(), time.perf_counter() - t0
+        )
+        print(generated)
+        if args.write:
+            write_section("kube_load", generated)
+            print(f"\nwrote {README}", file=sys.stderr)
+        lost = sum(r.work.n - r.client["outcome"].get("result", 0) for r in results)
+        return 1 if lost else 0
     try:
         with tcp_nodelay(not args.kubesim_as_is), Kubesim(runtime="process") as sim:
             side = KubesimSide(sim)
@@ -669,9 +892,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     took = time.perf_counter() - t0
     load_after = load_average()
 
-    command = "python benchmarks/kube_overhead.py " + " ".join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
-    )
     generated = section(
         samples,
         command.strip(),
