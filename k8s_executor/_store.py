@@ -111,6 +111,8 @@ def describe(exc: BaseException) -> str:
         if isinstance(response, dict):
             code = (response.get("Error") or {}).get("Code")
             status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+            if code is not None and str(code) == str(status):
+                code = None  # a HEAD's answer has no body: its code is its status
             said = ", ".join(str(x) for x in (code, status and f"HTTP {status}") if x)
             return f"{text} ({said})" if said and said not in text else text
         cause = cause.__cause__ or cause.__context__
