@@ -9,9 +9,15 @@ whose worker is PID 1 and gets its signals from the kubelet, as on a real node (
 real-cluster mode; it needs podman and fails under ``CI=true`` without it).
 ``local-s3`` and ``kubernetes-s3`` are the first two with the run's storage in S3 (a moto
 server on loopback, one per session) instead of a local directory: s3fs brings its own
-event loop, threads and retries, and some faults show only there. A test that only
-makes sense on some backends says so with ``@pytest.mark.backends("local")``; it is then
-not generated for the others (not skipped).
+event loop, threads and retries, and some faults show only there. They run the tests
+marked ``@pytest.mark.storage``: those whose outcome depends on what the storage holds
+and when (an outcome written, missing or half-written; skip markers; the deletion at
+shutdown; a worker lost with its index unwritten). For the others the storage only
+carries a round trip that the marked ones make too, and on S3 a test costs 1-3 s more
+(every worker imports s3fs and opens a client): their ``-s3`` runs are deselected, which
+the session's summary says in one line; ``K8SX_TEST_S3_ALL=1`` runs them all. A test that
+only makes sense on some backends says so with ``@pytest.mark.backends("local")``; it is
+then not generated for the others (not skipped).
 
 Tests and workers meet through ``shared_dir`` (files both reach), never through paths of
 this machine: on a real cluster the workers are elsewhere.
@@ -44,6 +50,8 @@ BACKENDS = ["local", "local-s3", "kubernetes", "kubernetes-s3", "kubernetes-podm
 PODMAN = "kubernetes-podman"
 S3 = "-s3"
 BUCKET = "behaviour"
+S3_ALL = "K8SX_TEST_S3_ALL"  # =1: every test on the -s3 backends, marked `storage` or not
+NOT_ON_S3 = pytest.StashKey[list[str]]()
 
 
 def base_backend(name: str) -> str:
@@ -75,6 +83,11 @@ def need_podman() -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "backends(*names): run only on these backends")
+    config.addinivalue_line(
+        "markers",
+        "storage: the outcome depends on what the run's storage holds and when: also run "
+        f"on the -s3 backends (the others are, with {S3_ALL}=1)",
+    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -85,6 +98,42 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             # The real cluster brings its own storage; the podman kubelet is a kubesim.
             names = [b for b in names if b != PODMAN and not b.endswith(S3)]
         metafunc.parametrize("backend_name", names, indirect=True)
+
+
+def _storage_incidental(item: pytest.Item) -> bool:
+    """An -s3 run of a test not marked ``storage`` (nor asking for it by ``backends``)."""
+    callspec = getattr(item, "callspec", None)
+    backend = callspec.params.get("backend_name") if callspec is not None else None
+    return (
+        isinstance(backend, str)
+        and backend.endswith(S3)
+        and item.get_closest_marker("storage") is None
+        and item.get_closest_marker("backends") is None
+    )
+
+
+@pytest.hookimpl(trylast=True)  # after -k / -m: count only what would have run
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Deselected rather than not generated: the failure table marks its rows one by one,
+    # which only the collected items show.
+    if os.environ.get(S3_ALL) == "1":
+        return
+    off = [item for item in items if _storage_incidental(item)]
+    if off:
+        config.stash[NOT_ON_S3] = [item.nodeid for item in off]
+        config.hook.pytest_deselected(items=off)
+        items[:] = [item for item in items if not _storage_incidental(item)]
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
+) -> None:
+    off = config.stash.get(NOT_ON_S3, [])
+    if off:
+        terminalreporter.write_line(
+            f"behaviour: {len(off)} runs on the -s3 backends deselected: their tests are not "
+            f"marked `storage` (see tests/behaviour/conftest.py); {S3_ALL}=1 runs them"
+        )
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from tests.behaviour.conftest import ExecutorFactory
 from tests.helpers import SharedPath
 
 
+@pytest.mark.storage
 def test_submit_returns_plain_future_with_result(make_executor: ExecutorFactory) -> None:
     ex = make_executor(max_workers=2)
     future = ex.submit(helpers.square, 12)
@@ -34,6 +35,7 @@ def test_submit_keyword_arguments_named_fn_and_self(make_executor: ExecutorFacto
     assert kwargs == {"fn": 2, "self": 3}
 
 
+@pytest.mark.storage
 def test_map_preserves_order_across_chunks(make_executor: ExecutorFactory) -> None:
     ex = make_executor(max_workers=3)
     for chunksize in (1, 4, 1000):
@@ -157,6 +159,7 @@ def test_done_callbacks_run(make_executor: ExecutorFactory) -> None:
     assert seen == [9]
 
 
+@pytest.mark.storage
 def test_cancel_pending_future_before_start(
     shared_dir: SharedPath, make_executor: ExecutorFactory
 ) -> None:
@@ -176,6 +179,7 @@ def test_cancel_pending_future_before_start(
         queued.result()
 
 
+@pytest.mark.storage
 def test_cancelled_call_does_not_run_beside_calls_that_do(
     shared_dir: SharedPath, make_executor: ExecutorFactory
 ) -> None:
@@ -251,6 +255,7 @@ def test_running_future_cannot_be_cancelled(
     assert isinstance(future.result(timeout=60), int)
 
 
+@pytest.mark.storage
 def test_map_timeout_raises_and_cancels_not_started(
     shared_dir: SharedPath, make_executor: ExecutorFactory
 ) -> None:
@@ -328,6 +333,7 @@ def test_shutdown_no_wait_finishes_in_background(make_executor: ExecutorFactory)
     assert [f.result(timeout=60) for f in futures] == [0, 1, 4]
 
 
+@pytest.mark.storage
 def test_shutdown_cancel_futures_cancels_not_started(
     shared_dir: SharedPath, make_executor: ExecutorFactory
 ) -> None:
@@ -346,6 +352,7 @@ def test_shutdown_cancel_futures_cancels_not_started(
     assert all(f.cancelled() for f in queued)
 
 
+@pytest.mark.storage
 def test_shutdown_deletes_run_storage(
     shared_dir: SharedPath, executor_kwargs: dict[str, Any], make_executor: ExecutorFactory
 ) -> None:
