@@ -227,6 +227,8 @@ class Settings:
     batching: Batching
     storage_retry: StorageRetry
     show_progress: bool
+    keep_warm: float = 0.0
+    """``Timeouts.keep_warm``: seconds a worker stays for further calls (0: none)."""
 
 
 def resolve(
@@ -346,6 +348,7 @@ def resolve(
         batching=batching or Batching(),
         storage_retry=storage_retry or StorageRetry(),
         show_progress=show_progress,
+        keep_warm=(timeouts or Timeouts()).keep_warm,
     )
 
 

@@ -23,10 +23,10 @@ USAGE: Final = 85
 ORPHANED: Final = 86
 """Local backend: the client process that started the worker is gone."""
 ABANDONED: Final = 87
+"""The client's heartbeat stopped: the run is abandoned, its Job should fail."""
 STORAGE_FAILED: Final = 88
 """The storage failed the worker past its retries (a revoked permission, a bucket gone):
 no outcome could be written; the last line of its stderr says why."""
-"""The client's heartbeat stopped: the run is abandoned, its Job should fail."""
 
 NOT_RETRIED: Final = (TASK_FAILED, INDEX_FAILED, USAGE, STORAGE_FAILED)
 
@@ -46,6 +46,12 @@ ENV_PARENT_PID: Final = "K8S_EXECUTOR_PARENT_PID"
 """Local backend: the worker exits when this process is no longer its parent."""
 ENV_HEARTBEAT_GRACE: Final = "K8S_EXECUTOR_HEARTBEAT_GRACE"
 """Seconds without a client heartbeat after which the worker gives up (exit ABANDONED)."""
+ENV_KEEP_WARM: Final = "K8S_EXECUTOR_KEEP_WARM"
+"""Seconds a worker stays warm after its index, taking further calls of the run (``0`` or
+unset: it exits at once). See ``_warm`` for the protocol."""
+ENV_INDEXES: Final = "K8S_EXECUTOR_INDEXES"
+"""Comma-separated batch indexes, when a Job runs only some of its batch's indexes (the
+others went to warm workers): Job completion index ``k`` runs batch index ``list[k]``."""
 ENV_INIT: Final = "K8S_EXECUTOR_INIT"
 """``1``: run as the container's init; ``0``: never; unset: only as PID 1 (``_init``)."""
 

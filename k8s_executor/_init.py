@@ -105,10 +105,6 @@ def _serve(child: int) -> None:
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1)
 
     def forward(signum: int, _frame: object) -> None:
-        if signum == signal.SIGTERM:
-            # Into the container log, hence into the termination message the client
-            # shows with WorkerLostError when the tasks did not finish.
-            os.write(2, b"k8s_executor.worker: SIGTERM: the pod is being stopped\n")
         with contextlib.suppress(ProcessLookupError):
             os.kill(child, signum)
 
@@ -122,5 +118,10 @@ def _serve(child: int) -> None:
         except ChildProcessError:  # pragma: no cover - the worker is always our child
             os._exit(0)
         if pid == child:
+            if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM:
+                # Into the container log, hence into the termination message the client
+                # shows with WorkerLostError when the tasks did not finish. Not for a
+                # worker that left on SIGTERM by itself (an idle warm worker: nothing lost).
+                os.write(2, b"k8s_executor.worker: SIGTERM: the pod is being stopped\n")
             # Whatever the worker left behind dies with us (PID 1) or with its group.
             os._exit(exit_code(status))

@@ -59,6 +59,7 @@ class Launcher:
         self.store: RunStore | None = None  # set when the run starts
         self._batch_ids = itertools.count()
         self._task_ids = itertools.count()
+        self._launch_ids = itertools.count(1)
         self._writer: ThreadPoolExecutor | None = None
         # Large argument buffers (see Batching.share_min_bytes), by SHA-256: how many
         # tasks carried each, the bytes of those not stored yet, and those stored once
@@ -159,17 +160,21 @@ class Launcher:
             self._shared.update(k for k, v in placement.placed.items() if isinstance(v, str))
         return batch
 
-    def spec(self, batch: Batch) -> LaunchSpec:
-        """What the backend needs to start the workers of ``batch``."""
+    def spec(self, batch_id: str, indexes: tuple[int, ...], *, whole: bool) -> LaunchSpec:
+        """What the backend needs to start workers for ``indexes`` of a batch (``whole``:
+        they are all of its indexes, in order)."""
         assert self.store is not None
         return LaunchSpec(
             run_id=self._run_id,
-            batch_id=batch.batch_id,
-            batch_url=f"{self.store.url}/{batch.batch_id}",
-            indexes=len(batch.indexes),
+            batch_id=batch_id,
+            batch_url=f"{self.store.url}/{batch_id}",
+            indexes=len(indexes),
             key=self._key,
             storage_options=self._settings.storage_options,
             storage_retry=self._settings.storage_retry,
+            batch_indexes=() if whole else indexes,
+            launch_id="" if whole else f"{batch_id}p{next(self._launch_ids)}",
+            keep_warm=self._settings.keep_warm,
         )
 
     def close(self) -> None:

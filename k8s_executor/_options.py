@@ -478,7 +478,16 @@ class Timeouts(_Options):
     itself ends at once on SIGTERM; the grace matters only to a task that installed its
     own SIGTERM handler (to checkpoint, say). Kubernetes' default is 30."""
 
+    keep_warm: float = 60.0
+    """Seconds a worker stays alive after its calls, ready for the run's next ones: a
+    later ``submit`` or ``map`` starts in it in milliseconds, with what it imported still
+    loaded, instead of waiting for a new pod. ``max_workers`` counts warm workers too; at
+    shutdown they end at once. ``0`` ends every worker with its batch. Applies to the
+    local backend too (see docs/architecture.md, "Warm workers", for what an idle
+    worker costs in storage requests)."""
+
     def __post_init__(self) -> None:
+        check_seconds("Timeouts.keep_warm", self.keep_warm, allow_zero=True)
         check_seconds("Timeouts.startup", self.startup, allow_zero=False)
         check_seconds("Timeouts.startup_error", self.startup_error, allow_zero=False)
         if self.job_deadline is not None:

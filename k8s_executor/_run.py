@@ -42,7 +42,8 @@ from ._outcomes import resolve_index, shut_down_error
 from ._progress import Progress
 from ._skips import SkipMarkers
 from ._store import RunStore
-from .backends._base import IndexExit, RunContext
+from ._warm_pool import WarmPool
+from .backends._base import QUOTA_WAIT, IndexExit, RunContext
 from .errors import ClusterError, ExecutorBrokenError, StorageError
 
 __all__ = ["INTERPRETER_EXIT", "Run", "State"]
@@ -55,6 +56,8 @@ _log = logging.getLogger("k8s_executor._executor")
 # Statuses of a failed launch that do not condemn the next one: throttling, server
 # errors (a restarting or overloaded API server). Unreachable (no status) too.
 _PASSING = frozenset({429, 500, 502, 503, 504})
+# The batching window while a warm worker is idle (the local backend's).
+_WARM_WINDOW = 0.01
 
 
 class State(enum.Enum):
@@ -116,6 +119,7 @@ class Run:
             settle=self._settle,
         )
         self._store: RunStore | None = None
+        self._warm: WarmPool | None = None  # with Timeouts.keep_warm: who runs what
         self._temp_dir: str | None = None
         self._dispatcher: threading.Thread | None = None
         self._finalizer: threading.Thread | None = None
@@ -224,6 +228,8 @@ class Run:
                 self._temp_dir = None
             raise
         self._store = self._skips.store = self._launcher.store = store
+        if self._settings.keep_warm > 0:
+            self._warm = WarmPool(store, self._max_workers, self)
         interval = self._backend.heartbeat_interval
         if interval is not None:
             self._heartbeat = threading.Thread(
@@ -259,7 +265,12 @@ class Run:
                     if self._state not in (State.STARTING, State.RUNNING):
                         return
                     self._cond.wait()
-                deadline = time.monotonic() + window
+            wait = window
+            if self._batching.window is None and self._warm is not None and self._warm.has_idle():
+                # A warm worker takes a batch in milliseconds: no pod start to share out.
+                wait = min(window, _WARM_WINDOW)
+            with self._cond:
+                deadline = time.monotonic() + wait
                 while not self._flush and len(self._queue) < limit:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0 or self._state is not State.RUNNING:
@@ -294,22 +305,40 @@ class Run:
             return
         if unwritten:
             self._skips.write()
+        if self._warm is not None:
+            # Idle warm workers first, new ones for the rest as slots allow (_warm_pool).
+            self._warm.add(batch.batch_id, len(batch.indexes))
+        else:
+            self.launch_part(batch.batch_id, tuple(range(len(batch.indexes))))
+
+    def launch_part(self, batch_id: str, indexes: tuple[int, ...]) -> bool:
+        """Start new workers for ``indexes`` of a batch; False if that failed (their calls
+        failed with the error, or the executor broke)."""
+        with self._lock:
+            batch = self._batches.get(batch_id)
+        if batch is None:
+            return False
+        whole = indexes == tuple(range(len(batch.indexes)))
         try:
-            self._backend.launch(self._launcher.spec(batch))
+            self._backend.launch(self._launcher.spec(batch_id, indexes, whole=whole))
+            return True
         except ClusterError as exc:
             if exc.status is not None and exc.status not in _PASSING:
                 self.backend_broken(exc)  # refused (RBAC, an invalid Job): so will the next
-                return
-            # Throttled or failing past the retries, or unreachable: this batch's calls
-            # fail with it; the next batch tries again (as a new call to ProcessPoolExecutor
-            # may succeed after a worker crashed).
+                return False
+            # Throttled or failing past the retries, or unreachable: these calls fail with
+            # it; the next batch tries again (as a new call to ProcessPoolExecutor may
+            # succeed after a worker crashed).
             with self._lock:
-                self._batches.pop(batch.batch_id, None)
-            for entry in batch.indexes:
+                entries = [batch.indexes[i] for i in indexes]
+                for entry in entries:
+                    self._index_done(batch, entry)
+            for entry in entries:
                 for t in entry.tasks:
                     self._settle(t, error=exc)
         except Exception as exc:
             self.backend_broken(exc)
+        return False
 
     def _beat(self, interval: float) -> None:
         """Refresh the run's heartbeat: workers of a vanished client give up."""
@@ -356,6 +385,9 @@ class Run:
             bar.finished(task.n_calls, was_running=was_running, failed=failed, cancelled=cancelled)
         if cancelled:
             self._skips.cancelled((task.batch_id, task.index))
+            if self._warm is not None:
+                # An index waiting for a worker may have nothing left to run.
+                self._warm.drop_declined()
 
     # -- listener (called by the backend, from its threads) ------------------------
 
@@ -384,6 +416,8 @@ class Run:
                     for t in entry.tasks:
                         if t.settled:
                             continue
+                        if t.running:
+                            return True  # handed on (from a warm worker that ended)
                         if t.future.set_running_or_notify_cancel():
                             t.running = True
                             for bar in t.bars:
@@ -398,11 +432,41 @@ class Run:
             self._skips.write()
 
     def index_finished(self, batch_id: str, index: int, exit: IndexExit) -> None:
-        """Resolve the futures of a finished index from its outcome in storage."""
+        """Resolve the futures of a finished index from its outcome in storage; with warm
+        workers, the index's worker ended (it may have run other indexes since)."""
         try:
             self._index_finished(batch_id, index, exit)
+            if self._warm is not None:
+                self._warm.worker_ended(batch_id, index, exit)
         except BaseException as exc:
             self._thread_died("backend's delivery", exc)
+
+    def declined(self, batch_id: str, index: int) -> bool:
+        """Whether an index waiting for a worker has no call left to run (then it is
+        done: the warm pool drops it)."""
+        with self._lock:
+            batch = self._batches.get(batch_id)
+            if batch is None or batch.indexes[index].finished:
+                return True
+            entry = batch.indexes[index]
+            if any(not t.settled for t in entry.tasks):
+                return False
+            self._index_done(batch, entry)
+            return True
+
+    def warm_finished(
+        self, batch_id: str, index: int, exit: IndexExit, worker: tuple[str, int]
+    ) -> None:
+        """Resolve an index a warm worker reported done (or lost); ``worker``: the index
+        that worker was started for (its log is the backend's to find)."""
+        try:
+            if exit.exit_code != 0:
+                describe = getattr(self._backend, "worker_exit", None)
+                if describe is not None:
+                    exit = describe(*worker, exit)
+            self._index_finished(batch_id, index, exit)
+        except BaseException as exc:
+            self._thread_died("warm-worker", exc)
 
     def _index_finished(self, batch_id: str, index: int, exit: IndexExit) -> None:
         with self._lock:
@@ -429,6 +493,19 @@ class Run:
         finally:
             with self._lock:
                 self._index_done(batch, entry)
+
+    def waiting(self, note: str) -> None:
+        """Show why calls wait (``note``; "" clears it) on the run's bar and its maps'."""
+        with self._lock:
+            bars = {id(self._bar): self._bar} if self._bar is not None else {}
+            for batch in self._batches.values():
+                for entry in batch.indexes:
+                    bars.update((id(b), b) for t in entry.tasks for b in t.bars)
+        for bar in bars.values():
+            bar.note(note)
+        if self._warm is not None and note.startswith(QUOTA_WAIT):
+            # Pods of this run are refused for quota that idle warm workers hold.
+            self._warm.release_idle()
 
     def backend_broken(
         self, error: BaseException, held: Iterable[Task] = (), *, thread: str = ""
@@ -543,6 +620,8 @@ class Run:
             while self._batches and self._broken is None and not self._kill:
                 self._cond.wait()
             kill = self._kill or self._broken is not None
+        if self._warm is not None:
+            self._warm.stop()  # the backend ends the warm workers, idle ones at once
         self._backend.close(kill=kill)
         self._stopped.set()
         if self._heartbeat is not None:

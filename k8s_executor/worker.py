@@ -40,9 +40,12 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import secrets
+import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Final, NoReturn
 
 import cloudpickle
@@ -50,6 +53,7 @@ import cloudpickle
 from . import _contract as codes
 from . import _init
 from . import _payload as wire
+from . import _warm as warm
 from ._options import StorageRetry
 from ._store import RunStore
 from .errors import ConfigError, PayloadError, StorageError, VersionMismatchError
@@ -80,6 +84,33 @@ def _read_key() -> bytes:
         return bytes.fromhex(key_hex)
     except ValueError:
         _usage("K8S_EXECUTOR_KEY is not a hex string")
+
+
+def _index() -> int:
+    """The batch index to run: ``JOB_COMPLETION_INDEX``, mapped through
+    ``K8S_EXECUTOR_INDEXES`` when the Job runs only some of its batch's indexes."""
+    text = os.environ.get(codes.ENV_INDEX)
+    if text is None or not text.isdigit():
+        _usage(f"JOB_COMPLETION_INDEX must be a non-negative integer, got {text!r}")
+    listed = os.environ.get(codes.ENV_INDEXES)
+    if not listed:
+        return int(text)
+    try:
+        indexes = [int(i) for i in listed.split(",")]
+        return indexes[int(text)]
+    except (ValueError, IndexError):
+        _usage(f"{codes.ENV_INDEXES}={listed!r} has no entry {text}")
+
+
+def _keep_warm() -> float:
+    text = os.environ.get(codes.ENV_KEEP_WARM) or "0"
+    try:
+        seconds = float(text)
+    except ValueError:
+        _usage(f"{codes.ENV_KEEP_WARM} must be a number of seconds, got {text!r}")
+    if not seconds >= 0:
+        _usage(f"{codes.ENV_KEEP_WARM} must be >= 0, got {text!r}")
+    return seconds
 
 
 def _watch_parent(parent: int) -> None:
@@ -121,6 +152,10 @@ def _watch_heartbeat(run: RunStore, grace: float) -> None:
     threading.Thread(target=poll, name="k8sx-heartbeat-watch", daemon=True).start()
 
 
+# The initializers this process ran (their pickles → the error they raised, if any).
+_INITIALIZED: dict[tuple[bytes, bytes | None], wire.TaskError | None] = {}
+
+
 class _Runner:
     """Runs the tasks of one index against a loaded function table."""
 
@@ -132,7 +167,13 @@ class _Runner:
         self.init_error: wire.TaskError | None = None
 
     def initialize(self) -> None:
+        """Run the executor's initializer, once per worker process: a warm worker that
+        takes further indexes keeps what it set up (as a ProcessPoolExecutor worker)."""
         if self.table.initializer is None:
+            return
+        ran = (self.table.initializer, self.table.initargs)
+        if ran in _INITIALIZED:
+            self.init_error = _INITIALIZED[ran]
             return
         try:
             initializer = pickle.loads(self.table.initializer)
@@ -140,6 +181,7 @@ class _Runner:
             initializer(*initargs)
         except BaseException as exc:
             self.init_error = wire.capture_error(wire.INITIALIZER, exc)
+        _INITIALIZED[ran] = self.init_error
 
     def shared(self, name: str) -> bytes:
         """A buffer stored once per run (``shared/<sha256>``): downloaded once per
@@ -277,6 +319,80 @@ def run_index(store: RunStore, key: bytes, index: int, run: RunStore | None = No
     return EXIT_OK if all(o.error is None for o in outcomes) else EXIT_TASK_FAILED
 
 
+class _IdleSignals:
+    """While a warm worker waits for work, SIGTERM (its pod deleted at shutdown, the
+    local backend closing) ends it at once with its own index's exit code: nothing is
+    running, nothing is lost. During a call SIGTERM keeps its default (see ``_init``)."""
+
+    def __init__(self, code: int) -> None:
+        self._code = code
+        self._previous: Any = None
+
+    def __enter__(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._leave)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+    def _leave(self, signum: int, frame: object) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(self._code)
+
+
+def serve_warm(
+    run: RunStore,
+    key: bytes,
+    *,
+    batch_id: str,
+    index: int,
+    code: int,
+    keep_warm: float,
+    batch_store: Callable[[str], RunStore],
+) -> int:
+    """After its own index (which ended with ``code``), take the client's further
+    assignments until ``keep_warm`` seconds pass without one, or the client says stop
+    (see ``_warm``); return the process's exit code: its own index's."""
+    wid = warm.worker_id(batch_id, index, secrets.token_hex(3))
+    seq = 0
+    last_done = warm.done_key(wid, seq, code)
+    run.put(last_done, b"")
+    while True:
+        idle_since = time.monotonic()
+        with _IdleSignals(code):
+            assignment = _wait_for_work(run, wid, seq, idle_since + keep_warm)
+        if assignment is None or assignment.stop:
+            return code
+        seq = assignment.seq
+        run.put(warm.run_key(wid, seq), b"")
+        done = run_index(batch_store(assignment.batch_id), key, assignment.index, run)
+        run.put(warm.done_key(wid, seq, done), b"")
+        # Only the latest marker matters to the client: keep its LIST short.
+        run.delete(warm.run_key(wid, seq), last_done)
+        last_done = warm.done_key(wid, seq, done)
+
+
+def _wait_for_work(run: RunStore, wid: str, seq: int, deadline: float) -> warm.Assignment | None:
+    """Poll ``next`` until it holds an assignment after ``seq``, or ``deadline`` passes."""
+    for delay in warm.poll_intervals():
+        try:
+            assignment = warm.parse_assignment(run.get_or_none(warm.next_key(wid)))
+        except StorageError as exc:
+            # Past the retries: the client will see this worker end, and hand its work on.
+            print(f"k8s_executor.worker: cannot read its next call: {exc}", file=sys.stderr)
+            return None
+        if assignment is not None and assignment.seq > seq:
+            return assignment
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        time.sleep(min(delay, left))  # SIGTERM interrupts it (see _IdleSignals)
+    raise AssertionError("unreachable")
+
+
 def main(argv: list[str] | None = None) -> NoReturn:
     """Entry point of ``python -m k8s_executor.worker BATCH_URL``."""
     args = sys.argv[1:] if argv is None else argv
@@ -285,9 +401,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
         _init.become_init()
     if len(args) != 1:
         _usage("usage: python -m k8s_executor.worker BATCH_URL")
-    index_text = os.environ.get(codes.ENV_INDEX)
-    if index_text is None or not index_text.isdigit():
-        _usage(f"JOB_COMPLETION_INDEX must be a non-negative integer, got {index_text!r}")
+    index = _index()
+    keep_warm = _keep_warm()
     # Joblib code of a task that names backend="kubernetes" runs on the worker's threads.
     from ._joblib_worker import alias_nested_backend
 
@@ -305,8 +420,24 @@ def main(argv: list[str] | None = None) -> NoReturn:
     grace = os.environ.get(codes.ENV_HEARTBEAT_GRACE)
     if grace:
         _watch_heartbeat(run, float(grace))
+    batch_url = args[0].rstrip("/")
+
+    def batch_store(batch_id: str) -> RunStore:
+        return RunStore(f"{run.url}/{batch_id}", options, retry)
+
     try:
-        code = run_index(RunStore(args[0], options, retry), key, int(index_text), run)
+        code = run_index(RunStore(batch_url, options, retry), key, index, run)
+        if keep_warm > 0:
+            batch_id = batch_url.rsplit("/", 1)[-1]
+            code = serve_warm(
+                run,
+                key,
+                batch_id=batch_id,
+                index=index,
+                code=code,
+                keep_warm=keep_warm,
+                batch_store=batch_store,
+            )
     except StorageError as exc:
         # Past the storage's own retries: say why, for the client (its log tail), and
         # exit with the code that tells it so.

@@ -10,6 +10,7 @@ of this machine.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -43,6 +44,13 @@ def kubesim_kwargs(sim: Any, storage: Path, **pod: Any) -> dict[str, Any]:
         "pod": PodOptions(env=env, **pod),
         "timeouts": Timeouts(startup=30, heartbeat=1, heartbeat_grace=30),
     }
+
+
+def cold(kw: dict[str, Any]) -> dict[str, Any]:
+    """``kw`` with warm workers off (``Timeouts.keep_warm=0``): every batch gets its own
+    Job and pods, and the backend's own slot plan (suspended Jobs) is what is tested."""
+    timeouts = kw.get("timeouts") or Timeouts()
+    return {**kw, "timeouts": dataclasses.replace(timeouts, keep_warm=0)}
 
 
 BASE_IMAGE = "localhost/k8sx-base:py3.11"

@@ -25,7 +25,7 @@ from k8s_executor import KubernetesExecutor, cli
 from tests import helpers
 from tests.containers import AuthRegistry, missing
 from tests.image.infra import BASE_IMAGE, PodmanService, RegistryServer
-from tests.kube_helpers import KubesimCluster, kubesim_kwargs
+from tests.kube_helpers import KubesimCluster, cold, kubesim_kwargs
 from tests.kubesim.kubeconfig import Kubesim
 from tests.s3server import S3Server, s3_server
 
@@ -612,7 +612,9 @@ def test_logs_of_finished_indexes(
     kubesim: Kubesim, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = kubeconfig(kubesim)
-    with KubernetesExecutor(retries=1, **kubesim_kwargs(kubesim, tmp_path / "storage")) as ex:
+    # Cold: a warm pod's log also holds the later calls it took (docs/cli.md).
+    kw = cold(kubesim_kwargs(kubesim, tmp_path / "storage"))
+    with KubernetesExecutor(retries=1, **kw) as ex:
         assert list(ex.map(print_lines, [2, 3])) == [2, 3]
         assert ex.submit(crash_once, str(tmp_path / "marker")).result(timeout=60) == "ok"
         run = ex.run_id
@@ -685,7 +687,8 @@ def test_logs_follow_waits_for_the_task_then_ends_with_its_pod(
     kubesim: Kubesim, tmp_path: Path
 ) -> None:
     first, second = tmp_path / "first", tmp_path / "second"
-    kw = kubesim_kwargs(kubesim, tmp_path / "storage")
+    # Cold: the second call gets a Job of its own (a warm worker would take it).
+    kw = cold(kubesim_kwargs(kubesim, tmp_path / "storage"))
     with KubernetesExecutor(max_workers=1, **kw) as ex:
         busy = ex.submit(chat_until, str(first))
         helpers.wait_for(lambda: _running(kubesim, "b00000"), 60, "the first task to run")

@@ -750,7 +750,15 @@ def _executor_kwargs(fault: Fault, env: Env, shared: SharedPath) -> dict[str, An
             share_storage_options=True,  # the pods reach the same proxy with them
         )
     startup = 60 if fault.runtime == "podman" else 30
-    timeouts = {"startup": startup, "heartbeat": 1, "heartbeat_grace": 10, **fault.timeouts}
+    # Cold (keep_warm=0): every row's scene is batch A on every slot and batch B's Job
+    # waiting suspended; warm workers would take B without a Job (tests/test_warm.py).
+    timeouts = {
+        "startup": startup,
+        "heartbeat": 1,
+        "heartbeat_grace": 10,
+        "keep_warm": 0,
+        **fault.timeouts,
+    }
     kw["timeouts"] = Timeouts(**timeouts)  # type: ignore[arg-type]
     if fault.resources is not None:
         kw["resources"] = fault.resources

@@ -35,7 +35,7 @@ from k8s_executor import (
 )
 from tests import helpers
 from tests.helpers import SharedPath
-from tests.kube_helpers import ClusterUnderTest, kubesim_kwargs
+from tests.kube_helpers import ClusterUnderTest, cold, kubesim_kwargs
 
 
 def hold_memory(megabytes: int) -> int:
@@ -244,8 +244,9 @@ def test_without_events_refused_pods_fail_after_startup(kubesim: Any, kw: dict[s
     assert _run_jobs(kubesim, run_id) == []
 
 
+@pytest.mark.parametrize("keep_warm", [0, 60], ids=["cold", "warm"])
 def test_full_quota_waits_for_room_and_finishes(
-    kubesim: Any, kw: dict[str, Any], shared_dir: SharedPath
+    kubesim: Any, kw: dict[str, Any], shared_dir: SharedPath, keep_warm: float
 ) -> None:
     # The quota is full only because the run's own pod uses it: the second batch's pods are
     # refused ("used: pods=1, limited: pods=1") for longer than Timeouts.startup, then
@@ -253,7 +254,9 @@ def test_full_quota_waits_for_room_and_finishes(
     from kubernetes import client
 
     _quota(kubesim, {"pods": "1"})
-    kw["timeouts"] = dataclasses.replace(kw["timeouts"], startup=2)
+    # Warm: the first worker, idle once its call returns, leaves for the refused pod
+    # (it would hold the quota for its whole idle window otherwise).
+    kw["timeouts"] = dataclasses.replace(kw["timeouts"], startup=2, keep_warm=keep_warm)
     started, release = shared_dir / "started", shared_dir / "release"
     with KubernetesExecutor(max_workers=2, **kw) as ex:
         first = ex.submit(helpers.touch_then_wait, started, release)
@@ -336,7 +339,8 @@ def test_max_workers_bounds_pods_across_batches(
     calls, release = shared_dir / "calls", shared_dir / "release"
     calls.mkdir()
 
-    with KubernetesExecutor(max_workers=2, **kw) as ex:
+    # Cold: the backend's own slot plan (test_warm.py has the warm workers' bound).
+    with KubernetesExecutor(max_workers=2, **cold(kw)) as ex:
 
         def live_pods() -> list[Any]:
             pods = cluster.pods(ex.run_id)

@@ -14,7 +14,7 @@ from typing import Any
 
 from k8s_executor import KubernetesExecutor
 from tests import helpers
-from tests.kube_helpers import kubesim_kwargs
+from tests.kube_helpers import cold, kubesim_kwargs
 
 
 def _jobs(sim: Any, run_id: str) -> dict[str, dict[str, Any]]:
@@ -29,7 +29,7 @@ def _when(text: str) -> datetime:
 
 def test_job_without_free_slots_waits_suspended(kubesim: Any, tmp_path: Path) -> None:
     started, release = tmp_path / "started", tmp_path / "release"
-    kw = kubesim_kwargs(kubesim, tmp_path / "storage")
+    kw = cold(kubesim_kwargs(kubesim, tmp_path / "storage"))
     with KubernetesExecutor(max_workers=1, **kw) as ex:
         first = ex.submit(helpers.touch_then_wait, str(started), str(release))
         helpers.wait_for(first.running, 60, "the first call to run")
@@ -54,7 +54,7 @@ def test_job_without_free_slots_waits_suspended(kubesim: Any, tmp_path: Path) ->
 
 
 def test_job_with_free_slots_is_not_suspended(kubesim: Any, tmp_path: Path) -> None:
-    kw = kubesim_kwargs(kubesim, tmp_path / "storage")
+    kw = cold(kubesim_kwargs(kubesim, tmp_path / "storage"))
     with KubernetesExecutor(max_workers=2, **kw) as ex:
         assert list(ex.map(helpers.square, range(4))) == [0, 1, 4, 9]
         (job,) = _jobs(kubesim, ex.run_id).values()
@@ -69,7 +69,7 @@ def test_slots_freed_while_the_waiting_job_is_created_resume_it(
     # the slot is planned for a Job the cluster does not have yet, and must reach it once
     # it exists (else the Job stays suspended and its call never runs).
     started, release = tmp_path / "started", tmp_path / "release"
-    kw = kubesim_kwargs(kubesim, tmp_path / "storage")
+    kw = cold(kubesim_kwargs(kubesim, tmp_path / "storage"))
     with KubernetesExecutor(max_workers=1, **kw) as ex:
         first = ex.submit(helpers.touch_then_wait, str(started), str(release))
         helpers.wait_for(first.running, 60, "the first call to run")
@@ -100,7 +100,7 @@ def test_resume_throttled_past_its_retries_is_sent_again(kubesim: Any, tmp_path:
     # API Priority and Fairness answers. Nothing resumed B afterwards: its futures never
     # resolved and shutdown() never returned. The owed PATCH is re-sent by the tick.
     started, release = tmp_path / "started", tmp_path / "release"
-    kw = kubesim_kwargs(kubesim, tmp_path / "storage")
+    kw = cold(kubesim_kwargs(kubesim, tmp_path / "storage"))
     with KubernetesExecutor(max_workers=2, **kw) as ex:
         first = [
             ex.submit(helpers.touch_then_wait, str(started) + str(i), str(release))

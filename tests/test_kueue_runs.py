@@ -16,7 +16,7 @@ from kubernetes import client
 from k8s_executor import KubernetesExecutor, PodStartError, Resources, Scheduling
 from tests import helpers
 from tests.helpers import SharedPath
-from tests.kube_helpers import kubesim_kwargs
+from tests.kube_helpers import cold, kubesim_kwargs
 from tests.kubesim_tests.job_helpers import job_body
 
 G, V, NS = "kueue.x-k8s.io", "v1beta1", "default"
@@ -58,7 +58,8 @@ def _queues(crd: Any, cpu: str, preemption: str = "Never") -> None:
 
 
 def _kw(kubesim: Any, shared_dir: SharedPath, queue: str = "team-a") -> dict[str, Any]:
-    kw = kubesim_kwargs(kubesim, Path((shared_dir / "storage").url))
+    # Kueue admits Jobs: warm workers would take the later batches without one.
+    kw = cold(kubesim_kwargs(kubesim, Path((shared_dir / "storage").url)))
     kw["scheduling"] = Scheduling(queue=queue)
     kw["resources"] = Resources(cpu="1", memory="256Mi")
     # Queued time is never a startup failure, however long.

@@ -14,7 +14,11 @@ from typing import Any, Protocol
 
 from .._options import StorageRetry
 
-__all__ = ["Backend", "IndexExit", "LaunchSpec", "Listener", "RunContext"]
+__all__ = ["QUOTA_WAIT", "Backend", "IndexExit", "LaunchSpec", "Listener", "RunContext"]
+
+QUOTA_WAIT = "waiting for quota"
+"""How a waiting note (``Listener.waiting``) begins when pods of the run are refused for a
+quota that is full only because pods use it: the engine then releases idle warm workers."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,23 @@ class LaunchSpec:
     storage_options: Mapping[str, Any] = field(default_factory=dict)
     storage_retry: StorageRetry = field(default_factory=StorageRetry)
     """How workers retry transient storage errors (``K8S_EXECUTOR_STORAGE_RETRY``)."""
+    batch_indexes: tuple[int, ...] = ()
+    """The batch indexes these ``indexes`` workers run, when only some of the batch's
+    (the others went to warm workers): worker ``k`` runs ``batch_indexes[k]``. Empty: all,
+    in order. Reported to the listener as batch indexes."""
+    launch_id: str = ""
+    """A name for this launch, unique in the run (a Job's name part); empty: ``batch_id``."""
+    keep_warm: float = 0.0
+    """Seconds a worker stays warm after its index (``K8S_EXECUTOR_KEEP_WARM``)."""
+
+    @property
+    def name(self) -> str:
+        """``launch_id``, or ``batch_id`` when the launch runs the whole batch."""
+        return self.launch_id or self.batch_id
+
+    def batch_index(self, k: int) -> int:
+        """The batch index worker ``k`` of this launch runs."""
+        return self.batch_indexes[k] if self.batch_indexes else k
 
 
 @dataclass(frozen=True)
@@ -75,10 +96,17 @@ class Listener(Protocol):
         """An index is about to start; return False if it should be skipped (cancelled)."""
 
     def index_finished(self, batch_id: str, index: int, exit: IndexExit) -> None:
-        """The worker of an index ended (its outcome, if any, is in storage)."""
+        """The worker of an index ended (its outcome, if any, is in storage). Called once
+        for every launched index, declined ones included: with warm workers the engine
+        learns of most outcomes from storage first, and of the worker's end here."""
 
     def backend_broken(self, error: BaseException) -> None:
         """Nothing can run any more; every unfinished future should fail with ``error``."""
+
+    def waiting(self, note: str) -> None:
+        """Why the calls not started yet wait, as the cluster says (a pod's start-up
+        problem, ``waiting for quota: ...``, ``queued: ...``); "" once nothing known holds
+        them up. Shown on the progress bars."""
 
 
 class Backend(Protocol):
@@ -110,3 +138,8 @@ class Backend(Protocol):
 
     def close(self, *, kill: bool) -> None:
         """Stop; with ``kill``, end running workers. Returns when no worker is left."""
+
+    # Optional (warm workers): def worker_exit(self, batch_id: str, index: int,
+    # exit: IndexExit) -> IndexExit -- ``exit`` with what the backend knows of the live
+    # worker started for ``index`` of ``batch_id`` (its log tail, whether its log was
+    # shown), for a call that worker ran after its own index and that failed.

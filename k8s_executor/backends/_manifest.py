@@ -89,6 +89,9 @@ class JobParams:
     pod: PodOptions = field(default_factory=PodOptions)
     timeouts: Timeouts = field(default_factory=Timeouts)
     storage_retry: StorageRetry = field(default_factory=StorageRetry)
+    batch_indexes: tuple[int, ...] = ()
+    """The batch indexes the Job's completion indexes stand for, when it runs only some
+    of its batch's (``K8S_EXECUTOR_INDEXES``); empty: the same numbers."""
 
 
 def secret_manifest(
@@ -161,6 +164,10 @@ def _env(p: JobParams) -> list[dict[str, Any]]:
         # runtimes where it is not PID 1 (shareProcessNamespace, a test kubelet) agree.
         {"name": c.ENV_INIT, "value": "1"},
     ]
+    if p.timeouts.keep_warm > 0:
+        env.append({"name": c.ENV_KEEP_WARM, "value": f"{p.timeouts.keep_warm:g}"})
+    if p.batch_indexes:
+        env.append({"name": c.ENV_INDEXES, "value": ",".join(map(str, p.batch_indexes))})
     if p.storage_options_in_secret:
         env.append(
             {

@@ -25,7 +25,7 @@ from typing import Any
 
 from .._contract import LABEL_INDEX
 from . import _manifest as m
-from ._base import IndexExit
+from ._base import QUOTA_WAIT, IndexExit
 
 # Waiting reasons after which a container will not start without outside help.
 IMAGE_REASONS = frozenset(
@@ -194,7 +194,7 @@ def quota_note(message: str) -> str:
     """``waiting for quota: NAME, requested: ..., used: ..., limited: ...`` from the API
     server's refusal of a pod by a full ResourceQuota."""
     _, found, rest = message.partition("exceeded quota: ")
-    return f"waiting for quota: {rest if found else message}"
+    return f"{QUOTA_WAIT}: {rest if found else message}"
 
 
 INADMISSIBLE = "Inadmissible"

@@ -29,7 +29,7 @@ from ..errors import ClusterError, PodStartError
 from . import _manifest as m
 from . import _slots
 from ._admission import Admission, TrackerUpdate, start_failure
-from ._base import IndexExit, LaunchSpec, Listener, RunContext
+from ._base import QUOTA_WAIT, IndexExit, LaunchSpec, Listener, RunContext
 from ._kubeapi import KubeApi, Retry
 from ._logs import Logs
 from ._tracker import (
@@ -150,11 +150,15 @@ class KubernetesBackend:
             error_timeout=settings.timeouts.startup_error,
         )
         self._listener: Listener | None = None
+        self._note = ""  # the waiting note last given to the listener (tick thread only)
         self._run_id = ""
         self._max_workers = 1
         self._threads: list[threading.Thread] = []
         self._delivery: ThreadPoolExecutor | None = None
-        self._jobs: dict[str, str] = {}  # batch id -> Job name
+        # Launch name -> Job name, and -> what was launched. Below the listener, "batch"
+        # means a launch: the tracker, slots and Jobs know only launches (see _batch_index).
+        self._jobs: dict[str, str] = {}
+        self._launches: dict[str, LaunchSpec] = {}
         # The slot plan (see _slots): each unfinished Job's parallelism, in launch order,
         # and what the cluster was last told.
         self._parallelism: dict[str, int] = {}
@@ -211,11 +215,15 @@ class KubernetesBackend:
             self._threads.append(thread)
 
     def launch(self, spec: LaunchSpec) -> None:
-        """Create the batch's Indexed Job, with as many worker slots as are free now."""
+        """Create the launch's Indexed Job, with as many worker slots as are free now."""
         api = self._connected()
         queued = bool(self.settings.scheduling.queue)
+        # One Job per launch: a whole batch, or the indexes of it no warm worker took
+        # (their Job's completion index k runs batch index spec.batch_index(k)).
+        name = spec.name
         with self._lock:
-            self._tracker.add_batch(spec.batch_id, spec.indexes)
+            self._launches[name] = spec
+            self._tracker.add_batch(name, spec.indexes)
             if queued:
                 # Kueue admits it (and would take a parallelism change for a new workload):
                 # outside our slot plan, never patched.
@@ -224,11 +232,11 @@ class KubernetesBackend:
                 parallelism = _slots.initial(
                     spec.indexes, self._parallelism, self._demands(), self._max_workers
                 )
-                self._parallelism[spec.batch_id] = parallelism
-                self._sent_parallelism[spec.batch_id] = parallelism
+                self._parallelism[name] = parallelism
+                self._sent_parallelism[name] = parallelism
         params = m.JobParams(
             run_id=spec.run_id,
-            batch_id=spec.batch_id,
+            batch_id=name,
             indexes=spec.indexes,
             parallelism=parallelism,
             image=self._image,
@@ -242,12 +250,13 @@ class KubernetesBackend:
             pod=self.settings.pod,
             timeouts=self.settings.timeouts,
             storage_retry=spec.storage_retry,
+            batch_indexes=spec.batch_indexes,
         )
         job = m.job_manifest(params)
         with self._lock:
             # Known before it is created, so that close() deletes it even if the answer
             # to the create is lost; PATCHed only once it exists (_created).
-            self._jobs[spec.batch_id] = job["metadata"]["name"]
+            self._jobs[name] = job["metadata"]["name"]
         try:
             api.create(
                 "Job",
@@ -261,15 +270,15 @@ class KubernetesBackend:
             # for them for ever). Its name stays known, so that close() deletes it should
             # a try whose answer was lost have created it after all.
             with self._lock:
-                self._parallelism.pop(spec.batch_id, None)
-                self._sent_parallelism.pop(spec.batch_id, None)
-                self._tracker.forget(spec.batch_id)
+                self._parallelism.pop(name, None)
+                self._sent_parallelism.pop(name, None)
+                self._tracker.forget(name)
             raise
         with self._lock:
-            self._created.add(spec.batch_id)
+            self._created.add(name)
             # Slots freed while the Job was being created were planned for it, but could
             # not be sent to a Job that did not exist yet.
-            late = not queued and self._parallelism.get(spec.batch_id) != parallelism
+            late = not queued and self._parallelism.get(name) != parallelism
         if late:
             self._rebalance()
 
@@ -285,11 +294,19 @@ class KubernetesBackend:
             jobs = list(self._jobs.values())
             self._jobs.clear()
         api, logs = self._api, self._logs
+        deadline = time.monotonic() + CLOSE_SECONDS
+        left: list[tuple[str, ClusterError]] = []
+        streaming = api is not None and logs is not None and self.settings.stream_logs
+        if streaming and not kill and api is not None and logs is not None:
+            # Warm workers' pods are alive, and their logs end only with them: end them
+            # first, so that their last lines are printed before the streams are cut.
+            left = self._delete_jobs(api, jobs, deadline, kill=kill)
+            jobs = []
+            logs.join(5.0)
         if api is not None:
             api.shutdown_streams()
         if logs is not None:
             logs.close()
-        deadline = time.monotonic() + CLOSE_SECONDS
         for thread in self._threads:
             # Bounded: a watch whose answer has not arrived yet cannot be interrupted; it
             # closes its connection itself when the answer comes (it sees _stop).
@@ -298,27 +315,7 @@ class KubernetesBackend:
             self._delivery.shutdown(wait=True)
         if api is None or logs is None:
             return
-        if not kill:
-            # Let streamed logs finish printing before the pods they come from are deleted.
-            logs.join(5.0)
-        left = []
-        for name in jobs:
-            error = api.delete(
-                "Job", api.batch.delete_namespaced_job, name, retry=_CLOSING, deadline=deadline
-            )
-            if error is not None:
-                left.append((f"Job {name}", error))
-        if jobs:
-            # The run's storage is deleted after this returns: a worker still running
-            # (its call cancelled or timed out, its pod now being stopped) must not write
-            # it back. With the worker as its container's init, SIGTERM ends it at once.
-            grace = self.settings.timeouts.termination_grace
-            _wait_pods_gone(
-                api,
-                self._run_id,
-                timeout=max(0.0, deadline - time.monotonic()) + grace,
-                live_only=not kill,
-            )
+        left += self._delete_jobs(api, jobs, deadline, kill=kill)
         if self._secret_created:
             name = m.secret_name(self._run_id)
             error = api.delete(
@@ -334,6 +331,31 @@ class KubernetesBackend:
             )
         logs.join(min(5.0, max(0.0, deadline - time.monotonic())))
         api.close()
+
+    def _delete_jobs(
+        self, api: KubeApi, jobs: list[str], deadline: float, *, kill: bool
+    ) -> list[tuple[str, ClusterError]]:
+        """Delete ``jobs`` and wait for their pods to stop; what could not be deleted."""
+        left = []
+        for name in jobs:
+            error = api.delete(
+                "Job", api.batch.delete_namespaced_job, name, retry=_CLOSING, deadline=deadline
+            )
+            if error is not None:
+                left.append((f"Job {name}", error))
+        if jobs:
+            # The run's storage is deleted after this returns: a worker still running
+            # (its call cancelled or timed out, its pod now being stopped) must not write
+            # it back. With the worker as its container's init, SIGTERM ends it at once;
+            # an idle warm worker exits at once too.
+            grace = self.settings.timeouts.termination_grace
+            _wait_pods_gone(
+                api,
+                self._run_id,
+                timeout=max(0.0, deadline - time.monotonic()) + grace,
+                live_only=not kill,
+            )
+        return left
 
     # -- connection ------------------------------------------------------------------
 
@@ -387,7 +409,14 @@ class KubernetesBackend:
             with self._lock:
                 events = self._tracker.tick(time.monotonic())
                 owed = _slots.behind(self._parallelism, self._sent_parallelism, self._created)
+                note = self._tracker.waiting_note()
             self._deliver(events)
+            # A quota wait is said again every tick: idle warm workers of the run (which
+            # may have gone idle since) hold quota the refused pods need.
+            again = note.startswith(QUOTA_WAIT)
+            if (note != self._note or again) and self._listener is not None:
+                self._note = note
+                self._listener.waiting(note)
             if owed and self._delivery is not None:
                 # A PATCH that failed (throttled longer than its retries) is owed still:
                 # re-send it, off this thread (a throttled API would stall the tick).
@@ -398,7 +427,7 @@ class KubernetesBackend:
         assert listener is not None
         for event in events:
             if isinstance(event, Started):
-                listener.index_started(event.batch_id, event.index)
+                listener.index_started(*self._batch_index(event.batch_id, event.index))
             elif isinstance(event, Finished):
                 # Reading the outcome (and, for a failure, the log tail) takes round
                 # trips: keep the watch flowing while they happen. The freed slot is
@@ -419,7 +448,33 @@ class KubernetesBackend:
         if self.settings.stream_logs:
             self._logs.drain(event.batch_id, event.index)
             exit = dataclasses.replace(exit, log_shown=True)
-        self._listener.index_finished(event.batch_id, event.index, exit)
+        self._listener.index_finished(*self._batch_index(event.batch_id, event.index), exit)
+
+    def worker_exit(self, batch_id: str, index: int, exit: IndexExit) -> IndexExit:
+        """``exit`` with the log tail of the live pod started for ``index`` of ``batch_id``
+        (a warm worker whose later call failed)."""
+        with self._lock:
+            found = next(
+                (
+                    (name, k)
+                    for name, spec in self._launches.items()
+                    if spec.batch_id == batch_id
+                    for k in range(spec.indexes)
+                    if spec.batch_index(k) == index
+                ),
+                None,
+            )
+        if found is None or self._logs is None:
+            return exit
+        if self.settings.stream_logs:
+            return dataclasses.replace(exit, log_shown=True)
+        return self._logs.with_tail(*found, exit)
+
+    def _batch_index(self, launch: str, k: int) -> tuple[str, int]:
+        """The batch and batch index that completion index ``k`` of a launch's Job runs."""
+        with self._lock:
+            spec = self._launches.get(launch)
+        return (launch, k) if spec is None else (spec.batch_id, spec.batch_index(k))
 
     # -- worker slots ----------------------------------------------------------------
 
@@ -517,5 +572,5 @@ class KubernetesBackend:
         message = start_failure(event, limit, self.namespace, job_name or "")
         exit = IndexExit(exit_code=None, reason=event.reason, message=message, never_started=True)
         for i in unfinished:
-            self._listener.index_finished(event.batch_id, i, exit)
+            self._listener.index_finished(*self._batch_index(event.batch_id, i), exit)
         self._rebalance()

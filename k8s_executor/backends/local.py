@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -59,6 +60,8 @@ class LocalBackend:
         self._cond = threading.Condition()
         self._queue: collections.deque[_Pending] = collections.deque()
         self._running: dict[int, subprocess.Popen[bytes]] = {}
+        # The last stderr lines of each live worker, by the batch index it was started for.
+        self._tails: dict[tuple[str, int], collections.deque[str]] = {}
         self._threads: set[threading.Thread] = set()
         self._closing = False
         self._killed = False
@@ -88,7 +91,7 @@ class LocalBackend:
                 f"storage_options must be JSON-serialisable to reach local workers: {exc}"
             ) from exc
         with self._cond:
-            self._queue.extend(_Pending(spec, i) for i in range(spec.indexes))
+            self._queue.extend(_Pending(spec, spec.batch_index(k)) for k in range(spec.indexes))
             self._cond.notify_all()
 
     def cancel(self, batch_id: str, indexes: Collection[int]) -> None:
@@ -96,7 +99,10 @@ class LocalBackend:
         which declines indexes whose calls were all cancelled (and records them done)."""
 
     def close(self, *, kill: bool) -> None:
-        """Stop dispatching; with ``kill`` end running workers; wait for all of them."""
+        """Stop dispatching; with ``kill`` end running workers; wait for all of them.
+
+        Without ``kill`` the engine closes once every index is done, so the workers still
+        alive are warm ones waiting for work: SIGTERM ends them at once."""
         with self._cond:
             self._closing = True
             self._killed = self._killed or kill
@@ -108,9 +114,20 @@ class LocalBackend:
         if self._dispatcher is not None:
             self._dispatcher.join()
         with self._cond:
+            for proc in self._running.values():
+                if proc.poll() is None:  # never a reaped pid, which may be reused
+                    proc.terminate()
+        with self._cond:
             threads = list(self._threads)
         for t in threads:
             t.join()
+
+    def worker_exit(self, batch_id: str, index: int, exit: IndexExit) -> IndexExit:
+        """``exit`` with the last stderr lines of the live worker started for ``index``."""
+        with self._cond:
+            tail = self._tails.get((batch_id, index))
+            text = "".join(tail) if tail is not None else ""
+        return dataclasses.replace(exit, log_tail=text, log_shown=self._forward_stderr)
 
     # -- internals -----------------------------------------------------------------
 
@@ -124,6 +141,9 @@ class LocalBackend:
                     self._cond.wait()
                 item = self._queue.popleft()
             if not self._listener.index_started(item.spec.batch_id, item.index):
+                # Declined (every call cancelled): reported ended all the same, as a pod
+                # that finds its skip marker would be.
+                self._listener_finished(item, IndexExit(0, never_started=True))
                 continue
             try:
                 self._spawn(item)
@@ -141,6 +161,7 @@ class LocalBackend:
                 c.ENV_STORAGE_OPTIONS: json.dumps(dict(spec.storage_options)),
                 c.ENV_STORAGE_RETRY: spec.storage_retry.to_env(),
                 c.ENV_PARENT_PID: str(os.getpid()),
+                c.ENV_KEEP_WARM: f"{spec.keep_warm:g}",
                 "PYTHONPATH": _python_path(),
             }
         )
@@ -177,6 +198,8 @@ class LocalBackend:
         assert self._listener is not None
         assert proc.stderr is not None
         tail: collections.deque[str] = collections.deque(maxlen=_LOG_TAIL_LINES)
+        with self._cond:
+            self._tails[(item.spec.batch_id, item.index)] = tail
         for raw in proc.stderr:
             line = raw.decode(errors="replace")
             tail.append(line)
@@ -192,6 +215,7 @@ class LocalBackend:
         finally:
             with self._cond:
                 self._running.pop(proc.pid, None)
+                self._tails.pop((item.spec.batch_id, item.index), None)
                 self._threads.discard(threading.current_thread())
                 self._cond.notify_all()
 

@@ -398,8 +398,8 @@ def test_max_workers_bounds_concurrency(
     meet = shared_dir / "meet"
     meet.mkdir()
     spans = list(ex.map(helpers.timed_work, [0.2] * 6, [clock] * 6, [meet] * 6, [2] * 6))
-    # Six indexes, each its own worker process...
-    assert len({worker for worker, _, _ in spans}) == 6
+    # Six indexes, in at least two worker processes (warm workers take later indexes)...
+    assert 2 <= len({worker for worker, _, _ in spans}) <= 6
     # ...never more than two at once.
     events = sorted([(start, 1) for _, start, _ in spans] + [(end, -1) for _, _, end in spans])
     running = peak = 0
