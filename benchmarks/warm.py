@@ -97,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if str(REPO) not in sys.path:
         sys.path.insert(0, str(REPO))  # tests.kubesim, tests.kube_helpers
     import joblib
-    from joblib.externals.loky import get_reusable_executor
+    from loky import get_reusable_executor  # the standalone loky, not joblib's copy
 
     import k8s_executor.joblib
     from k8s_executor import KubernetesExecutor
