@@ -638,8 +638,9 @@ class Run:
             if self._store is not None:
                 self._store.delete_all()
         except Exception as exc:
-            # Every future is settled: say what is left behind, and finish the shutdown.
-            _log.warning("cannot delete the storage of run %s: %s", self._run_id, exc)
+            # Every future is settled: say what is left behind (one line, with what to do,
+            # where the user looks: not a logging record), and finish the shutdown.
+            print(f"k8s_executor: run {self._run_id}: {exc}", file=sys.stderr, flush=True)
         finally:
             if self._temp_dir is not None:
                 shutil.rmtree(self._temp_dir, ignore_errors=True)
