@@ -5,6 +5,7 @@ characters is deleted literally (fsspec's rm would expand it as a pattern)."""
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from collections.abc import Iterator
@@ -104,12 +105,9 @@ def test_retries_waiting_when_the_storage_goes_down_give_up(
         down.storage_options(),
         StorageRetry(attempts=3, initial_delay=60, max_delay=60),
     )
-    real_uniform = store_module.random.uniform
     # The first retry of the "slow" thread waits its full 60 s; every other wait is 0.
     monkeypatch.setattr(
-        store_module.random,
-        "uniform",
-        lambda a, b: b if threading.current_thread().name == "slow" else real_uniform(0, 0),
+        random, "uniform", lambda a, b: b if threading.current_thread().name == "slow" else 0.0
     )
     errors: list[BaseException] = []
 
