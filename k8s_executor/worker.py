@@ -291,11 +291,11 @@ def run_index(store: RunStore, key: bytes, index: int, run: RunStore | None = No
     """Run one index of a batch (``store``: the batch's storage, ``run``: the run's, for
     shared buffers); return the process exit code."""
     out_key = f"out/{index}"
-    skip = _SkipMarker(store, index)
-    if skip.every:
-        # Every call of this index was cancelled before the worker started.
-        return EXIT_OK
     try:
+        skip = _SkipMarker(store, index)
+        if skip.every:
+            # Every call of this index was cancelled before the worker started.
+            return EXIT_OK
         table = wire.FunctionTable.open(key, store.get("fn"))
         tasks = wire.open_inputs(key, store.get(f"in/{index}"))
     except (PayloadError, StorageError, FileNotFoundError) as exc:
@@ -306,11 +306,15 @@ def run_index(store: RunStore, key: bytes, index: int, run: RunStore | None = No
             if isinstance(exc, PayloadError)
             else "storage"
         )
-        print(f"k8s_executor.worker: {exc}", file=sys.stderr)
         try:
             store.put(out_key, wire.seal_index_failure(key, wire.IndexFailure(kind, str(exc))))
         except StorageError as put_exc:
+            # Nothing written: the client has only the log tail, whose last line of ours
+            # becomes its StorageError (exit 88); the first cause goes last.
             print(f"k8s_executor.worker: {put_exc}", file=sys.stderr)
+            print(f"k8s_executor.worker: {exc}", file=sys.stderr, flush=True)
+            return codes.STORAGE_FAILED
+        print(f"k8s_executor.worker: {exc}", file=sys.stderr)
         return EXIT_INDEX_FAILED
     runner = _Runner(table, run)
     runner.initialize()
