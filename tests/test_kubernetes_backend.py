@@ -228,6 +228,29 @@ def test_pod_larger_than_the_quota_fails_at_once_with_its_message(
     assert _run_jobs(kubesim, run_id) == []
 
 
+def test_pod_security_refusal_fails_at_once_with_its_message(
+    kubesim: Any, kw: dict[str, Any]
+) -> None:
+    # Issue 16: a namespace at PodSecurity level baseline refuses a privileged
+    # pod_template; the FailedCreate event carries the violation, within seconds.
+    from kubernetes import client
+
+    label = {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "baseline"}}}
+    with kubesim.api_client() as api:
+        client.CoreV1Api(api).patch_namespace("default", label)
+    privileged = {"containers": [{"name": "worker", "securityContext": {"privileged": True}}]}
+    kw["pod"] = dataclasses.replace(kw["pod"], pod_template=privileged)
+    began = time.monotonic()
+    with KubernetesExecutor(**kw) as ex:  # startup is 30 s in these tests
+        future = ex.submit(helpers.square, 3)
+        with pytest.raises(PodStartError, match="violates PodSecurity") as info:
+            future.result(timeout=20)
+        assert time.monotonic() - began < 10
+        assert "the namespace's PodSecurity level forbids the pod" in str(info.value)
+        run_id = ex.run_id
+    assert _run_jobs(kubesim, run_id) == []
+
+
 def test_without_events_refused_pods_fail_after_startup(kubesim: Any, kw: dict[str, Any]) -> None:
     # A Role without list/watch on events (older `k8s-executor rbac`): no pod ever exists
     # to be stuck, so the startup clock runs from the Job's creation.
