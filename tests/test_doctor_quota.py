@@ -300,7 +300,8 @@ def _queues(kubesim: Kubesim, local: dict[str, str]) -> None:
             )  # fmt: skip
 
         def active() -> bool:
-            found = crd.list_namespaced_custom_object(G, V, NS, "localqueues")["items"]
+            listed: Any = crd.list_namespaced_custom_object(G, V, NS, "localqueues")
+            found = listed["items"]
             return all((q.get("status") or {}).get("conditions") for q in found)
 
         helpers.wait_for(active, 10, "Kueue to fill the LocalQueues' status")

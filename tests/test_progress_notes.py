@@ -37,9 +37,8 @@ def test_bar_names_a_pod_stuck_on_a_missing_secret(kubesim: Any, tmp_path: Path)
 
 def test_bar_says_waiting_for_quota_until_room_comes(kubesim: Any, tmp_path: Path) -> None:
     with kubesim.api_client() as api:
-        client.CoreV1Api(api).create_namespaced_resource_quota(
-            "default", {"metadata": {"name": "tight"}, "spec": {"hard": {"pods": "1"}}}
-        )
+        body: Any = {"metadata": {"name": "tight"}, "spec": {"hard": {"pods": "1"}}}
+        client.CoreV1Api(api).create_namespaced_resource_quota("default", body)
     kw = kubesim_kwargs(kubesim, tmp_path / "storage")
     kw["timeouts"] = dataclasses.replace(kw["timeouts"], startup=2)
     started, release = tmp_path / "started", tmp_path / "release"

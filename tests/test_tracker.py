@@ -499,7 +499,7 @@ def test_workload_verdict(condition: dict[str, Any], verdict: Any) -> None:
 # -- what progress shows while calls wait (issue 14 item 12, issue 16) -------------------
 
 
-def _waiting(reason: str, message: str) -> dict[str, Any]:
+def _waiting_with(reason: str, message: str) -> dict[str, Any]:
     return {
         "containerStatuses": [
             {"name": "worker", "state": {"waiting": {"reason": reason, "message": message}}}
@@ -512,7 +512,7 @@ def test_waiting_reason_names_a_pod_that_cannot_start(tracker: RunTracker) -> No
     assert tracker.waiting_note() == ""
     tracker.on_pod("ADDED", pod(0, "Pending"), now=0.0)  # on its way: nothing to say
     assert tracker.waiting_reason("b00000") == ""
-    missing = _waiting("CreateContainerConfigError", 'secret "s3-credentials" not found')
+    missing = _waiting_with("CreateContainerConfigError", 'secret "s3-credentials" not found')
     tracker.on_pod("MODIFIED", pod(0, "Pending", **missing), now=1.0)
     expected = 'CreateContainerConfigError: secret "s3-credentials" not found'
     assert tracker.waiting_reason("b00000") == expected
@@ -523,7 +523,7 @@ def test_waiting_reason_names_a_pod_that_cannot_start(tracker: RunTracker) -> No
 
 
 def test_waiting_reason_of_an_unschedulable_pod_ends_with_its_pod(tracker: RunTracker) -> None:
-    unschedulable = {
+    unschedulable: dict[str, Any] = {
         "conditions": [
             {
                 "type": "PodScheduled",
@@ -571,7 +571,7 @@ def test_queued_by_kueue_until_admitted(tracker: RunTracker) -> None:
 
 
 def test_a_finished_batch_has_no_waiting_reason(tracker: RunTracker) -> None:
-    image = _waiting("ImagePullBackOff", 'Back-off pulling image "registry.example/x:1"')
+    image = _waiting_with("ImagePullBackOff", 'Back-off pulling image "registry.example/x:1"')
     tracker.on_pod("ADDED", pod(0, "Pending", **image), now=0.0)
     assert tracker.waiting_note().startswith("ImagePullBackOff: Back-off pulling")
     tracker.on_job("MODIFIED", job(conditions=[{"type": "Failed", "status": "True"}]), now=1.0)

@@ -137,7 +137,7 @@ def test_idle_expiry_ends_the_pod_by_itself(kubesim: Any, tmp_path: Path) -> Non
                 pods = client.CoreV1Api(api).list_namespaced_pod(
                     "default", label_selector=f"k8s-executor.io/run={ex.run_id}"
                 )
-            return [p.status.phase for p in pods.items]
+            return [str(p.status.phase) for p in pods.items if p.status is not None]
 
         # The idle window passes: the pod ends Succeeded, with its own index done.
         helpers.wait_for(lambda: phases() == ["Succeeded"], 60, "the warm pod to end")
@@ -204,8 +204,9 @@ def test_idle_worker_reads_within_the_documented_bound(
 ) -> None:
     # The worker's own polling loop, on a clock of its own: one idle minute.
     clock = [0.0]
-    monkeypatch.setattr(worker_module.time, "monotonic", lambda: clock[0])
-    monkeypatch.setattr(worker_module.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+    # The worker's module calls time.monotonic and time.sleep through the time module.
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
     reads = []
 
     class Counting(RunStore):
