@@ -58,6 +58,9 @@ class Engine(Protocol):
         """Resolve an index from its outcome in storage; ``worker``: the batch and index
         the worker that ran it was started for."""
 
+    def backend_broken(self, error: BaseException, *, thread: str = "") -> None:
+        """Fail every unfinished future: ``thread`` died of ``error``."""
+
     def declined(self, batch_id: str, index: int) -> bool:
         """Whether an index has nothing left to run (every call cancelled or settled):
         then it is done, without a worker."""
@@ -284,8 +287,11 @@ class WarmPool:
                         delays = _growing()
                     if not self._stopped:
                         self._cond.wait(next(delays))
-        except BaseException as exc:  # a bug: say so, and break nothing else
+        except BaseException as exc:
+            # A bug: without this thread no warm worker's outcome would be seen. Break the
+            # executor (every unfinished future fails) rather than strand the calls.
             _log.error("the warm-worker thread failed", exc_info=exc)
+            self._engine.backend_broken(exc, thread="warm-worker")
 
     def _scan(self, keys: list[str]) -> tuple[list[_Finished], bool]:
         """Apply a LIST of ``warm/``: the indexes it shows finished (with their exit
