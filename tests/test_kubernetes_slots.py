@@ -79,7 +79,7 @@ def test_slots_freed_while_the_waiting_job_is_created_resume_it(
         def create_after_the_slot_is_freed(*args: Any, **kwargs: Any) -> Any:
             release.touch()
             helpers.wait_for(
-                lambda: backend._parallelism.get("b00001") == 1, 60, "the slot to be planned"
+                lambda: backend._launches.planned("b00001") == 1, 60, "the slot to be planned"
             )
             return create(*args, **kwargs)
 

@@ -1,9 +1,10 @@
 """The Kubernetes backend: one Indexed Job per batch, one watch of the run's pods and Jobs.
 
 It composes the pure parts (``_manifest``: options → Job dicts; ``_tracker``: pod and Job
-states → index events; ``_slots``: sharing ``max_workers`` among Jobs) with the I/O parts
-(``_kubeapi``: the API boundary, the only importer of ``kubernetes``; ``_logs``: streamed
-logs and log tails; ``_admission``: the watches that say why pods do not appear).
+states → index events) with the I/O parts (``_kubeapi``: the API boundary, the only
+importer of ``kubernetes``; ``_launches``: each launch's Job and the worker slots it holds,
+over the pure ``_slots``; ``_logs``: streamed logs and log tails; ``_admission``: the
+watches that say why pods do not appear).
 
 Writes are reconciled, not fire-and-forget: the backend keeps the state it wants (which
 Jobs exist, with what parallelism) and its periodic tick re-applies whatever a failed
@@ -27,10 +28,10 @@ from typing import Any
 from .._options import PodOptions, Resources, Scheduling, Timeouts
 from ..errors import ClusterError, PodStartError
 from . import _manifest as m
-from . import _slots
-from ._admission import Admission, TrackerUpdate, start_failure
+from ._admission import Admission, start_failure
 from ._base import QUOTA_WAIT, IndexExit, LaunchSpec, Listener, RunContext
 from ._kubeapi import KubeApi, Retry
+from ._launches import Launches
 from ._logs import Logs
 from ._tracker import (
     IMAGE_REASONS,
@@ -47,9 +48,6 @@ CLOSE_SECONDS = 20.0
 """close() returns within this many seconds (plus the pods' grace period when it kills
 them): a stranded connection or a throttled API may leave objects behind (reported, with
 the command that removes them), but never keeps the caller's `with` block open."""
-# Indexes that finish within this many seconds of each other hand their worker slots on in
-# one PATCH per waiting Job (pods often end together; a pod start takes far longer).
-_REBALANCE_DELAY = 0.1
 _TICK_SECONDS = 1.0
 # Deletes at close are worth more tries than other calls (an object left behind outlives
 # the run): as many as fit before CLOSE_SECONDS, at most 2 s apart.
@@ -152,20 +150,11 @@ class KubernetesBackend:
         self._listener: Listener | None = None
         self._note = ""  # the waiting note last given to the listener (tick thread only)
         self._run_id = ""
-        self._max_workers = 1
         self._threads: list[threading.Thread] = []
         self._delivery: ThreadPoolExecutor | None = None
-        # Launch name -> Job name, and -> what was launched. Below the listener, "batch"
-        # means a launch: the tracker, slots and Jobs know only launches (see _batch_index).
-        self._jobs: dict[str, str] = {}
-        self._launches: dict[str, LaunchSpec] = {}
-        # The slot plan (see _slots): each unfinished Job's parallelism, in launch order,
-        # and what the cluster was last told.
-        self._parallelism: dict[str, int] = {}
-        self._sent_parallelism: dict[str, int] = {}
-        self._created: set[str] = set()  # batches whose Job the API server accepted
-        self._rebalance_pending = False
-        self._patch_lock = threading.Lock()
+        # Below the listener, "batch" means a launch: the tracker, slots and Jobs know only
+        # launches (see Launches.batch_index).
+        self._launches = Launches(self._lock, self._tracker, self._stop)
         self._secret_created = False
         self._api: KubeApi | None = None
         self._logs: Logs | None = None
@@ -181,13 +170,13 @@ class KubernetesBackend:
     def start(self, listener: Listener, max_workers: int, run: RunContext) -> None:
         """Connect, create the run's Secret (key, opted-in storage options), start watching."""
         self._listener = listener
-        self._max_workers = max_workers
         self._run_id = run.run_id
         if self.settings.image == "auto":
             self._image, self._python = _build_image(self.settings)
         s = self.settings
         api = KubeApi.connect(s.kubeconfig, s.context, s.namespace)
         self._api, self.namespace = api, api.namespace
+        self._launches.start(api, max_workers)
         self._logs = Logs(api, run.run_id)
         options = run.storage_options if s.share_storage_options else None
         secret = m.secret_manifest(
@@ -202,7 +191,7 @@ class KubernetesBackend:
         )
         self._secret_created = True
         self._delivery = ThreadPoolExecutor(4, thread_name_prefix="k8sx-deliver")
-        admission = Admission(api, self._stop, self._update_batch, self._deliver)
+        admission = Admission(api, self._stop, self._launches.update, self._deliver)
         for target, name in (
             (self._watch_pods, "k8sx-watch-pods"),
             (self._watch_jobs, "k8sx-watch-jobs"),
@@ -221,19 +210,7 @@ class KubernetesBackend:
         # One Job per launch: a whole batch, or the indexes of it no warm worker took
         # (their Job's completion index k runs batch index spec.batch_index(k)).
         name = spec.name
-        with self._lock:
-            self._launches[name] = spec
-            self._tracker.add_batch(name, spec.indexes)
-            if queued:
-                # Kueue admits it (and would take a parallelism change for a new workload):
-                # outside our slot plan, never patched.
-                parallelism = min(spec.indexes, self._max_workers)
-            else:
-                parallelism = _slots.initial(
-                    spec.indexes, self._parallelism, self._demands(), self._max_workers
-                )
-                self._parallelism[name] = parallelism
-                self._sent_parallelism[name] = parallelism
+        parallelism = self._launches.add(spec, queued=queued)
         params = m.JobParams(
             run_id=spec.run_id,
             batch_id=name,
@@ -253,10 +230,7 @@ class KubernetesBackend:
             batch_indexes=spec.batch_indexes,
         )
         job = m.job_manifest(params)
-        with self._lock:
-            # Known before it is created, so that close() deletes it even if the answer
-            # to the create is lost; PATCHed only once it exists (_created).
-            self._jobs[name] = job["metadata"]["name"]
+        self._launches.job_named(name, job["metadata"]["name"])
         try:
             api.create(
                 "Job",
@@ -266,21 +240,9 @@ class KubernetesBackend:
                 stop=self._stop,
             )
         except ClusterError:
-            # Not created: its slots go back to the plan (else later batches would wait
-            # for them for ever). Its name stays known, so that close() deletes it should
-            # a try whose answer was lost have created it after all.
-            with self._lock:
-                self._parallelism.pop(name, None)
-                self._sent_parallelism.pop(name, None)
-                self._tracker.forget(name)
+            self._launches.not_created(name)
             raise
-        with self._lock:
-            self._created.add(name)
-            # Slots freed while the Job was being created were planned for it, but could
-            # not be sent to a Job that did not exist yet.
-            late = not queued and self._parallelism.get(name) != parallelism
-        if late:
-            self._rebalance()
+        self._launches.created(name, parallelism, queued=queued)
 
     def cancel(self, batch_id: str, indexes: Collection[int]) -> None:
         """Nothing to do: workers honour the skip markers the executor writes."""
@@ -290,9 +252,7 @@ class KubernetesBackend:
 
         Bounded: :data:`CLOSE_SECONDS`, plus the pods' grace period with ``kill``."""
         self._stop.set()
-        with self._lock:
-            jobs = list(self._jobs.values())
-            self._jobs.clear()
+        jobs = self._launches.take_jobs()
         api, logs = self._api, self._logs
         deadline = time.monotonic() + CLOSE_SECONDS
         left: list[tuple[str, ClusterError]] = []
@@ -373,12 +333,6 @@ class KubernetesBackend:
         api = self._connected()
         self._watch(api, api.batch.list_namespaced_job, self._on_job)
 
-    def _update_batch(self, job_names: Collection[Any], update: TrackerUpdate) -> list[Event]:
-        # For _admission: the tracker's events about the batch whose Job has one of these names.
-        with self._lock:
-            batch_id = next((b for b, n in self._jobs.items() if n in job_names), None)
-            return [] if batch_id is None else update(self._tracker, batch_id)
-
     def _watch(self, api: KubeApi, list_fn: Any, handle: Any) -> None:
         try:
             api.watch(list_fn, m.run_selector(self._run_id), handle, self._stop)
@@ -408,8 +362,8 @@ class KubernetesBackend:
         while not self._stop.wait(_TICK_SECONDS):
             with self._lock:
                 events = self._tracker.tick(time.monotonic())
-                owed = _slots.behind(self._parallelism, self._sent_parallelism, self._created)
                 note = self._tracker.waiting_note()
+            owed = self._launches.owed()
             self._deliver(events)
             # A quota wait is said again every tick: idle warm workers of the run (which
             # may have gone idle since) hold quota the refused pods need.
@@ -420,24 +374,24 @@ class KubernetesBackend:
             if owed and self._delivery is not None:
                 # A PATCH that failed (throttled longer than its retries) is owed still:
                 # re-send it, off this thread (a throttled API would stall the tick).
-                self._delivery.submit(self._rebalance_soon)
+                self._delivery.submit(self._launches.rebalance_soon)
 
     def _deliver(self, events: list[Event]) -> None:
         listener = self._listener
         assert listener is not None
         for event in events:
             if isinstance(event, Started):
-                listener.index_started(*self._batch_index(event.batch_id, event.index))
+                listener.index_started(*self._launches.batch_index(event.batch_id, event.index))
             elif isinstance(event, Finished):
                 # Reading the outcome (and, for a failure, the log tail) takes round
                 # trips: keep the watch flowing while they happen. The freed slot is
                 # handed on meanwhile (the tracker already counts the index finished).
                 if self._delivery is not None and not self._stop.is_set():
                     self._delivery.submit(self._finish, event)
-                    self._delivery.submit(self._rebalance_soon)
+                    self._delivery.submit(self._launches.rebalance_soon)
                 else:
                     self._finish(event)
-                    self._rebalance()
+                    self._launches.rebalance()
             elif isinstance(event, Stuck):
                 self._stuck(event)
 
@@ -448,95 +402,18 @@ class KubernetesBackend:
         if self.settings.stream_logs:
             self._logs.drain(event.batch_id, event.index)
             exit = dataclasses.replace(exit, log_shown=True)
-        self._listener.index_finished(*self._batch_index(event.batch_id, event.index), exit)
+        batch_index = self._launches.batch_index(event.batch_id, event.index)
+        self._listener.index_finished(*batch_index, exit)
 
     def worker_exit(self, batch_id: str, index: int, exit: IndexExit) -> IndexExit:
         """``exit`` with the log tail of the live pod started for ``index`` of ``batch_id``
         (a warm worker whose later call failed)."""
-        with self._lock:
-            found = next(
-                (
-                    (name, k)
-                    for name, spec in self._launches.items()
-                    if spec.batch_id == batch_id
-                    for k in range(spec.indexes)
-                    if spec.batch_index(k) == index
-                ),
-                None,
-            )
+        found = self._launches.worker(batch_id, index)
         if found is None or self._logs is None:
             return exit
         if self.settings.stream_logs:
             return dataclasses.replace(exit, log_shown=True)
         return self._logs.with_tail(*found, exit)
-
-    def _batch_index(self, launch: str, k: int) -> tuple[str, int]:
-        """The batch and batch index that completion index ``k`` of a launch's Job runs."""
-        with self._lock:
-            spec = self._launches.get(launch)
-        return (launch, k) if spec is None else (spec.batch_id, spec.batch_index(k))
-
-    # -- worker slots ----------------------------------------------------------------
-
-    def _demands(self) -> dict[str, int]:
-        # Called with the lock held: the unfinished indexes of each planned Job.
-        demand = {}
-        for batch_id in self._parallelism:
-            job = self._tracker.jobs.get(batch_id)
-            demand[batch_id] = 0 if job is None else sum(not e.finished for e in job.indexes)
-        return demand
-
-    def _rebalance_soon(self) -> None:
-        """Rebalance after a short pause, once for every index finishing meanwhile.
-
-        Runs on a delivery thread: the first finished index waits _REBALANCE_DELAY and
-        rebalances for all; the others (delivered meanwhile by the other threads) return
-        at once. Without this, every pod that succeeds would cost one PATCH per waiting
-        Job (the Job status used to batch them, at the cost of its latency).
-        """
-        with self._lock:
-            if self._rebalance_pending:
-                return
-            self._rebalance_pending = True
-        self._stop.wait(_REBALANCE_DELAY)
-        with self._lock:
-            self._rebalance_pending = False
-        self._rebalance()
-
-    def _rebalance(self) -> None:
-        """Give slots freed by finished indexes to Jobs still waiting for some, and send
-        every planned parallelism the cluster has not been told yet."""
-        with self._lock:
-            self._parallelism = _slots.replan(self._parallelism, self._demands(), self._max_workers)
-            # Grown now, or earlier by a PATCH that failed or found no Job yet.
-            owed = _slots.behind(self._parallelism, self._sent_parallelism, self._created)
-        api = self._api
-        for batch_id in owed:
-            with self._patch_lock:  # in order, and always the latest value
-                with self._lock:
-                    value = self._parallelism.get(batch_id)
-                    name = self._jobs.get(batch_id)
-                    sent = self._sent_parallelism.get(batch_id, 0)
-                if value is None or name is None or value == sent or api is None:
-                    continue
-                if self._stop.is_set():
-                    continue
-                patch: dict[str, Any] = {"parallelism": value}
-                if sent == 0:
-                    patch["suspend"] = False  # it was created suspended, waiting for slots
-                try:
-                    api.call(
-                        f"{'resume' if sent == 0 else 'raise the parallelism of'} Job {name}",
-                        api.batch.patch_namespaced_job,
-                        name,
-                        self.namespace,
-                        {"spec": patch},
-                        stop=self._stop,
-                    )
-                except ClusterError:
-                    continue  # still owed: the next tick sends it again
-                with self._lock:
-                    self._sent_parallelism[batch_id] = value
 
     # -- pods that cannot start ------------------------------------------------------
 
@@ -554,16 +431,7 @@ class KubernetesBackend:
                 )
             )
             return
-        with self._lock:
-            job_name = self._jobs.pop(event.batch_id, None)
-            job = self._tracker.jobs.get(event.batch_id)
-            unfinished = (
-                [] if job is None else [i for i, e in enumerate(job.indexes) if not e.finished]
-            )
-            if job is not None:
-                for i in unfinished:
-                    job.indexes[i].finished = True
-                job.done = True
+        job_name, unfinished = self._launches.abandon(event.batch_id)
         if job_name is not None:
             error = api.delete("Job", api.batch.delete_namespaced_job, job_name)
             if error is not None:
@@ -572,5 +440,5 @@ class KubernetesBackend:
         message = start_failure(event, limit, self.namespace, job_name or "")
         exit = IndexExit(exit_code=None, reason=event.reason, message=message, never_started=True)
         for i in unfinished:
-            self._listener.index_finished(*self._batch_index(event.batch_id, i), exit)
-        self._rebalance()
+            self._listener.index_finished(*self._launches.batch_index(event.batch_id, i), exit)
+        self._launches.rebalance()
