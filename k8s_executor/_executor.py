@@ -212,6 +212,7 @@ class KubernetesExecutor(Executor):
         )
         self._backend: Backend = settings.backend
         self._max_workers = max_workers or self._backend.default_max_workers()
+        self._keep_warm = settings.keep_warm
         self._run_id = new_run_id()
         self._run = Run(
             settings,
@@ -236,6 +237,12 @@ class KubernetesExecutor(Executor):
     def max_workers(self) -> int:
         """The most workers that run at once."""
         return self._max_workers
+
+    @property
+    def keep_warm(self) -> float:
+        """Seconds a worker that finished its calls waits for more
+        (``Timeouts.keep_warm``); 0 when workers leave at once."""
+        return self._keep_warm
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         """Schedule ``fn(*args, **kwargs)``; return a Future for its result."""

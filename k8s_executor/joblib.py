@@ -18,13 +18,20 @@ How a ``Parallel`` call maps onto the executor::
        └──────────── Future ◀── KubernetesExecutor: batches of submits, packed into
                                 ≤ n_jobs workers (pods / local processes)
 
-Every executor batch starts fresh workers, so the unit of overhead is a *wave* of worker
-start-ups, not a call. joblib keeps only ``2 * n_jobs`` batches in flight and dispatches one
-more per completed batch, which with fresh workers per wave would mean many waves. The
-backend therefore (1) measures the time calls take inside the worker and sizes joblib's
-batches from it, not from the round trip that includes start-up, and (2) once it knows
-how long calls take, submits enough further batches ahead (``lookahead`` seconds of work
-per worker) that each wave of workers has enough to do.
+Starting workers (pods) is the unit of overhead, not a call. Workers stay warm for
+``Timeouts.keep_warm`` after their work (60 s by default), and so does the executor between
+``Parallel`` calls: one whose call ended cleanly is kept and taken by the next call with the
+same options and ``n_jobs`` (scikit-learn makes one ``Parallel`` call per search round or
+cross-validation), so that call starts in the same workers, as loky's reusable pool does.
+An executor nobody takes within its ``keep_warm`` window is shut down;
+:func:`shutdown_idle_executors` does it at once.
+
+joblib keeps only ``2 * n_jobs`` batches in flight and dispatches one more per completed
+batch, which with workers started per wave would mean many waves. The backend therefore
+(1) measures the time calls take inside the worker and sizes joblib's batches from it, not
+from the round trip that includes start-up, and (2) once it knows how long calls take,
+submits enough further batches ahead (``lookahead`` seconds of work per worker) that each
+wave of workers has enough to do.
 """
 
 from __future__ import annotations
@@ -40,13 +47,14 @@ from joblib.parallel import ParallelBackendBase, SequentialBackend, ThreadingBac
 
 from ._config import known_backends
 from ._joblib_worker import Nested, TaskTimeoutError, TimeLimited, run_batch, run_calls
-from .errors import ConfigError
+from ._reuse import ReusePool
+from .errors import ConfigError, ExecutorBrokenError
 
 if TYPE_CHECKING:
     from ._executor import KubernetesExecutor
     from .backends._base import Backend
 
-__all__ = ["KubernetesParallelBackend", "TaskTimeoutError", "register"]
+__all__ = ["KubernetesParallelBackend", "TaskTimeoutError", "register", "shutdown_idle_executors"]
 
 BACKEND_NAME = "kubernetes"
 DEFAULT_WINDOW = 0.05
@@ -62,6 +70,20 @@ _RESERVED = {
 # Options Parallel passes to every backend's configure() for its process pools (memory
 # mapping of large arrays, multiprocessing context, verbosity): nothing to do here.
 _JOBLIB_POOL_KWARGS = ("max_nbytes", "temp_folder", "mmap_mode", "verbose", "context")
+
+
+# Executors kept between Parallel calls (see the module's docstring).
+_IDLE = ReusePool()
+
+
+def shutdown_idle_executors() -> None:
+    """Shut down now the executors kept between ``Parallel`` calls for their warm workers.
+
+    They are shut down anyway when nobody takes them within ``Timeouts.keep_warm``, and at
+    interpreter exit; call this to release their workers (pods) and storage sooner, e.g.
+    at the end of a notebook section.
+    """
+    _IDLE.clear()
 
 
 def register(name: str = BACKEND_NAME) -> None:
@@ -132,6 +154,13 @@ class KubernetesParallelBackend(ParallelBackendBase):  # type: ignore[misc]
         )
         self._lock = threading.Lock()
         self._executor: KubernetesExecutor | None = None
+        # What the executor was taken for (its options, its max_workers): the key it goes
+        # back to the idle pool under.
+        self._executor_key: tuple[Mapping[str, Any], int] | None = None
+        self._reused = False
+        # This call's futures not done yet (a done future's callback removes it; terminate
+        # checks done() itself, since callbacks run after waiters wake up).
+        self._outstanding: set[Future[Any]] = set()
         self._workers = 0
         self._call_options: dict[str, Any] = {}
         self._reset_stats()
@@ -267,7 +296,6 @@ class KubernetesParallelBackend(ParallelBackendBase):  # type: ignore[misc]
 
     def submit(self, func: Any, callback: Callable[[Any], object] | None = None) -> Future[Any]:
         """Run one joblib batch (``func``) in a worker; ``callback`` when it is done."""
-        executor = self._get_executor()
         timeout = self._active_options["task_timeout"]
         n_calls = len(func) if hasattr(func, "__len__") else 1
         if timeout is not None and hasattr(func, "items"):
@@ -280,9 +308,9 @@ class KubernetesParallelBackend(ParallelBackendBase):  # type: ignore[misc]
         if nested is not None:
             # The calls and a description of their nested backend, not joblib's
             # BatchedCalls: workers then import joblib only if the calls need it.
-            future = executor.submit(run_calls, func.items, nested)
+            future = self._submit(run_calls, func.items, nested)
         else:
-            future = executor.submit(run_batch, func)
+            future = self._submit(run_batch, func)
         future.add_done_callback(functools.partial(self._batch_done, callback, n_calls))
         return future
 
@@ -300,15 +328,24 @@ class KubernetesParallelBackend(ParallelBackendBase):  # type: ignore[misc]
         running. With ``ensure_ready`` the next submit gets a fresh executor."""
         with self._lock:
             executor, self._executor = self._executor, None
+            self._outstanding.clear()
         if executor is not None:
             _kill(executor)
 
     def terminate(self) -> None:
-        """The ``Parallel`` call is over: shut its executor down and delete its storage."""
+        """The ``Parallel`` call is over. Its executor is kept for the next call with the
+        same options during ``Timeouts.keep_warm`` (its workers stay warm), or shut down
+        (with its storage) when it keeps no workers warm or calls are still pending."""
         with self._lock:
             executor, self._executor = self._executor, None
+            pending = any(not f.done() for f in self._outstanding)
+            self._outstanding.clear()
+            key = self._executor_key
         if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
+            if pending or key is None:
+                executor.shutdown(wait=True, cancel_futures=True)
+            else:
+                _IDLE.give_back(key[0], key[1], executor)
         self._reset_stats()
 
     # -- internals -----------------------------------------------------------------
@@ -325,18 +362,43 @@ class KubernetesParallelBackend(ParallelBackendBase):  # type: ignore[misc]
             return None
         return self._elapsed / self._measured_calls
 
-    def _get_executor(self) -> KubernetesExecutor:
+    def _get_executor(self) -> tuple[KubernetesExecutor, bool]:
+        """This call's executor, and whether it was kept from an earlier call."""
         with self._lock:
             if self._executor is None:
                 workers = self._workers or self.effective_n_jobs(-1)
-                self._executor = _new_executor(self._active_options, max_workers=workers)
-            return self._executor
+                options = self._active_options
+                self._executor, self._reused = _IDLE.take(
+                    options, workers, lambda: _new_executor(options, max_workers=workers)
+                )
+                self._executor_key = (options, workers)
+            return self._executor, self._reused
+
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        while True:
+            executor, reused = self._get_executor()
+            try:
+                future = executor.submit(fn, *args)
+            except ExecutorBrokenError:
+                if not reused:
+                    raise
+                # A kept executor that broke while idle (its cluster connection, its
+                # storage): drop it and take another (in the end a new one).
+                with self._lock:
+                    if self._executor is executor:
+                        self._executor = None
+                executor.shutdown(wait=False, cancel_futures=True)
+                continue
+            with self._lock:
+                self._outstanding.add(future)
+            return future
 
     def _batch_done(
         self, callback: Callable[[Any], object] | None, n_calls: int, future: Future[Any]
     ) -> None:
         with self._lock:
             self._pending_calls -= n_calls
+            self._outstanding.discard(future)
         if callback is not None:
             callback(future)
         if not future.cancelled() and future.exception() is None:

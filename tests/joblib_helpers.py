@@ -30,6 +30,14 @@ def inc(x: int) -> int:
     return x + 1
 
 
+def pid_after(seconds: float) -> int:
+    """The worker's pid, after ``seconds`` (so that the calls spread over the workers)."""
+    import time
+
+    time.sleep(seconds)
+    return os.getpid()
+
+
 def wait_if_first(x: int, release: str) -> int:
     """Call 0 waits for the test to create ``release``; the others return at once."""
     if x == 0:

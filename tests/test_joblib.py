@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import multiprocessing
 import os
+from collections.abc import Iterator
 from concurrent.futures.process import _RemoteTraceback
 from pathlib import Path
 from typing import Any
@@ -14,15 +15,17 @@ import pytest
 from joblib import Parallel, delayed
 
 import k8s_executor.joblib as k8sx_joblib
-from k8s_executor import Batching, ConfigError, KubernetesExecutor
+from k8s_executor import Batching, ConfigError, ExecutorBrokenError, KubernetesExecutor, Timeouts
 from tests import helpers
 from tests import joblib_helpers as jh
 from tests import no_joblib_helpers as nh
 
 
 @pytest.fixture(autouse=True)
-def _registered() -> None:
+def _registered() -> Iterator[None]:
     k8sx_joblib.register()
+    yield
+    k8sx_joblib.shutdown_idle_executors()  # executors kept for the next Parallel call
 
 
 @pytest.fixture
@@ -239,3 +242,92 @@ def test_worker_code_naming_the_kubernetes_backend_runs_nested(how: str) -> None
     assert worker_pid != os.getpid()
     assert nested_pids == [worker_pid] * 6  # threads of the worker, not new workers
     assert backend == "NestedKubernetes"
+
+
+# -- executors kept between Parallel calls ----------------------------------------------
+
+
+def _pids(n: int = 8) -> set[int]:
+    return set(Parallel()(delayed(jh.pid_after)(0.01) for _ in range(n)))
+
+
+def test_next_parallel_call_runs_in_the_same_warm_workers(launches: list[int]) -> None:
+    with config(launches):
+        first = _pids()
+        second = _pids()
+    assert second <= first, (first, second)  # no new worker process
+    assert len(launches) == 1, launches  # the second call launched nothing
+    # The executor waits for the next call; it is shut down on demand (or after its
+    # keep_warm window).
+    assert len(k8sx_joblib._IDLE) == 1
+    k8sx_joblib.shutdown_idle_executors()
+    assert len(k8sx_joblib._IDLE) == 0
+
+
+def test_executor_is_kept_across_parallel_config_blocks_with_the_same_options() -> None:
+    options: dict[str, Any] = {"n_jobs": 2, "executor_backend": "local"}
+    with joblib.parallel_config(backend="kubernetes", **options):
+        first = _pids()
+    with joblib.parallel_config(backend="kubernetes", **options):
+        second = _pids()
+    assert second <= first, (first, second)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"n_jobs": 1}, {"retries": 1}, {"timeouts": Timeouts(keep_warm=0)}],
+    ids=["other n_jobs", "other option", "keep_warm=0"],
+)
+def test_executor_is_not_shared_when_options_differ(change: dict[str, Any]) -> None:
+    options: dict[str, Any] = {"n_jobs": 2, "executor_backend": "local"}
+    with joblib.parallel_config(backend="kubernetes", **options):
+        first = _pids()
+    with joblib.parallel_config(backend="kubernetes", **{**options, **change}):
+        second = _pids()
+    assert not second & first, (first, second)
+    if "timeouts" in change:
+        # An executor that keeps no worker warm is shut down at the end of its call.
+        assert len(k8sx_joblib._IDLE) == 1  # only the first one waits
+
+
+def test_kept_executor_is_shut_down_after_its_keep_warm_window(tmp_path: Path) -> None:
+    storage = tmp_path / "runs"
+    with joblib.parallel_config(
+        backend="kubernetes",
+        n_jobs=2,
+        executor_backend="local",
+        storage=str(storage),
+        timeouts=Timeouts(keep_warm=0.5),
+    ):
+        pids = _pids()
+    assert len(k8sx_joblib._IDLE) == 1
+    helpers.wait_for(lambda: len(k8sx_joblib._IDLE) == 0, 30, "the idle executor to expire")
+    # Its workers and its run's storage are gone.
+    helpers.wait_for(lambda: not any(helpers.alive(p) for p in pids), 30, "workers to end")
+    helpers.wait_for(lambda: not any(storage.iterdir()), 30, "the run's storage to be deleted")
+
+
+def test_kept_executor_that_broke_while_idle_is_replaced() -> None:
+    options: dict[str, Any] = {"n_jobs": 2, "executor_backend": "local"}
+    with joblib.parallel_config(backend="kubernetes", **options):
+        first = _pids()
+    (kept,) = [idle.executor for idle in k8sx_joblib._IDLE._idle]
+    kept._run.backend_broken(RuntimeError("the cluster went away while idle"))
+    with joblib.parallel_config(backend="kubernetes", **options):
+        second = _pids()
+    assert not second & first
+    with pytest.raises(ExecutorBrokenError):
+        kept.submit(jh.inc, 1)
+
+
+def test_parallel_call_with_pending_calls_does_not_keep_its_executor(tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    with config():
+        gen = Parallel(return_as="generator_unordered", n_jobs=2)(
+            delayed(jh.wait_if_first)(i, str(release)) for i in range(4)
+        )
+        next(gen)  # a call that did not wait; call 0 still waits
+        release.write_text("")
+        with pytest.warns(UserWarning, match="cancelled"):
+            gen.close()  # the caller walks away: Parallel aborts and terminates
+    assert len(k8sx_joblib._IDLE) == 0
