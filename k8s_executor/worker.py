@@ -37,6 +37,7 @@ the standard library, cloudpickle, fsspec and the wire-format modules.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import pickle
@@ -156,14 +157,48 @@ def _watch_heartbeat(run: RunStore, grace: float) -> None:
 _INITIALIZED: dict[tuple[bytes, bytes | None], wire.TaskError | None] = {}
 
 
+class _KeptBuffers:
+    """Shared buffers kept between the indexes a warm worker runs, by name (their SHA-256,
+    so they are the same bytes in any run): the next wave of the same GridSearchCV then
+    downloads its training set no more.
+
+    Least recently used first out, once they add up to more than the most one index has
+    used: an idle worker holds no more memory than its busiest index needed.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+        self._peak = 0
+
+    def get(self, name: str) -> bytes | None:
+        return self._buffers.get(name)
+
+    def keep(self, used: dict[str, bytes]) -> None:
+        for name, data in used.items():
+            self._buffers[name] = data
+            self._buffers.move_to_end(name)
+        self._peak = max(self._peak, sum(len(d) for d in used.values()))
+        while sum(len(d) for d in self._buffers.values()) > self._peak:
+            self._buffers.popitem(last=False)
+
+
+_KEPT_SHARED = _KeptBuffers()
+
+
 class _Runner:
     """Runs the tasks of one index against a loaded function table."""
 
-    def __init__(self, table: wire.FunctionTable, run: RunStore | None = None) -> None:
+    def __init__(
+        self,
+        table: wire.FunctionTable,
+        run: RunStore | None = None,
+        kept: _KeptBuffers | None = None,
+    ) -> None:
         self.table = table
         self._functions: dict[int, Any] = {}
         self._run = run
-        self._shared: dict[str, bytes] = {}
+        self._kept = kept or _KeptBuffers()
+        self.shared_used: dict[str, bytes] = {}
         self.init_error: wire.TaskError | None = None
 
     def initialize(self) -> None:
@@ -186,7 +221,10 @@ class _Runner:
     def shared(self, name: str) -> bytes:
         """A buffer stored once per run (``shared/<sha256>``): downloaded once per
         worker, and checked against its name, which the signed input vouches for."""
-        if name not in self._shared:
+        if name in self.shared_used:
+            return self.shared_used[name]
+        data = self._kept.get(name)  # checked when it was downloaded
+        if data is None:
             if self._run is None:
                 raise PayloadError(f"shared buffer {name} named, but no run storage given")
             data = self._run.get(f"shared/{name}")
@@ -195,8 +233,8 @@ class _Runner:
                     f"the shared buffer shared/{name} in the run's storage does not match "
                     "its SHA-256: it was changed or damaged after the client wrote it"
                 )
-            self._shared[name] = data
-        return self._shared[name]
+        self.shared_used[name] = data
+        return data
 
     def function(self, index: int) -> Any:
         if index not in self._functions:
@@ -316,9 +354,10 @@ def run_index(store: RunStore, key: bytes, index: int, run: RunStore | None = No
             return codes.STORAGE_FAILED
         print(f"k8s_executor.worker: {exc}", file=sys.stderr)
         return EXIT_INDEX_FAILED
-    runner = _Runner(table, run)
+    runner = _Runner(table, run, _KEPT_SHARED)
     runner.initialize()
     outcomes = [runner.run(task) for task in tasks if not skip.skips(task.task_id)]
+    _KEPT_SHARED.keep(runner.shared_used)
     store.put(out_key, wire.seal_outcomes(key, outcomes))
     return EXIT_OK if all(o.error is None for o in outcomes) else EXIT_TASK_FAILED
 

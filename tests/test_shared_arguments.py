@@ -197,3 +197,33 @@ def test_shared_on_kubernetes(kubesim: Any, tmp_path: Path, big: np.ndarray) -> 
     assert [k for k in files if k.startswith("shared/")] == [
         f"shared/{wire.buffer_key(big.tobytes())}"
     ]
+
+
+def test_warm_worker_keeps_the_shared_buffers_of_its_last_index(
+    tmp_path: Path, big: np.ndarray
+) -> None:
+    storage = tmp_path / "runs"
+    with KubernetesExecutor(max_workers=1, backend="local", storage=str(storage)) as ex:
+        first = list(ex.map(checksum, [big] * 3, range(3)))
+        pid = ex.submit(os.getpid).result()
+        (stored,) = storage.rglob("shared/*")
+        stored.unlink()  # the next batch can only use the worker's kept copy
+        second = list(ex.map(checksum, [big] * 3, range(3)))
+        assert ex.submit(os.getpid).result() == pid  # the same warm worker
+    assert second == first
+
+
+def test_kept_buffers_hold_no_more_than_the_busiest_index_used() -> None:
+    from k8s_executor.worker import _KeptBuffers
+
+    kept = _KeptBuffers()
+    kept.keep({"a": b"x" * 10, "b": b"y" * 10})  # busiest index so far: 20 bytes
+    kept.keep({})  # an index without shared buffers drops nothing
+    assert kept.get("a") == b"x" * 10
+    kept.keep({"c": b"z" * 10})  # 30 bytes kept > 20: the least recently used goes
+    assert kept.get("a") is None
+    assert kept.get("b") == b"y" * 10
+    assert kept.get("c") == b"z" * 10
+    kept.keep({"d": b"w" * 40})  # a bigger index raises the bound, keeps its own
+    assert kept.get("d") == b"w" * 40
+    assert kept.get("b") is None and kept.get("c") is None
