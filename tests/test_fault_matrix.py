@@ -11,6 +11,11 @@ suspended: every verb of the executor is then due (B's resume is a PATCH, shutdo
 deletes follow). A row arms its fault ``before`` the first submit (creates) or ``during``
 the run (A running, B waiting), then the gate opens and the bound starts.
 
+Warm rows (``warm=True``, named ``warm: ...``) play the same scene on warm workers: a
+first map of 4 quick calls (batch b00000) leaves 4 idle warm workers, batch A's four
+indexes go to them (no new pod), and batch B waits in the engine's queue, with no Job,
+until a worker is free again; the fault hits the warm pod that runs A's index 0.
+
 Rows that do not hold yet are in ``PENDING_FIX`` below, which is not collected: the lead
 moves a row to ``FAULTS`` when its fix lands. ``python -m tests.test_fault_matrix ROW...``
 runs any rows (pending ones too) and prints their line of the closing table.
@@ -207,6 +212,8 @@ class Ctx:
     sim: Any
     s3: S3Server | None
     run_id: str = ""
+    # The completion index of the warm-up batch's pod that runs A's index 0 (warm rows).
+    warm_victim: int | None = None
     _stops: list[Callable[[], None]] = field(default_factory=list)
 
     def pod(self, batch: str, index: int) -> str:
@@ -229,6 +236,12 @@ class Ctx:
 
         helpers.wait_for(running, 60, f"the pod of {batch} index {index} running")
         return names[0]
+
+    def victim(self) -> str:
+        """The pod running A's index 0: A's own (cold), or the warm pod that took it."""
+        if self.warm_victim is None:
+            return self.pod("b00000", 0)
+        return self.pod("b00000", self.warm_victim)
 
     def repeat(self, every: float, action: Callable[[], object]) -> None:
         """Do ``action`` every ``every`` seconds until the futures have resolved."""
@@ -283,6 +296,7 @@ class Fault:
     runtime: str = "process"  # or "podman": real containers
     client: str = "here"  # or "subprocess": a client process SIGKILLed mid-run
     slow: bool = False
+    warm: bool = False  # A runs in warm workers a first map left idle; B waits for them
 
 
 def api(codes: int | tuple[int, ...], n: int, verb: str, resource: str = "jobs") -> Arm:
@@ -330,7 +344,7 @@ def kill_victim(sig: int) -> Arm:
     ended (podman's kill is asynchronous: the gate would let the calls finish first)."""
 
     def arm(ctx: Ctx) -> None:
-        name = ctx.pod("b00000", 0)
+        name = ctx.victim()
         ctx.sim.kubelet.kill_pod("default", name, sig)
 
         def ended() -> bool:
@@ -345,7 +359,7 @@ def kill_victim(sig: int) -> Arm:
 
 
 def evict_victim(ctx: Ctx) -> None:
-    ctx.sim.kubelet.evict("default", ctx.pod("b00000", 0))
+    ctx.sim.kubelet.evict("default", ctx.victim())
 
 
 def lose_node(ctx: Ctx) -> None:
@@ -542,6 +556,63 @@ FAULTS = [
         shutdown_bound=15,
         slow=True,
     ),
+    # -- warm workers: the same scene on the workers a first map left idle ---------------
+    Fault(
+        "warm: pod OOMKilled",
+        warm=True,
+        expect=plan(victim=Raises(WorkerLostError, reason="OOMKilled", match="give it more")),
+        **OOM_PROCESS,  # type: ignore[arg-type]
+    ),
+    Fault(
+        "warm: pod SIGKILLed",
+        warm=True,
+        during=kill_victim(signal.SIGKILL),
+        expect=plan(victim=LOST_SIGKILL),
+    ),
+    Fault("warm: pod evicted (Eviction API): retried", warm=True, during=evict_victim),
+    Fault("warm: node lost: retried", warm=True, during=lose_node),
+    Fault("warm: watches dropped every 0.3 s", warm=True, during=drop_repeatedly),
+    Fault(
+        "warm: S3 503 SlowDown x4",
+        warm=True,
+        storage="s3",
+        during=s3_fault(4, 503, "SlowDown"),
+    ),
+    Fault(
+        "warm: shutdown(kill_workers=True)",
+        warm=True,
+        open_gate=False,
+        kill_workers=True,
+        expect=plan(
+            a=Either((Raises(WorkerLostError, reason="Shutdown"), Cancelled())), b=Cancelled()
+        ),
+        bound=25,
+    ),
+    Fault(
+        "warm: pod OOMKilled (podman)",
+        warm=True,
+        runtime="podman",
+        expect=plan(
+            victim=Either(
+                (
+                    Raises(WorkerLostError, reason="OOMKilled"),
+                    Raises(WorkerLostError, signal=signal.SIGKILL, match="run out of memory"),
+                )
+            )
+        ),
+        bound=60,
+        slow=True,
+        **OOM_PODMAN,  # type: ignore[arg-type]
+    ),
+    Fault(
+        "warm: pod SIGKILLed (podman)",
+        warm=True,
+        runtime="podman",
+        during=kill_victim(signal.SIGKILL),
+        expect=plan(victim=LOST_SIGKILL),
+        bound=60,
+        slow=True,
+    ),
 ]
 
 # Rows that do not hold today (issue 19): not collected, so CI stays green. Each says
@@ -689,13 +760,20 @@ def _drive(
         futures[i] = future
         future.add_done_callback(lambda _: done_at.setdefault(i, time.monotonic()))
 
+    if fault.warm:
+        assert list(ex.map(quick, range(WORKERS), timeout=120)) == [0, 1, 4, 9]
     for i in range(CALLS):
         submit(i, gated, i, started, gate, fault.actions.get(i, ""))
     for i in range(CALLS, 2 * CALLS):
         submit(i, quick, i)
     if fault.ready:
-        _wait_ready(ctx, futures, started)
+        _wait_ready(ctx, futures, started, fault.warm)
         report.heads = {int(n): (started / n).read_text() for n in started.listdir()}
+        if fault.warm:
+            ctx.warm_victim = int(report.heads[0])
+            jobs = ctx.sim.store.list("jobs", "default", label_selector=f"{RUN_LABEL}={ex.run_id}")
+            names = [j["metadata"]["name"] for j in jobs[0]]
+            assert names == [f"k8sx-{ex.run_id}-b00000"], f"A or B got a Job of its own: {names}"
 
     t0 = time.monotonic()
     if fault.during is not None:
@@ -750,13 +828,13 @@ def _executor_kwargs(fault: Fault, env: Env, shared: SharedPath) -> dict[str, An
             share_storage_options=True,  # the pods reach the same proxy with them
         )
     startup = 60 if fault.runtime == "podman" else 30
-    # Cold (keep_warm=0): every row's scene is batch A on every slot and batch B's Job
-    # waiting suspended; warm workers would take B without a Job (tests/test_warm.py).
+    # Cold (keep_warm=0) but for warm rows: the scene is batch A on every slot and batch
+    # B's Job waiting suspended; warm workers would take B without a Job.
     timeouts = {
         "startup": startup,
         "heartbeat": 1,
         "heartbeat_grace": 10,
-        "keep_warm": 0,
+        "keep_warm": 60 if fault.warm else 0,
         **fault.timeouts,
     }
     kw["timeouts"] = Timeouts(**timeouts)  # type: ignore[arg-type]
@@ -770,9 +848,11 @@ def _executor_kwargs(fault: Fault, env: Env, shared: SharedPath) -> dict[str, An
     }
 
 
-def _wait_ready(ctx: Ctx, futures: Mapping[int, Future[Any]], started: SharedPath) -> None:
+def _wait_ready(
+    ctx: Ctx, futures: Mapping[int, Future[Any]], started: SharedPath, warm: bool = False
+) -> None:
     """A runs on every slot (its first calls started, the executor saw them), B's Job
-    exists, waiting."""
+    exists, waiting (warm: B waits in the engine, with no Job)."""
     job_b = f"k8sx-{ctx.run_id}-b00001"
 
     def ready() -> bool:
@@ -780,7 +860,7 @@ def _wait_ready(ctx: Ctx, futures: Mapping[int, Future[Any]], started: SharedPat
         return (
             len(started.listdir()) >= WORKERS
             and all(futures[i].running() or futures[i].done() for i in HEADS if i in futures)
-            and any(j["metadata"]["name"] == job_b for j in jobs[0])
+            and (warm or any(j["metadata"]["name"] == job_b for j in jobs[0]))
         )
 
     helpers.wait_for(ready, 120, "batch A on every slot and batch B's Job waiting")
@@ -924,7 +1004,12 @@ def check(report: Report) -> None:
     if fault.ready:
         expected_heads = {i: str(k) for k, i in enumerate(HEADS)}
         heads = {i: report.heads.get(i) for i in HEADS}
-        assert heads == expected_heads, f"the calls A started with: {report.heads} ({line})"
+        if fault.warm:
+            # In the warm-up batch's four pods, one index of A each.
+            assert sorted(heads) == HEADS, f"the calls A started with: {report.heads} ({line})"
+            assert sorted(map(str, heads.values())) == ["0", "1", "2", "3"], line
+        else:
+            assert heads == expected_heads, f"the calls A started with: {report.heads} ({line})"
     if fault.client == "subprocess":
         assert report.resolve_seconds is not None, f"workers still running: {line}"
         assert not report.notes[:-1], line
