@@ -9,6 +9,9 @@ import datetime
 import os
 import platform
 import re
+import shlex
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 README = Path(__file__).with_name("README.md")
@@ -41,6 +44,31 @@ def machine() -> str:
 def load_average() -> str:
     """The 1, 5 and 15 minute load averages."""
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def report(
+    script: str,
+    argv: Sequence[str] | None,
+    took: float,
+    load_before: str,
+    setup: Sequence[str],
+    body: Sequence[str],
+) -> str:
+    """A generated section: the run line (``python benchmarks/SCRIPT ARGS``), the machine
+    and its load before and now, lines saying how the benchmark was set up, a blank line,
+    then ``body``."""
+    args = " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = f"python benchmarks/{script} {args}".strip()
+    return "\n".join(
+        [
+            run_line(command, took),
+            "",
+            machine() + f"; load average before {load_before}, after {load_average()}.",
+            *setup,
+            "",
+            *body,
+        ]
+    )
 
 
 def write_section(name: str, generated: str) -> None:

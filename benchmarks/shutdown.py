@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
-import shlex
 import statistics
 import sys
 import tempfile
@@ -37,7 +36,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from _report import load_average, machine, run_line, write_section
+from _report import load_average, report, write_section
 
 REPO = Path(__file__).resolve().parent.parent
 EMPTY_BLOCKS = 20
@@ -173,18 +172,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"| {EMPTY_BLOCKS} `with` blocks around an empty `map`, each: min / median / max "
         f"| {_spread(empties)} s | {_spread(ppe_empty)} s |",
     ]
-    command = "python benchmarks/shutdown.py " + " ".join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
-    )
-    generated = "\n".join(
-        [
-            run_line(command.strip(), took),
-            "",
-            machine() + f"; load average before {load_before}, after {load_average()}.",
-            "Pods' grace period: the default 30 s.",
-            "",
-            *rows,
-        ]
+    generated = report(
+        "shutdown.py",
+        argv,
+        took,
+        load_before,
+        ["Pods' grace period: the default 30 s."],
+        rows,
     )
     print(generated)
     if args.write:

@@ -27,7 +27,6 @@ About three minutes. Importing this module has no side effects; everything runs 
 from __future__ import annotations
 
 import argparse
-import shlex
 import statistics
 import sys
 import tempfile
@@ -36,7 +35,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from _report import load_average, machine, run_line, write_section
+from _report import load_average, report, write_section
 
 REPO = Path(__file__).resolve().parent.parent
 WORKERS = 4
@@ -171,21 +170,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"* GridSearchCV on kubesim, warm: {hot['grid'] / local['grid']:.2f}x the local "
         "backend (goal <= 2x).",
     ]
-    command = "python benchmarks/warm.py " + " ".join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
-    )
-    generated = "\n".join(
+    generated = report(
+        "warm.py",
+        argv,
+        took,
+        load_before,
         [
-            run_line(command.strip(), took),
-            "",
-            machine() + f"; load average before {load_before}, after {load_average()}.",
             f"kubesim: process kubelet, pod_start_delay={POD_START:g} s; max_workers / "
-            f"n_jobs = {WORKERS}; storage: a local directory.",
-            "",
-            *rows,
-            "",
-            *verdict,
-        ]
+            f"n_jobs = {WORKERS}; storage: a local directory."
+        ],
+        [*rows, "", *verdict],
     )
     print(generated)
     if args.write:

@@ -385,6 +385,14 @@ def watch_cache_504(ctx: Ctx) -> None:
 
 OOM_PROCESS = {"resources": Resources(memory="64Mi", memory_limit=None), "actions": {0: "oom:256"}}
 OOM_PODMAN = {"resources": Resources(memory="256Mi", memory_limit=None), "actions": {0: "oom:1024"}}
+# This VM's podman does not flag the container OOMKilled (its worker's child died of the
+# cgroup's SIGKILL): then the message still points at memory.
+OOM_PODMAN_LOST = Either(
+    (
+        Raises(WorkerLostError, reason="OOMKilled"),
+        Raises(WorkerLostError, signal=signal.SIGKILL, match="run out of memory"),
+    )
+)
 LOST_SIGKILL = Raises(WorkerLostError, signal=signal.SIGKILL, match="killed by SIGKILL")
 LONG = 10  # the Kubernetes backend tries a request 8 times
 MIXED = (429, 500, 503)
@@ -410,16 +418,7 @@ FAULTS = [
     Fault(
         "pod OOMKilled (podman)",
         runtime="podman",
-        # This VM's podman does not flag the container OOMKilled (its worker's child
-        # died of the cgroup's SIGKILL): then the message still points at memory.
-        expect=plan(
-            victim=Either(
-                (
-                    Raises(WorkerLostError, reason="OOMKilled"),
-                    Raises(WorkerLostError, signal=signal.SIGKILL, match="run out of memory"),
-                )
-            )
-        ),
+        expect=plan(victim=OOM_PODMAN_LOST),
         bound=60,
         slow=True,
         **OOM_PODMAN,  # type: ignore[arg-type]
@@ -592,14 +591,7 @@ FAULTS = [
         "warm: pod OOMKilled (podman)",
         warm=True,
         runtime="podman",
-        expect=plan(
-            victim=Either(
-                (
-                    Raises(WorkerLostError, reason="OOMKilled"),
-                    Raises(WorkerLostError, signal=signal.SIGKILL, match="run out of memory"),
-                )
-            )
-        ),
+        expect=plan(victim=OOM_PODMAN_LOST),
         bound=60,
         slow=True,
         **OOM_PODMAN,  # type: ignore[arg-type]
