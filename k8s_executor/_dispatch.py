@@ -115,6 +115,7 @@ class Dispatcher:
         self._resolver = resolver
         self._skips = skips
         self._queue: list[Task] = []
+        self._taken: list[Task] = []  # taken from the queue: being written, then launched
         self._flush = False
         self._warm: WarmPool | None = None
         self._thread: threading.Thread | None = None
@@ -139,8 +140,10 @@ class Dispatcher:
         self._cond.notify_all()
 
     def queued(self) -> list[Task]:
-        """The tasks waiting for their batch (lock held)."""
-        return list(self._queue)
+        """The tasks not launched yet: waiting for their batch, or in the batch being
+        written (lock held). Cancelled meanwhile, the latter get their skip markers before
+        the batch launches (``Resolver.register``)."""
+        return [*self._queue, *self._taken]
 
     def drain(self) -> list[Task]:
         """Empty the queue; the unsettled tasks it held (lock held)."""
@@ -177,16 +180,16 @@ class Dispatcher:
     # -- the dispatcher thread ------------------------------------------------------------
 
     def _run(self) -> None:
-        tasks: list[Task] = []
         try:
-            self._loop(tasks)
+            self._loop()
         except BaseException as exc:
             # Whatever escaped (a storage error of an unexpected kind, a bug): nothing would
             # send the queued calls any more. Break the executor rather than strand them.
-            self._engine.thread_died("dispatcher", exc, tasks)
+            with self._cond:
+                taken = list(self._taken)
+            self._engine.thread_died("dispatcher", exc, taken)
 
-    def _loop(self, tasks: list[Task]) -> None:
-        # ``tasks`` holds the calls being launched, for _run to fail if this dies.
+    def _loop(self) -> None:
         configured = self._batching.window
         backend_window = getattr(self._backend, "batch_window", SHORTEST_WINDOW)
         limit = self._batching.max_calls
@@ -205,12 +208,13 @@ class Dispatcher:
                     if remaining <= 0 or not self._engine.dispatching():
                         break
                     self._cond.wait(remaining)
-                tasks[:] = self._queue[:limit]
+                self._taken = self._queue[:limit]
                 del self._queue[:limit]
                 if not self._queue:
                     self._flush = False
-            self._launch(tasks)
-            tasks.clear()
+            self._launch(self._taken)
+            with self._cond:
+                self._taken = []
 
     def _launch(self, tasks: list[Task]) -> None:
         batch = self._launcher.prepare(tasks)

@@ -16,7 +16,7 @@ the engine's lock, which is never held while an outcome is read from storage.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from concurrent.futures import Future
 from typing import Any
 
@@ -231,6 +231,21 @@ class Resolver:
             if describe is not None:
                 exit = describe(*worker, exit)
         self.index_finished(batch_id, index, exit)
+
+    def skipped(self, batch_id: str, indexes: Collection[int]) -> None:
+        """Every call of these indexes was cancelled before any started, and their empty
+        skip markers are in storage: the indexes are done now, without waiting for a
+        worker that may never start (a pod stuck before its start would hold a shutdown
+        until its start-up timeout). A worker that starts after all finds its marker and
+        runs nothing; what the backend reports of it is ignored."""
+        with self._cond:
+            batch = self._batches.get(batch_id)
+            if batch is None:
+                return
+            for i in indexes:
+                entry = batch.indexes[i]
+                if not entry.started and all(t.settled for t in entry.tasks):
+                    self.index_done(batch, entry)
 
     def declined(self, batch_id: str, index: int) -> bool:
         """Whether an index waiting for a worker has no call left to run (then it is

@@ -40,7 +40,7 @@ import shutil
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import Future
 from typing import Any
 
@@ -112,7 +112,7 @@ class Run:
         self._lock = threading.RLock()
         self._cond = threading.Condition(self._lock)
         self._batches: dict[str, Batch] = {}  # launched, unfinished; shared with the parts
-        self._skips = SkipMarkers(self._lock, self._batches, self._backend.cancel)
+        self._skips = SkipMarkers(self._lock, self._batches, self._skipped)
         self._resolver = Resolver(
             self._cond, self._batches, self._skips, key=key, backend=self._backend
         )
@@ -306,6 +306,12 @@ class Run:
             self._cond.notify_all()
         for t in tasks:
             self._resolver.settle(t, error=broken)
+
+    def _skipped(self, batch_id: str, indexes: Collection[int]) -> None:
+        # The skip markers' callback: every call of these indexes was cancelled before
+        # they started, and their markers are written.
+        self._resolver.skipped(batch_id, indexes)
+        self._backend.cancel(batch_id, indexes)
 
     # -- the warm pool's (see _warm_pool.Engine) -------------------------------------
 

@@ -200,3 +200,17 @@ def test_cancel_all_leaves_running_calls_alone_and_drop_all_forgets(books: Books
     with books.cond:
         assert books.resolver.drop_all() == [running, waiting]
     assert books.batches == {}
+
+
+def test_an_index_skipped_before_it_started_is_done_without_its_worker(books: Books) -> None:
+    # A pod that never starts would never report: the engine does not wait for it.
+    skipped, started = books.task(0), books.task(1)
+    futures = skipped.future, started.future
+    books.launch("b00000", [skipped], [started])
+    books.resolver.index_started("b00000", 1)
+    assert futures[0].cancel()
+    assert not futures[1].cancel()  # running
+    books.resolver.skipped("b00000", [0, 1])
+    batch = books.batches["b00000"]
+    assert [entry.finished for entry in batch.indexes] == [True, False]
+    assert books.resolver.index_started("b00000", 0) is False  # a late start runs nothing
