@@ -37,6 +37,7 @@ from ._contract import (
     LABEL_RUN,
     MANAGED_BY,
 )
+from ._durable import forget_named_run, named_runs_root, stored_count
 from ._options import PodOptions, Resources, Scheduling
 from ._store import RunStore
 from .backends._kubeapi import ONCE, RBAC_RULES, KubeApi
@@ -61,12 +62,15 @@ __all__ = [
     "RunSummary",
     "default_podman_url",
     "find_credentials",
+    "forget_named_run",
     "inspect_image",
     "is_local_reference",
+    "named_runs_root",
     "parse_quantity",
     "rbac_manifests",
     "run_indexes",
     "split_reference",
+    "stored_count",
     "summarize_runs",
     "worker_pod",
 ]

@@ -47,6 +47,7 @@ class Task:
     settled: bool = False
     bars: tuple[Progress, ...] = ()
     buffers: tuple[str, ...] = ()  # keys of the calls' large out-of-band buffers
+    identity: str = ""  # in a named run: the call's identity (see _durable)
 
     def release(self) -> None:
         """The future is settled (done, and a cancellation notified): drop the function,
@@ -220,7 +221,11 @@ def index_inputs(
                 key,
                 [
                     wire.TaskInput(
-                        t.task_id, t.fn_index, t.calls, tuple(placed[k] for k in t.buffers)
+                        t.task_id,
+                        t.fn_index,
+                        t.calls,
+                        tuple(placed[k] for k in t.buffers),
+                        t.identity,
                     )
                     for t in group
                 ],

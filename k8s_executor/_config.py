@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _progress
 from ._cluster import config_source
+from ._durable import check_name, default_named_storage
 from ._options import (
     Batching,
     PodOptions,
@@ -49,6 +50,7 @@ ENV_BASE_IMAGE = "K8S_EXECUTOR_BASE_IMAGE"
 ENV_PLATFORM = "K8S_EXECUTOR_PLATFORM"
 ENV_PYTHON = "K8S_EXECUTOR_PYTHON"
 ENV_PROGRESS = "K8S_EXECUTOR_PROGRESS"
+ENV_RUN = "K8S_EXECUTOR_RUN"
 
 _STORAGE_OPTIONS_EXAMPLE = '{"endpoint_url": "https://s3.example", "key": "...", "secret": "..."}'
 
@@ -111,6 +113,12 @@ class Env:
     def storage(self) -> str | None:
         """``K8S_EXECUTOR_STORAGE``: the storage URL."""
         return self.text(ENV_STORAGE)
+
+    @property
+    def run(self) -> str | None:
+        """``K8S_EXECUTOR_RUN``: the name of a named run (checked)."""
+        text = self.text(ENV_RUN)
+        return None if not text else check_name(text, f"{ENV_RUN}=")
 
     @property
     def image(self) -> str | None:
@@ -229,6 +237,8 @@ class Settings:
     show_progress: bool
     keep_warm: float = 0.0
     """``Timeouts.keep_warm``: seconds a worker stays for further calls (0: none)."""
+    run_name: str | None = None
+    """A named run (``run=``): results stored and reused under this name."""
 
 
 def resolve(
@@ -254,6 +264,7 @@ def resolve(
     share_storage_options: bool | None = None,
     stream_logs: bool = False,
     progress: bool | None = None,
+    run: str | None = None,
     env: Env | None = None,
 ) -> Settings:
     """Check the options of :class:`~k8s_executor.KubernetesExecutor` (all but
@@ -335,6 +346,10 @@ def resolve(
             "'s3://bucket/k8sx' or '/shared/k8sx'"
         )
     storage = os.fspath(storage) if storage is not None else env.storage
+    run_name = check_name(run) if run is not None else env.run
+    if storage is None and run_name is not None and backend.name == "local":
+        # A named run outlives the executor: not in a temporary directory.
+        storage = str(default_named_storage())
     if storage is None and backend.name != "local":
         raise ConfigError(
             "storage= is required with the kubernetes backend: an fsspec URL that both "
@@ -349,6 +364,7 @@ def resolve(
         storage_retry=storage_retry or StorageRetry(),
         show_progress=show_progress,
         keep_warm=(timeouts or Timeouts()).keep_warm,
+        run_name=run_name,
     )
 
 

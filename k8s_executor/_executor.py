@@ -138,6 +138,13 @@ class KubernetesExecutor(Executor):
             on stderr, updated until shutdown; a widget in a Jupyter notebook. Default:
             ``K8S_EXECUTOR_PROGRESS`` (1/0), else on only when stderr is a terminal or in
             a notebook. ``map(..., progress=True)`` gives one map its own bar.
+        run: name the run (1-40 lowercase letters, digits and ``-``), so that results are
+            kept and reused: a call whose function and arguments have a stored result in
+            this run resolves from storage without running again (a script re-run after
+            a crash redoes only what had not finished). Results are stored under
+            ``<storage>/named/<run>/`` until ``k8s-executor cleanup --named RUN``; see
+            "Durable runs" in the docs. Default: ``K8S_EXECUTOR_RUN``, else an unnamed
+            run that keeps nothing.
     """
 
     def __init__(
@@ -167,6 +174,7 @@ class KubernetesExecutor(Executor):
         share_storage_options: bool | None = None,
         stream_logs: bool = False,
         progress: bool | None = None,
+        run: str | None = None,
     ) -> None:
         if max_workers is not None:
             if isinstance(max_workers, int) and not isinstance(max_workers, bool):
@@ -209,6 +217,7 @@ class KubernetesExecutor(Executor):
             share_storage_options=share_storage_options,
             stream_logs=stream_logs,
             progress=progress,
+            run=run,
         )
         self._backend: Backend = settings.backend
         self._max_workers = max_workers or self._backend.default_max_workers()
@@ -221,7 +230,7 @@ class KubernetesExecutor(Executor):
             if initializer is None
             else (wire.dump_function(initializer, what="initializer"), _dump_initargs(initargs)),
             run_id=self._run_id,
-            key=wire.new_key(),
+            key=wire.new_key() if settings.run_name is None else _named_key(settings),
             on_start=self._started,
             on_end=self._ended,
         )
@@ -280,12 +289,16 @@ class KubernetesExecutor(Executor):
             bars += (own,)
         end_time = None if timeout is None else timeout + time.monotonic()
         tasks = []
+        # Kept here: a task settled at once (a stored result of a named run) has already
+        # swapped its future for a stand-in (Task.release).
+        futures: list[Future[Any]] = []
         calls: Iterator[tuple[tuple[Any, ...], dict[str, Any]]] = (
             (args, {}) for args in zip(*iterables, strict=False)
         )
         try:
             while chunk := list(itertools.islice(calls, chunksize)):
-                tasks.append(run.make_task(Future(), fn, chunk, single=False, bars=bars))
+                futures.append(Future())
+                tasks.append(run.make_task(futures[-1], fn, chunk, single=False, bars=bars))
             run.enqueue(tasks, flush=True)
         except BaseException:
             if own is not None:
@@ -293,7 +306,6 @@ class KubernetesExecutor(Executor):
             raise
         if own is not None:
             own.seal()
-        futures = [t.future for t in tasks]
         return _result_iterator(futures, end_time, self._terminate)
 
     def shutdown(
@@ -342,6 +354,15 @@ class KubernetesExecutor(Executor):
 
 
 _log = logging.getLogger(__name__)
+
+
+def _named_key(settings: _config.Settings) -> bytes:
+    """A named run's key: this machine's for that run and storage (see ``_durable``)."""
+    from ._durable import load_or_create_key
+
+    assert settings.run_name is not None
+    assert settings.storage is not None
+    return load_or_create_key(settings.storage, settings.run_name)
 
 
 def _dump_initargs(initargs: tuple[Any, ...]) -> bytes:

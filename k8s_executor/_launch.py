@@ -18,6 +18,7 @@ from typing import Any
 from . import _payload as wire
 from ._batches import Batch, Index, Task, function_table, index_inputs, pack, place_buffers
 from ._config import Settings
+from ._durable import FunctionBlobs, identity
 from ._progress import Progress
 from ._store import RunStore
 from .backends._base import LaunchSpec
@@ -68,6 +69,8 @@ class Launcher:
         self._buffer_uses: collections.Counter[str] = collections.Counter()
         self._buffer_data: dict[str, bytes] = {}
         self._shared: set[str] = set()
+        # A named run: the calls' identities need their functions' pickles.
+        self._fn_blobs = FunctionBlobs() if settings.run_name is not None else None
 
     def make_task(
         self,
@@ -93,6 +96,12 @@ class Launcher:
             future.set_exception(exc)
             blob = b""
         task = Task(future, fn, blob, len(calls), single, bars=bars, buffers=keys)
+        if self._fn_blobs is not None and not future.done():
+            try:
+                task.identity = identity(self._fn_blobs.get(fn), blob, keys)
+            except PicklingError as exc:
+                future.set_running_or_notify_cancel()
+                future.set_exception(exc)
         for bar in bars:
             bar.add(task.n_calls)
         if future.done():
@@ -140,7 +149,9 @@ class Launcher:
             for t in group:
                 t.batch_id, t.index = batch_id, i
         init_blob, initargs_blob = self._initializer or (None, None)
-        fns = wire.FunctionTable(table.blobs, table.names, init_blob, initargs_blob)
+        fns = wire.FunctionTable(
+            table.blobs, table.names, init_blob, initargs_blob, self._settings.run_name
+        )
         with self._lock:
             placement = place_buffers(
                 (k for t in live for k in t.buffers),

@@ -131,11 +131,12 @@ class FunctionTable:
     names: tuple[str, ...]
     initializer: bytes | None
     initargs: bytes | None
+    run_name: str | None = None  # a named run's: workers store results under it
 
     def seal(self, key: bytes) -> bytes:
         """Return the signed ``fn`` payload."""
         body = pickle.dumps(
-            (self.functions, self.names, self.initializer, self.initargs),
+            (self.functions, self.names, self.initializer, self.initargs, self.run_name),
             protocol=pickle.HIGHEST_PROTOCOL,
         )
         return seal(key, "fn", body)
@@ -144,8 +145,7 @@ class FunctionTable:
     def open(cls, key: bytes, data: bytes) -> FunctionTable:
         """Verify and parse a ``fn`` payload."""
         _, body = open_envelope(key, data, "fn")
-        functions, names, initializer, initargs = pickle.loads(body)
-        return cls(functions, names, initializer, initargs)
+        return cls(*pickle.loads(body))
 
 
 def callable_name(fn: object) -> str:
@@ -302,12 +302,13 @@ class TaskInput:
     fn_index: int
     calls: bytes
     buffers: tuple[bytes | str, ...] = ()
+    identity: str = ""  # in a named run: where the worker stores the result (_durable)
 
 
 def seal_inputs(key: bytes, tasks: Sequence[TaskInput]) -> bytes:
     """Return the signed ``in/<index>`` payload for the tasks of one index."""
     body = pickle.dumps(
-        [(t.task_id, t.fn_index, t.calls, t.buffers) for t in tasks],
+        [(t.task_id, t.fn_index, t.calls, t.buffers, t.identity) for t in tasks],
         protocol=pickle.HIGHEST_PROTOCOL,
     )
     return seal(key, "in", body)

@@ -44,9 +44,11 @@ from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import Future
 from typing import Any
 
+from . import _payload as wire
 from ._batches import Batch, Task
 from ._config import Settings
 from ._dispatch import Dispatcher, Heartbeat
+from ._durable import StoredResults, run_url
 from ._launch import Launcher
 from ._outcomes import shut_down_error
 from ._progress import Progress
@@ -134,6 +136,7 @@ class Run:
             skips=self._skips,
         )
         self._store: RunStore | None = None
+        self._stored: StoredResults | None = None  # a named run's stored results
         self._warm: WarmPool | None = None  # with Timeouts.keep_warm: who runs what
         self._temp_dir: str | None = None
         self._heartbeat: Heartbeat | None = None
@@ -158,7 +161,17 @@ class Run:
         task = self._launcher.make_task(future, fn, calls, single=single, bars=bars)
         if not task.settled:
             future.add_done_callback(functools.partial(self._resolver.task_done, task))
+        if task.identity and not task.settled:
+            self._reuse(task)
         return task
+
+    def _reuse(self, task: Task) -> None:
+        """A named run's call with a stored result resolves from storage, without a pod."""
+        self._start_once()  # the storage, and what the run has stored
+        assert self._stored is not None
+        results = self._stored.find(task.identity, wire.callable_name(task.fn))
+        if results is not None:
+            self._resolver.settle(task, result=results[0] if task.single else results)
 
     def bars(self) -> tuple[Progress, ...]:
         """The run's bar (started with the first call) when progress is shown."""
@@ -239,6 +252,10 @@ class Run:
                 self._temp_dir = None
             raise
         self._store = self._skips.store = self._launcher.store = self._resolver.store = store
+        name = self._settings.run_name
+        if name is not None:
+            named = RunStore(run_url(root, name), options, self._settings.storage_retry)
+            self._stored = StoredResults(named, self._key)
         if self._settings.keep_warm > 0:
             self._warm = self._resolver.warm = WarmPool(store, self._max_workers, self)
         interval = self._backend.heartbeat_interval

@@ -141,6 +141,7 @@ class RunStore:
     ) -> None:
         self.url = url.rstrip("/")
         self.retry = retry or StorageRetry()
+        self.options = dict(storage_options or {})  # for a store beside this one
         self.is_local = "://" not in self.url or self.url.startswith("file://")
         self.fs: Any = None
         # Set while the storage is down (an operation failed past its tries, none has

@@ -52,7 +52,7 @@ from typing import Any, Final, NoReturn
 import cloudpickle
 
 from . import _contract as codes
-from . import _init
+from . import _durable, _init
 from . import _payload as wire
 from . import _warm as warm
 from ._options import StorageRetry
@@ -356,10 +356,36 @@ def run_index(store: RunStore, key: bytes, index: int, run: RunStore | None = No
         return EXIT_INDEX_FAILED
     runner = _Runner(table, run, _KEPT_SHARED)
     runner.initialize()
-    outcomes = [runner.run(task) for task in tasks if not skip.skips(task.task_id)]
+    named = _named_store(run, table.run_name)
+    outcomes = []
+    for task in tasks:
+        if skip.skips(task.task_id):
+            continue
+        outcome = runner.run(task)
+        outcomes.append(outcome)
+        if named is not None and task.identity and outcome.error is None:
+            _store_result(named, key, task.identity, outcome)
     _KEPT_SHARED.keep(runner.shared_used)
     store.put(out_key, wire.seal_outcomes(key, outcomes))
     return EXIT_OK if all(o.error is None for o in outcomes) else EXIT_TASK_FAILED
+
+
+def _named_store(run: RunStore | None, name: str | None) -> RunStore | None:
+    """A named run's results store (beside the run's prefix), or None."""
+    if run is None or name is None:
+        return None
+    root = run.url.rstrip("/").rsplit("/", 1)[0]
+    return RunStore(_durable.run_url(root, name), run.options, run.retry)
+
+
+def _store_result(named: RunStore, key: bytes, identity: str, outcome: wire.TaskOutcome) -> None:
+    """Keep a call's result for later clients of the named run, as soon as it is known
+    (a client that dies half-way loses only the calls still running)."""
+    stored = wire.TaskOutcome(-1, outcome.results, None)
+    try:
+        named.put(_durable.call_key(identity), wire.seal_outcomes(key, [stored]))
+    except StorageError as exc:  # the call's outcome still goes to out/<index>
+        print(f"k8s_executor.worker: cannot store the result for reuse: {exc}", file=sys.stderr)
 
 
 class _IdleSignals:

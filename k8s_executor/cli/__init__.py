@@ -8,6 +8,7 @@
     k8s-executor logs RUN --all           every index's log, lines prefixed [batch/index]
     k8s-executor cleanup RUN...           delete those runs' Jobs, pods, Secrets and storage
     k8s-executor cleanup --older-than 1h  ... of every run older than that
+    k8s-executor forget NAME [--yes]      delete a named run's stored results
     k8s-executor rbac                     the Role and RoleBinding the executor needs
     k8s-executor build --registry R       snapshot this venv into an image, push it
 
@@ -67,6 +68,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return prepare.build(args)
         if args.command == "doctor":
             return doctor.run(args)
+        if args.command == "forget":
+            return runs.forget(args)
         if args.command == "logs":
             problem = logs.usage_problem(args)
             if problem:

@@ -238,6 +238,24 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: credentials from the environment)",
     )
 
+    forget = sub.add_parser(
+        "forget",
+        help="delete a named run's stored results and this machine's key (dry run unless --yes)",
+    )
+    forget.add_argument("run", metavar="RUN", help="the run's name (run= in code)")
+    forget.add_argument(
+        "--storage",
+        metavar="URL",
+        help="the storage the run used (default: K8S_EXECUTOR_STORAGE, else the local "
+        "backend's default for named runs)",
+    )
+    forget.add_argument("--yes", action="store_true", help="delete (default: only show)")
+    forget.add_argument(
+        "--storage-options",
+        metavar="JSON",
+        help="fsspec options to open the storage (default: credentials from the environment)",
+    )
+
     build = sub.add_parser(
         "build", help="snapshot this virtualenv into an image and push it (if changed)"
     )

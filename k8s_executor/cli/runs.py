@@ -7,7 +7,7 @@ import getpass
 import sys
 from datetime import UTC, datetime, timedelta
 
-from .._admin import Cluster, RunStore
+from .._admin import Cluster, Env, RunStore, forget_named_run, named_runs_root, stored_count
 from ..errors import K8sExecutorError
 from ._text import count, print_table
 
@@ -114,6 +114,27 @@ def _alive(run_id: str, url: str, options_json: str | None) -> bool:
         )
         return True
     return age is not None and age < _HEARTBEAT_GRACE
+
+
+def forget(args: argparse.Namespace) -> int:
+    """``k8s-executor forget``: delete (or, without ``--yes``, count) a named run's stored
+    results, and this machine's key of the run."""
+    import json
+
+    root = named_runs_root(args.storage or Env().storage)
+    try:
+        options = json.loads(args.storage_options) if args.storage_options else {}
+    except ValueError as exc:
+        print(f"k8s-executor forget: --storage-options is not JSON: {exc}", file=sys.stderr)
+        return 2
+    where = f"{root.rstrip('/')}/named/{args.run}"
+    n = stored_count(root, args.run, options)
+    if not args.yes:
+        print(f"would delete named run {args.run}: {count(n, 'stored result')} at {where}")
+        return 0
+    forget_named_run(root, args.run, options)
+    print(f"deleted named run {args.run}: {count(n, 'stored result')} at {where}")
+    return 0
 
 
 def _delete_storage(run_id: str, url: str, options_json: str | None) -> bool:
