@@ -27,6 +27,7 @@ import os
 import re
 import weakref
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,9 @@ PREFIX = "named"
 """The storage prefix of named runs, beside the per-executor run prefixes (``r<hex>``)."""
 
 CALLS = "calls"
+
+READERS = 32
+"""Stored results read at once when many calls are reused."""
 
 
 def check_name(name: object, where: str = "run=") -> str:
@@ -207,10 +211,24 @@ class StoredResults:
             self._known = {k.rsplit("/", 1)[-1] for k in keys}
         return self._known
 
-    def find(self, call_identity: str, fn_name: str) -> list[Any] | None:
-        """The results of a call (one per call of its task) when stored and verified."""
-        if call_identity not in self._listing():
-            return None
+    def find(self, wanted: list[tuple[str, str]]) -> dict[str, list[Any]]:
+        """The results of the calls ``wanted`` (identity, function name) that are stored
+        and verify: one list per call, its task's results. Read concurrently (a thousand
+        results from an object store are a thousand requests)."""
+        known = self._listing()
+        wanted = [(i, name) for i, name in wanted if i in known]
+        if not wanted:
+            return {}
+        if len(wanted) == 1:
+            found = [self._load(*wanted[0])]
+        else:
+            with ThreadPoolExecutor(min(READERS, len(wanted)), "k8sx-reuse") as pool:
+                found = list(pool.map(lambda w: self._load(*w), wanted))
+        results = {i: r for (i, _), r in zip(wanted, found, strict=True) if r is not None}
+        self.reused += len(results)
+        return results
+
+    def _load(self, call_identity: str, fn_name: str) -> list[Any] | None:
         try:
             data = self._store.get(call_key(call_identity))
             outcomes = wire.open_outcomes(self._key, data)
@@ -224,5 +242,4 @@ class StoredResults:
         except Exception as exc:
             _log.warning("stored result %s not used (it runs again): %s", call_identity, exc)
             return None
-        self.reused += 1
         return results

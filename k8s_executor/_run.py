@@ -161,17 +161,19 @@ class Run:
         task = self._launcher.make_task(future, fn, calls, single=single, bars=bars)
         if not task.settled:
             future.add_done_callback(functools.partial(self._resolver.task_done, task))
-        if task.identity and not task.settled:
-            self._reuse(task)
         return task
 
-    def _reuse(self, task: Task) -> None:
-        """A named run's call with a stored result resolves from storage, without a pod."""
-        self._start_once()  # the storage, and what the run has stored
-        assert self._stored is not None
-        results = self._stored.find(task.identity, wire.callable_name(task.fn))
-        if results is not None:
-            self._resolver.settle(task, result=results[0] if task.single else results)
+    def _reuse(self, tasks: list[Task]) -> None:
+        """A named run's calls with a stored result resolve from storage, without a pod
+        (the run has started: its storage is open)."""
+        named = [t for t in tasks if t.identity and not t.settled]
+        if self._stored is None or not named:
+            return
+        found = self._stored.find([(t.identity, wire.callable_name(t.fn)) for t in named])
+        for t in named:
+            results = found.get(t.identity)
+            if results is not None:
+                self._resolver.settle(t, result=results[0] if t.single else results)
 
     def bars(self) -> tuple[Progress, ...]:
         """The run's bar (started with the first call) when progress is shown."""
@@ -203,6 +205,7 @@ class Run:
         """Queue tasks for the dispatcher (starting the run on first use); ``flush``
         sends them without waiting for the batching window."""
         self._start_once()
+        self._reuse(tasks)  # before queueing: a reused call never reaches a worker
         with self._cond:
             self.check_accepting()
             self._dispatcher.put(tasks, flush=flush)
