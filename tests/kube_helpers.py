@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator, Mapping
@@ -28,6 +30,7 @@ from tests.helpers import SharedPath
 
 ENV_VAR = "K8SX_TEST_CLUSTER"
 RUN_LABEL = "k8s-executor.io/run"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def kubesim_kwargs(sim: Any, storage: Path, **pod: Any) -> dict[str, Any]:
@@ -479,3 +482,32 @@ def shared_dir(tmp_path: Path, config: ClusterConfig | None) -> Iterator[SharedP
         yield shared
     finally:
         shared.remove()
+
+
+@contextmanager
+def standalone_kubesim(log: Path) -> Iterator[str]:
+    """A kubesim in its own process (``python -m tests.kubesim``, process kubelet), as a
+    cluster this test did not start in-process; yields the kubeconfig path it printed. Its
+    stderr goes to ``log``; SIGTERM ends it afterwards."""
+    with log.open("w") as stderr:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "tests.kubesim"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
+        try:
+            assert server.stdout is not None
+            kubeconfig = server.stdout.readline().strip()
+            assert kubeconfig, f"kubesim printed no kubeconfig: {log.read_text()}"
+            yield kubeconfig
+        finally:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+            if server.stdout is not None:
+                server.stdout.close()

@@ -789,7 +789,9 @@ def test_cleanup_finished_never_touches_a_live_idle_run(
     from k8s_executor._admin import Cluster
 
     config = kubeconfig(kubesim)
-    with KubernetesExecutor(**kubesim_kwargs(kubesim, tmp_path / "storage")) as ex:
+    # Cold: the Job ends with its call, as before warm workers (a warm worker's Job runs
+    # until its keep_warm window ends, 60 s, and the run is not finished meanwhile).
+    with KubernetesExecutor(**cold(kubesim_kwargs(kubesim, tmp_path / "storage"))) as ex:
         assert ex.submit(helpers.square, 3).result(timeout=60) == 9
 
         def jobs_ended() -> bool:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from tests import kube_helpers
 from tests.helpers import SharedPath
 from tests.kube_helpers import ENV_VAR, ClusterConfigError, ClusterUnderTest, load_cluster_config
 
@@ -29,31 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def standalone_kubesim(tmp_path: Path) -> Iterator[str]:
     """A kubesim in its own process; yields the kubeconfig path it printed."""
-    log = (tmp_path / "kubesim.log").open("w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "tests.kubesim"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-    )
-    try:
-        assert server.stdout is not None
-        kubeconfig = server.stdout.readline().strip()
-        assert kubeconfig, (
-            f"kubesim printed no kubeconfig: {(tmp_path / 'kubesim.log').read_text()}"
-        )
+    with kube_helpers.standalone_kubesim(tmp_path / "kubesim.log") as kubeconfig:
         yield kubeconfig
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        if server.stdout is not None:
-            server.stdout.close()
-        log.close()
 
 
 def _jobs_created_since(kubeconfig: str, resource_version: str) -> set[str]:
