@@ -38,6 +38,7 @@ from typing import Final
 __all__ = [
     "FIRST_POLL",
     "LAST_POLL",
+    "LOCAL_POLL",
     "Assignment",
     "Marker",
     "done_key",
@@ -56,6 +57,11 @@ FIRST_POLL: Final = 0.02
 """Seconds between a worker's reads of ``next`` right after a call..."""
 LAST_POLL: Final = 2.0
 """...growing by half each time up to this: about 30 GETs per idle minute."""
+LOCAL_POLL: Final = 0.005
+"""A worker of the local backend whose storage is a local directory reads ``next`` this
+often, always: a read is a file open costing microseconds, no request to pay for, and
+its latency is what a warm call waits (``submit`` of 200 calls after 0.3 s idle: 123 ms
+median with the growing interval, most of it the wait for the next read)."""
 _GROWTH: Final = 1.5
 
 _WID = re.compile(r"^(b\d+)-(\d+)-([0-9a-f]+)$")
@@ -158,13 +164,15 @@ def parse_assignment(data: bytes | None) -> Assignment | None:
     return Assignment(seq, batch_id, index)
 
 
-def poll_intervals() -> Iterator[float]:
+def poll_intervals(*, local: bool = False) -> Iterator[float]:
     """Seconds between a worker's reads of ``next`` since its last call: fast at first
-    (the next call of a notebook loop or a joblib wave comes soon), then ever slower."""
-    delay = FIRST_POLL
+    (the next call of a notebook loop or a joblib wave comes soon), then ever slower;
+    ``local`` (the local backend on a local directory): :data:`LOCAL_POLL` always."""
+    delay = LOCAL_POLL if local else FIRST_POLL
     while True:
         yield delay
-        delay = min(delay * _GROWTH, LAST_POLL)
+        if not local:
+            delay = min(delay * _GROWTH, LAST_POLL)
 
 
 def reads_in(seconds: float) -> int:

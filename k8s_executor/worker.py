@@ -446,7 +446,10 @@ def serve_warm(
 
 def _wait_for_work(run: RunStore, wid: str, seq: int, deadline: float) -> warm.Assignment | None:
     """Poll ``next`` until it holds an assignment after ``seq``, or ``deadline`` passes."""
-    for delay in warm.poll_intervals():
+    # A worker of the local backend (it watches its parent) on a local directory: reads
+    # cost a file open, so read often (see warm.LOCAL_POLL).
+    local = run.is_local and bool(os.environ.get(codes.ENV_PARENT_PID))
+    for delay in warm.poll_intervals(local=local):
         try:
             assignment = warm.parse_assignment(run.get_or_none(warm.next_key(wid)))
         except StorageError as exc:
