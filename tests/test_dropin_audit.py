@@ -5,6 +5,8 @@ On the local backend and on kubesim (process kubelet) where the item applies."""
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+import dataclasses
 import gc
 import os
 import subprocess
@@ -19,6 +21,7 @@ from typing import Any
 import pytest
 
 from k8s_executor import (
+    ExecutorBrokenError,
     KubernetesExecutor,
     PodStartError,
     StorageError,
@@ -26,6 +29,8 @@ from k8s_executor import (
     UnpicklingError,
     cli,
 )
+from k8s_executor import _warm as warm
+from k8s_executor._store import RunStore
 from tests import helpers
 from tests import joblib_helpers as jh
 from tests.kube_helpers import (
@@ -243,6 +248,77 @@ def test_storage_that_cannot_be_written_gives_a_storage_error_naming_url_and_fix
             list(ex.map(helpers.square, range(3), timeout=BOUND))
     finally:
         ex.shutdown(wait=True)
+
+
+# -- "Done when", second bullet: the storage operations of warm workers -------------------
+#
+# test_conformance's test_storage_failing_at_each_operation_resolves_every_future injects a
+# failure at each operation the issue names (put fn, put in, get out, heartbeat, delete).
+# Warm workers (on by default since) add two client operations of their own: writing an
+# idle worker's next assignment and listing the run's warm/ folder for its markers.
+
+
+class Injected(RuntimeError):
+    """A failure the engine does not expect (not a StorageError)."""
+
+
+KEEP_WARM = 3.0  # a warm worker that never gets its assignment leaves after this
+
+
+@pytest.mark.parametrize("error", [StorageError, Injected], ids=["StorageError", "unexpected"])
+@pytest.mark.parametrize("operation", ["put next", "list warm"])
+def test_storage_failing_at_a_warm_worker_operation_resolves_every_future(
+    operation: str,
+    error: type[BaseException],
+    kwargs: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    timeouts = dataclasses.replace(kwargs.get("timeouts") or Timeouts(), keep_warm=KEEP_WARM)
+    # One worker: once it idles, every later call is assigned to it.
+    ex = KubernetesExecutor(max_workers=1, **{**kwargs, "timeouts": timeouts})
+    hits: list[str] = []
+    put, list_keys = RunStore.put, RunStore.list_keys
+
+    def failing_put(self: RunStore, key: str, data: bytes) -> None:
+        if operation == "put next" and key.startswith(f"{warm.FOLDER}/") and key.endswith("/next"):
+            hits.append(key)
+            raise error(f"injected failure: {operation}")
+        put(self, key, data)
+
+    def failing_list_keys(self: RunStore, prefix: str) -> list[str]:
+        if operation == "list warm" and prefix.startswith(warm.FOLDER):
+            hits.append(prefix)
+            raise error(f"injected failure: {operation}")
+        return list_keys(self, prefix)
+
+    futures: list[cf.Future[int]] = []
+    errors: list[BaseException] = []
+    try:
+        assert ex.submit(helpers.square, 1).result(timeout=BOUND) == 1
+        pool = ex._run._warm
+        assert pool is not None
+        helpers.wait_for(pool.has_idle, BOUND, "the worker to idle, warm")
+        monkeypatch.setattr(RunStore, "put", failing_put)
+        monkeypatch.setattr(RunStore, "list_keys", failing_list_keys)
+        for i in range(4):
+            try:
+                futures.append(ex.submit(helpers.square, i))
+            except ExecutorBrokenError as exc:  # or the call raises
+                errors.append(exc)
+        _, not_done = cf.wait(futures, timeout=BOUND)
+        assert not not_done, "every future resolves"
+        assert hits, f"the injected {operation} failure was reached"
+    finally:
+        ex.shutdown(wait=True)  # returns, whatever failed
+    errors += [e for f in futures if (e := f.exception()) is not None]
+    for i, f in enumerate(futures):
+        if f.exception() is None:
+            assert f.result() == i * i
+    for raised in errors:
+        if isinstance(raised, ExecutorBrokenError):
+            assert isinstance(raised.__cause__, error), repr(raised.__cause__)
+        else:
+            assert isinstance(raised, StorageError), repr(raised)
 
 
 # -- item 11: a bad kubeconfig and `doctor` -----------------------------------------------
