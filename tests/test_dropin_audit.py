@@ -36,6 +36,7 @@ from tests import joblib_helpers as jh
 from tests.kube_helpers import (
     ClusterUnderTest,
     KubesimCluster,
+    cold,
     kubesim_kwargs,
     standalone_kubesim,
 )
@@ -385,11 +386,6 @@ def test_cli_without_a_cluster_names_the_flags(capsys: pytest.CaptureFixture[str
 
 @BAD_KUBECONFIGS
 @pytest.mark.usefixtures("no_cluster_env")
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 14 item 14: backends/_kubeerrors.check_kubeconfig_files says "
-    "'point KUBECONFIG (or kubeconfig=)' on the command line too, never --kubeconfig",
-)
 def test_cli_names_the_flag_for_a_bad_kubeconfig(
     text: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -437,3 +433,23 @@ def test_worker_code_naming_the_kubernetes_backend_runs_nested_in_a_pod(
     assert worker_pid != os.getpid()
     assert nested_pids == [worker_pid] * 6  # threads of the pod's worker, no new pods
     assert backend == "NestedKubernetes"
+
+
+# -- item 6's latent hazard: an event the backend cannot hand to its delivery pool --------
+
+
+def test_finished_index_is_delivered_when_thread_pools_refuse_work(
+    kubesim: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # At interpreter exit concurrent.futures' hook makes every thread pool refuse work;
+    # the backend then delivers a finished index itself instead of losing it.
+    import concurrent.futures.thread as cf_thread
+
+    started, release = tmp_path / "started", tmp_path / "release"
+    with KubernetesExecutor(**cold(kubesim_kwargs(kubesim, tmp_path / "storage"))) as ex:
+        future = ex.submit(helpers.touch_then_wait, str(started), str(release))
+        helpers.wait_for(started.exists, 60, "the call to start")
+        monkeypatch.setattr(cf_thread, "_shutdown", True)
+        release.touch()
+        assert future.result(timeout=30) is not None
+        monkeypatch.setattr(cf_thread, "_shutdown", False)

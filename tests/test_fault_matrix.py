@@ -378,6 +378,15 @@ def gone_repeatedly(ctx: Ctx) -> None:
     ctx.repeat(0.5, expire)
 
 
+def pools_refuse_work(ctx: Ctx) -> None:
+    """What concurrent.futures' exit hook does at interpreter exit: every thread pool of
+    the process refuses new work (until the row ends)."""
+    import concurrent.futures.thread as cf_thread
+
+    cf_thread._shutdown = True  # type: ignore[attr-defined]
+    ctx._stops.append(lambda: setattr(cf_thread, "_shutdown", False))
+
+
 def watch_cache_504(ctx: Ctx) -> None:
     ctx.sim.faults.watch_too_large_rv(6)
     ctx.sim.faults.drop_watches()
@@ -473,6 +482,9 @@ FAULTS = [
     Fault("S3 503 SlowDown x4", storage="s3", during=s3_fault(4, 503, "SlowDown")),
     Fault("S3 500 InternalError x4", storage="s3", during=s3_fault(4, 500, "InternalError")),
     # -- the client ---------------------------------------------------------------------
+    # Thread pools refusing work (interpreter exit): the backend delivers finished
+    # indexes itself (the events were lost, and their futures with them, before).
+    Fault("thread pools refuse work mid-run", during=pools_refuse_work),
     # bound: no pod of the run runs any more, heartbeat_grace (3 s) and slack.
     Fault("client SIGKILLed mid-run", client="subprocess", bound=15),
     # A task raising KeyboardInterrupt / SystemExit inside `with`: as ProcessPoolExecutor,

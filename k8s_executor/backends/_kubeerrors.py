@@ -53,14 +53,15 @@ def check_kubeconfig_files(kubeconfig: str | None) -> None:
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
             raise ConfigError(
                 f"the kubeconfig {path} is not valid YAML: {problem}{where}; fix the file "
-                "or point KUBECONFIG (or kubeconfig=) at another one"
+                "or point KUBECONFIG (kubeconfig= in code, --kubeconfig on the command line) "
+                "at another one"
             ) from exc
         if data is not None and not isinstance(data, dict):
             raise ConfigError(
                 f"the kubeconfig {path} is not a kubeconfig: it holds a "
                 f"{type(data).__name__}, not a mapping with clusters, users and contexts "
-                "(`kubectl config view` shows a valid one); point KUBECONFIG (or "
-                "kubeconfig=) at another file"
+                "(`kubectl config view` shows a valid one); point KUBECONFIG "
+                "(kubeconfig= in code, --kubeconfig on the command line) at another file"
             )
 
 

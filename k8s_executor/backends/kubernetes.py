@@ -387,11 +387,16 @@ class KubernetesBackend:
                 # trips: keep the watch flowing while they happen. The freed slot is
                 # handed on meanwhile (the tracker already counts the index finished).
                 if self._delivery is not None and not self._stop.is_set():
-                    self._delivery.submit(self._finish, event)
-                    self._delivery.submit(self._launches.rebalance_soon)
-                else:
-                    self._finish(event)
-                    self._launches.rebalance()
+                    try:
+                        self._delivery.submit(self._finish, event)
+                        self._delivery.submit(self._launches.rebalance_soon)
+                        continue
+                    except RuntimeError:
+                        # The pool refuses work (interpreter exit shuts every thread pool
+                        # down): deliver here, or the event would be lost with its calls.
+                        pass
+                self._finish(event)
+                self._launches.rebalance()
             elif isinstance(event, Stuck):
                 self._stuck(event)
 
