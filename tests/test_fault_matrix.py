@@ -383,7 +383,7 @@ def pools_refuse_work(ctx: Ctx) -> None:
     the process refuses new work (until the row ends)."""
     import concurrent.futures.thread as cf_thread
 
-    cf_thread._shutdown = True  # type: ignore[attr-defined]
+    cf_thread._shutdown = True
     ctx._stops.append(lambda: setattr(cf_thread, "_shutdown", False))
 
 
