@@ -104,6 +104,7 @@ class WarmPool:
         self._workers: dict[str, _Worker] = {}
         self._owners: dict[tuple[str, int], str] = {}  # own index → its latest worker
         self._ended: set[str] = set()
+        self._unsent: dict[str, warm.Assignment] = {}  # by worker: its write failed
         self._pending: collections.deque[tuple[str, int]] = collections.deque()
         self._live = 0  # indexes launched whose worker has not ended
         self._stopped = False
@@ -133,6 +134,7 @@ class WarmPool:
             worker = None if wid is None else self._workers.pop(wid, None)
             if wid is not None:
                 self._ended.add(wid)
+                self._unsent.pop(wid, None)
             self._cond.notify_all()
         if worker is not None and worker.assignment is not None:
             self._settle_orphan(worker, exit)
@@ -223,13 +225,30 @@ class WarmPool:
                     worker.seq -= 1
                     worker.assignment = None
             return False
+        assignment = warm.Assignment(seq, batch_id, index)
         try:
-            assignment = warm.Assignment(seq, batch_id, index)
             self._store.put(warm.next_key(worker.wid), assignment.encode())
         except StorageError as exc:
-            # Maybe written after all: the worker's end (after its idle window) tells.
+            # Maybe written after all; sent again on every pass of the poller until the
+            # storage takes it (the worker ignores an assignment it has seen).
             _log.warning("cannot hand index %d of %s to a warm worker: %s", index, batch_id, exc)
+            with self._cond:
+                self._unsent[worker.wid] = assignment
+                self._cond.notify_all()
         return True
+
+    def _resend(self) -> None:
+        """Write again the assignments whose first write failed (no lock held)."""
+        with self._cond:
+            unsent = list(self._unsent.items())
+        for wid, assignment in unsent:
+            try:
+                self._store.put(warm.next_key(wid), assignment.encode())
+            except StorageError:
+                continue
+            with self._cond:
+                if self._unsent.get(wid) is assignment:
+                    del self._unsent[wid]
 
     def _settle_orphan(self, worker: _Worker, exit: IndexExit) -> None:
         # The worker ended with an assignment not reported done: finished after all (its
@@ -271,6 +290,7 @@ class WarmPool:
                         self._cond.wait()
                     if self._stopped:
                         return
+                self._resend()
                 try:
                     keys = self._store.list_keys(warm.FOLDER)
                 except StorageError as exc:

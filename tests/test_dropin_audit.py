@@ -453,3 +453,28 @@ def test_finished_index_is_delivered_when_thread_pools_refuse_work(
         release.touch()
         assert future.result(timeout=30) is not None
         monkeypatch.setattr(cf_thread, "_shutdown", False)
+
+
+def test_assignment_whose_write_failed_once_is_sent_again(
+    kwargs: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A storage hiccup on the write of a warm worker's next assignment: the poller writes
+    # it again, so the call runs now, not once the worker's idle window (60 s) has ended.
+    timeouts = dataclasses.replace(kwargs.get("timeouts") or Timeouts(), keep_warm=60)
+    failed: list[str] = []
+    put = RunStore.put
+
+    def put_failing_once(self: RunStore, key: str, data: bytes) -> None:
+        if key.endswith("/next") and not failed:
+            failed.append(key)
+            raise StorageError("injected: one failed write of next")
+        put(self, key, data)
+
+    with KubernetesExecutor(max_workers=1, **{**kwargs, "timeouts": timeouts}) as ex:
+        assert ex.submit(helpers.square, 1).result(timeout=BOUND) == 1
+        pool = ex._run._warm
+        assert pool is not None
+        helpers.wait_for(pool.has_idle, BOUND, "the worker to idle, warm")
+        monkeypatch.setattr(RunStore, "put", put_failing_once)
+        assert ex.submit(helpers.square, 7).result(timeout=20) == 49
+    assert failed
