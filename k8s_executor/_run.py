@@ -56,7 +56,7 @@ from ._resolve import Resolver
 from ._skips import SkipMarkers
 from ._store import RunStore
 from ._warm_pool import WarmPool
-from .backends._base import QUOTA_WAIT, IndexExit, RunContext
+from .backends._base import IndexExit, RunContext, waits_for_room
 from .errors import ExecutorBrokenError
 
 __all__ = ["INTERPRETER_EXIT", "Run", "State"]
@@ -297,8 +297,10 @@ class Run:
             bars.update((id(b), b) for b in self._resolver.bars())
         for bar in bars.values():
             bar.note(note)
-        if self._warm is not None and note.startswith(QUOTA_WAIT):
-            # Pods of this run are refused for quota that idle warm workers hold.
+        if self._warm is not None and waits_for_room(note):
+            # Pods of this run wait for quota or node room that idle warm workers hold
+            # (a Job of more pods than fit at once: its first pods, done and idle, would
+            # keep the rest pending for their whole idle window).
             self._warm.release_idle()
 
     def backend_broken(

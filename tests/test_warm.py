@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from k8s_executor import KubernetesExecutor, Timeouts, WorkerLostError
+from k8s_executor import KubernetesExecutor, Resources, Timeouts, WorkerLostError
 from k8s_executor import _warm as warm
 from k8s_executor import worker as worker_module
 from k8s_executor._store import RunStore
@@ -220,3 +220,16 @@ def test_idle_worker_reads_within_the_documented_bound(
     # docs/architecture.md: about 40 reads in the first idle minute, 30 a minute after.
     assert len(reads) == warm.reads_in(60) <= 41
     assert warm.reads_in(120) - warm.reads_in(60) <= 31
+
+
+def test_idle_workers_leave_when_the_runs_own_pods_find_no_node(
+    kubesim: Any, tmp_path: Path
+) -> None:
+    # kubesim's node has 8 CPUs: two 4-CPU workers fit, the Job's other two stay Pending
+    # (Unschedulable). Once the first two are done and idle, they leave to make room (they
+    # held it for their whole idle window before: 60 s here).
+    kw = kubesim_kwargs(kubesim, tmp_path / "storage")
+    kw["timeouts"] = dataclasses.replace(kw["timeouts"], keep_warm=60)
+    with KubernetesExecutor(max_workers=4, resources=Resources(cpu="4"), **kw) as ex:
+        pids = list(ex.map(pid_of, range(4), timeout=40))
+    assert len(set(pids)) == 4  # four workers: two, then two more once room was made

@@ -14,11 +14,28 @@ from typing import Any, Protocol
 
 from .._options import StorageRetry
 
-__all__ = ["QUOTA_WAIT", "Backend", "IndexExit", "LaunchSpec", "Listener", "RunContext"]
+__all__ = [
+    "QUOTA_WAIT",
+    "UNSCHEDULABLE",
+    "Backend",
+    "IndexExit",
+    "LaunchSpec",
+    "Listener",
+    "RunContext",
+    "waits_for_room",
+]
 
 QUOTA_WAIT = "waiting for quota"
 """How a waiting note (``Listener.waiting``) begins when pods of the run are refused for a
 quota that is full only because pods use it: the engine then releases idle warm workers."""
+UNSCHEDULABLE = "Unschedulable"
+"""How the waiting note of a pod the scheduler cannot place on any node begins."""
+
+
+def waits_for_room(note: str) -> bool:
+    """Whether a waiting note says pods of the run wait for room (a full quota, or no
+    node with room), which idle warm workers of the run may be holding."""
+    return note.startswith((QUOTA_WAIT, UNSCHEDULABLE))
 
 
 @dataclass(frozen=True)

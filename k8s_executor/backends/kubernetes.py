@@ -29,7 +29,7 @@ from .._options import PodOptions, Resources, Scheduling, Timeouts
 from ..errors import ClusterError, PodStartError
 from . import _manifest as m
 from ._admission import Admission, start_failure
-from ._base import QUOTA_WAIT, IndexExit, LaunchSpec, Listener, RunContext
+from ._base import IndexExit, LaunchSpec, Listener, RunContext, waits_for_room
 from ._kubeapi import KubeApi, Retry
 from ._launches import Launches
 from ._logs import Logs
@@ -365,9 +365,9 @@ class KubernetesBackend:
                 note = self._tracker.waiting_note()
             owed = self._launches.owed()
             self._deliver(events)
-            # A quota wait is said again every tick: idle warm workers of the run (which
-            # may have gone idle since) hold quota the refused pods need.
-            again = note.startswith(QUOTA_WAIT)
+            # A wait for room (quota, or nodes) is said again every tick: idle warm workers
+            # of the run (which may have gone idle since) hold what the waiting pods need.
+            again = waits_for_room(note)
             if (note != self._note or again) and self._listener is not None:
                 self._note = note
                 self._listener.waiting(note)
