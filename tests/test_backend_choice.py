@@ -83,7 +83,7 @@ def test_kubeconfig_or_context_chooses_kubernetes(named: str, kubesim: Any, tmp_
         # there, the Kubernetes backend says so (rather than "no backend chosen").
         del kw["kubeconfig"]
         kw["context"] = "kubesim"
-        with pytest.raises(ConfigError, match="no usable Kubernetes configuration in ~/.kube"):
+        with pytest.raises(ConfigError, match="no kubeconfig: ~/.kube/config does not exist"):
             KubernetesExecutor(**kw).submit(helpers.square, 2)
         (tmp_path / ".kube").mkdir()
         shutil.copy(kubesim.kubeconfig_path, tmp_path / ".kube" / "config")

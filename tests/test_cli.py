@@ -64,7 +64,7 @@ def test_no_cluster_config_is_a_clear_error(
     monkeypatch.setenv("KUBECONFIG", "/nonexistent/kubeconfig")
     assert cli.main(["ls"]) == 1
     err = capsys.readouterr().err
-    assert "no usable Kubernetes configuration" in err
+    assert "no kubeconfig: /nonexistent/kubeconfig does not exist" in err
     assert "KUBECONFIG" in err
 
 
@@ -265,7 +265,7 @@ def test_doctor_without_kubeconfig(
     result = doctor(capsys)
     assert result.code == 1
     assert result.mark("cluster") == "✗"
-    assert "no usable Kubernetes configuration" in result.text("cluster")
+    assert "no kubeconfig: /nonexistent/kubeconfig does not exist" in result.text("cluster")
     assert result.text("namespace") == "skipped (no cluster)"
     assert result.mark("storage") == "✗"
     assert result.text("storage").startswith("not set: the client and the pods exchange")

@@ -478,3 +478,13 @@ def test_assignment_whose_write_failed_once_is_sent_again(
         monkeypatch.setattr(RunStore, "put", put_failing_once)
         assert ex.submit(helpers.square, 7).result(timeout=20) == 49
     assert failed
+
+
+@pytest.mark.usefixtures("no_cluster_env")
+def test_missing_kubeconfig_is_called_missing_not_invalid(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "no-such-kubeconfig"
+    assert cli.main(["ls", "--kubeconfig", str(missing)]) == 1
+    err = capsys.readouterr().err
+    assert f"no kubeconfig: {missing} does not exist" in err, err

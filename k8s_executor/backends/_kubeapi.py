@@ -134,7 +134,11 @@ class KubeApi:
                 )
             else:
                 where = kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
-                found = f"no usable Kubernetes configuration in {where} ({detail})"
+                paths = [os.path.expanduser(p) for p in where.split(os.pathsep) if p]
+                if not any(os.path.exists(p) for p in paths):
+                    found = f"no kubeconfig: {where} does not exist"
+                else:
+                    found = f"no usable Kubernetes configuration in {where} ({detail})"
             raise ConfigError(
                 f"{found}. Point KUBECONFIG (kubeconfig= in code, --kubeconfig on the "
                 "command line) at a kubeconfig file, pick a context (context=, --context), "
