@@ -772,6 +772,12 @@ def _drive(
         submit(i, quick, i)
     if fault.ready:
         _wait_ready(ctx, futures, started, fault.warm)
+        # A marker exists before its text is written (gated's write_text): read it whole.
+        helpers.wait_for(
+            lambda: all((started / n).read_text() for n in started.listdir()),
+            10,
+            "the started markers' contents",
+        )
         report.heads = {int(n): (started / n).read_text() for n in started.listdir()}
         if fault.warm:
             ctx.warm_victim = int(report.heads[0])

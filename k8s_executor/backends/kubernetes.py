@@ -373,8 +373,14 @@ class KubernetesBackend:
                 self._listener.waiting(note)
             if owed and self._delivery is not None:
                 # A PATCH that failed (throttled longer than its retries) is owed still:
-                # re-send it, off this thread (a throttled API would stall the tick).
-                self._delivery.submit(self._launches.rebalance_soon)
+                # re-send it, off this thread (a throttled API would stall the tick)...
+                try:
+                    self._delivery.submit(self._launches.rebalance_soon)
+                except RuntimeError:
+                    # ...unless the pool refuses work (interpreter exit shuts every thread
+                    # pool down): then here, or this thread would die and nothing would
+                    # ever re-send it.
+                    self._launches.rebalance_soon()
 
     def _deliver(self, events: list[Event]) -> None:
         listener = self._listener
