@@ -511,3 +511,12 @@ def standalone_kubesim(log: Path) -> Iterator[str]:
                 server.wait()
             if server.stdout is not None:
                 server.stdout.close()
+
+
+def local_or_kubesim(request: Any, storage: Path) -> dict[str, Any]:
+    """KubernetesExecutor keywords for a test parametrized ``["local", "kubernetes"]``:
+    the local backend, or the test's kubesim (process kubelet), the run's data under
+    ``storage``."""
+    if request.param == "local":
+        return {"backend": "local", "storage": str(storage)}
+    return kubesim_kwargs(request.getfixturevalue("kubesim"), storage)

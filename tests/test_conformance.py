@@ -23,7 +23,7 @@ import pytest
 from k8s_executor import ExecutorBrokenError, KubernetesExecutor, StorageError
 from k8s_executor._store import RunStore
 from tests import helpers
-from tests.kube_helpers import KubesimCluster, kubesim_kwargs
+from tests.kube_helpers import KubesimCluster, local_or_kubesim
 from tests.s3server import S3Server, s3_server
 
 BOUND = 90  # seconds within which every future resolves, whatever fails
@@ -61,10 +61,7 @@ def record_slowly(record_dir: str, name: str, release: str, at_least: float) -> 
 
 @pytest.fixture(params=["local", "kubernetes"])
 def kwargs(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
-    if request.param == "local":
-        return {"backend": "local", "storage": str(tmp_path / "storage")}
-    sim = request.getfixturevalue("kubesim")
-    return kubesim_kwargs(sim, tmp_path / "storage")
+    return local_or_kubesim(request, tmp_path / "storage")
 
 
 @pytest.fixture

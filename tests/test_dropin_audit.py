@@ -38,6 +38,7 @@ from tests.kube_helpers import (
     KubesimCluster,
     cold,
     kubesim_kwargs,
+    local_or_kubesim,
     standalone_kubesim,
 )
 from tests.s3server import S3Server, s3_server
@@ -47,10 +48,7 @@ BOUND = 90  # seconds within which every future resolves, whatever fails
 
 @pytest.fixture(params=["local", "kubernetes"])
 def kwargs(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
-    if request.param == "local":
-        return {"backend": "local", "storage": str(tmp_path / "storage")}
-    sim = request.getfixturevalue("kubesim")
-    return kubesim_kwargs(sim, tmp_path / "storage")
+    return local_or_kubesim(request, tmp_path / "storage")
 
 
 @pytest.fixture

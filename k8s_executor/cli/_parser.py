@@ -231,12 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="leave the runs' storage prefixes (default: delete them too, with this "
         "machine's credentials)",
     )
-    cleanup.add_argument(
-        "--storage-options",
-        metavar="JSON",
-        help='fsspec options to open the storage, e.g. \'{"profile": "team"}\' '
-        "(default: credentials from the environment)",
-    )
+    _storage_options_argument(cleanup)
 
     forget = sub.add_parser(
         "forget",
@@ -250,11 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
         "backend's default for named runs)",
     )
     forget.add_argument("--yes", action="store_true", help="delete (default: only show)")
-    forget.add_argument(
-        "--storage-options",
-        metavar="JSON",
-        help="fsspec options to open the storage (default: credentials from the environment)",
-    )
+    _storage_options_argument(forget)
 
     build = sub.add_parser(
         "build", help="snapshot this virtualenv into an image and push it (if changed)"
@@ -291,3 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--service-account", default="k8s-executor", type=_dns_label("service account")
     )
     return parser
+
+
+def _storage_options_argument(parser: argparse.ArgumentParser) -> None:
+    """``--storage-options JSON``: how this machine opens the runs' storage."""
+    parser.add_argument(
+        "--storage-options",
+        metavar="JSON",
+        help='fsspec options to open the storage, e.g. \'{"profile": "team"}\' '
+        "(default: credentials from the environment)",
+    )
