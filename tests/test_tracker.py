@@ -576,3 +576,41 @@ def test_a_finished_batch_has_no_waiting_reason(tracker: RunTracker) -> None:
     assert tracker.waiting_note().startswith("ImagePullBackOff: Back-off pulling")
     tracker.on_job("MODIFIED", job(conditions=[{"type": "Failed", "status": "True"}]), now=1.0)
     assert tracker.waiting_note() == ""
+
+
+def test_failed_index_waits_for_its_pods_final_state(tracker: RunTracker) -> None:
+    # The Jobs watch may deliver failedIndexes before the pods watch delivers the pod's
+    # end: the index is reported with the pod's reason once it comes, not as "Unknown".
+    assert tracker.on_job("MODIFIED", job(failedIndexes="2"), now=10.0) == []
+    failed = pod(2, "Failed", **terminated(137, "OOMKilled", "Killed"))
+    finished = tracker.on_pod("MODIFIED", failed, 10.5)[-1]
+    assert isinstance(finished, Finished)
+    assert finished.exit.reason == "OOMKilled"
+
+
+def test_failed_index_whose_pod_end_never_comes_is_reported_after_a_bound(
+    tracker: RunTracker,
+) -> None:
+    from k8s_executor.backends._tracker import FINAL_STATE_WAIT
+
+    assert tracker.on_job("MODIFIED", job(failedIndexes="2"), now=10.0) == []
+    assert not [e for e in tracker.tick(10.0 + FINAL_STATE_WAIT / 2) if isinstance(e, Finished)]
+    finished = [e for e in tracker.tick(10.0 + FINAL_STATE_WAIT + 1) if isinstance(e, Finished)]
+    assert len(finished) == 1
+    assert finished[0].exit.reason == "Unknown"
+
+
+def test_failed_job_still_waits_for_its_failed_pods_final_state(tracker: RunTracker) -> None:
+    # The Job's Failed condition (all indexes accounted for) may come with failedIndexes, in
+    # the same update, before the pod's end: the pod's reason still wins over "JobFinished".
+    failed_job = job(
+        failedIndexes="2",
+        completedIndexes="0-1",
+        conditions=[{"type": "Failed", "status": "True", "reason": "FailedIndexes"}],
+    )
+    events = tracker.on_job("MODIFIED", failed_job, now=10.0)
+    assert [e.index for e in events if isinstance(e, Finished)] == [0, 1]
+    failed = pod(2, "Failed", **terminated(1, "Error", "boom"))
+    finished = tracker.on_pod("MODIFIED", failed, 10.5)[-1]
+    assert isinstance(finished, Finished)
+    assert finished.exit.exit_code == 1

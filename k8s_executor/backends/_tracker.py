@@ -137,7 +137,12 @@ class _Index:
     stuck_since: float | None = None
     stuck: tuple[str, str] | None = None
     has_pod: bool = False  # a pod of it exists, not yet terminal
+    failed_at: float | None = None  # in the Job's failedIndexes, its pod's end not seen yet
 
+
+FINAL_STATE_WAIT = 5.0
+"""Seconds an index the Job lists failed waits for its pod's final state (the reason: OOM,
+a signal, an exit code) on the pods watch before it is reported without one."""
 
 NO_POD = "NoPodCreated"
 """The reason of a batch whose Job, free to run, got no pod for the startup timeout."""
@@ -330,6 +335,9 @@ class RunTracker:
         elif phase == "Failed":
             entry.last_exit = pod_exit(pod)
             entry.stuck_since = entry.stuck = None
+            if entry.failed_at is not None:
+                # The Job said it failed first (another watch): now its reason is known.
+                events.extend(self._finish(job, index, entry, entry.last_exit))
         elif phase == "Running":
             entry.stuck_since = entry.stuck = None  # it got over it
         elif phase == "Pending" and event_type != "DELETED":
@@ -368,6 +376,12 @@ class RunTracker:
             if i in completed:
                 events.extend(self._finish(job, i, entry, IndexExit(exit_code=0)))
             elif i in failed:
+                if entry.last_exit is None and now is not None:
+                    # The pods watch may not have delivered the pod's end yet (two
+                    # watches, no order between them): wait for it, a bounded while (tick).
+                    if entry.failed_at is None:
+                        entry.failed_at = now
+                    continue
                 events.extend(self._finish(job, i, entry, entry.last_exit or _unknown_exit()))
         terminal = _terminal_condition(status)
         if event_type == "DELETED" and terminal is None:
@@ -375,6 +389,8 @@ class RunTracker:
         if terminal is not None:
             reason, message = terminal
             for i, entry in enumerate(job.indexes):
+                if entry.failed_at is not None and reason == "JobFinished":
+                    continue  # its pod's end is still to come: tick() bounds the wait
                 if not entry.finished:
                     last = entry.last_exit
                     exit = IndexExit(
@@ -396,6 +412,13 @@ class RunTracker:
         for job in self.jobs.values():
             for i, entry in enumerate(job.indexes):
                 events.extend(self._check_stuck(job, i, entry, now))
+                failed_at = entry.failed_at
+                if (
+                    not entry.finished
+                    and failed_at is not None
+                    and now - failed_at > FINAL_STATE_WAIT
+                ):
+                    events.extend(self._finish(job, i, entry, entry.last_exit or _unknown_exit()))
             events.extend(self._check_podless(job, now))
         return events
 
