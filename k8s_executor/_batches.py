@@ -48,6 +48,7 @@ class Task:
     bars: tuple[Progress, ...] = ()
     buffers: tuple[str, ...] = ()  # keys of the calls' large out-of-band buffers
     identity: str = ""  # in a named run: the call's identity (see _durable)
+    reused: bool = False  # settled from a named run's stored result, without a pod
 
     def release(self) -> None:
         """The future is settled (done, and a cancellation notified): drop the function,

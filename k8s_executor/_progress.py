@@ -64,6 +64,7 @@ class Progress:
         self.running = 0
         self.failed = 0
         self.cancelled = 0
+        self.reused = 0  # a named run's calls resolved from their stored results
         self._sealed = False
         self._note = ""
         self._closed = threading.Event()
@@ -84,10 +85,21 @@ class Progress:
         with self._lock:
             self.running += calls
 
-    def finished(self, calls: int, *, was_running: bool, failed: bool, cancelled: bool) -> None:
-        """``calls`` calls ended: with a result, an error, or cancelled."""
+    def finished(
+        self,
+        calls: int,
+        *,
+        was_running: bool,
+        failed: bool,
+        cancelled: bool,
+        reused: bool = False,
+    ) -> None:
+        """``calls`` calls ended: with a result, an error, or cancelled; ``reused``: with
+        a named run's stored result, without running again."""
         with self._lock:
             self.done += calls
+            if reused:
+                self.reused += calls
             if was_running:
                 self.running -= calls
             if cancelled:
@@ -130,6 +142,8 @@ class Progress:
             parts = [f"running={self.running}", f"pending={pending}", f"failed={self.failed}"]
             if self.cancelled:
                 parts.append(f"cancelled={self.cancelled}")
+            if self.reused:
+                parts.append(f"reused={self.reused}")
             note = self._note
         return " ".join(parts) + (f"; {note}" if note else "")
 

@@ -152,7 +152,13 @@ class Resolver:
             was_running = task.running
             task.release()
         for bar in task.bars:
-            bar.finished(task.n_calls, was_running=was_running, failed=failed, cancelled=cancelled)
+            bar.finished(
+                task.n_calls,
+                was_running=was_running,
+                failed=failed,
+                cancelled=cancelled,
+                reused=task.reused,
+            )
         if cancelled:
             self._skips.cancelled((task.batch_id, task.index))
             if self.warm is not None:

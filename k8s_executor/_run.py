@@ -173,6 +173,7 @@ class Run:
         for t in named:
             results = found.get(t.identity)
             if results is not None:
+                t.reused = True  # before settling: the bar counts it as it finishes
                 self._resolver.settle(t, result=results[0] if t.single else results)
 
     def bars(self) -> tuple[Progress, ...]:

@@ -198,3 +198,19 @@ def test_the_bar_in_a_terminal_shows_the_note(monkeypatch: pytest.MonkeyPatch) -
         bar.close()
     final = _final_line(screen.getvalue(), "unit")
     assert "1/1" in final and final.rstrip().endswith("running=0 pending=0 failed=0]")
+
+
+def test_reused_calls_of_a_named_run_are_counted_apart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Issue 18: "progress shows reused calls apart".
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    kw: dict[str, object] = {"backend": "local", "storage": str(tmp_path / "s"), "run": "bar"}
+    with KubernetesExecutor(**kw) as ex:  # type: ignore[arg-type]
+        assert list(ex.map(square, range(5))) == [x * x for x in range(5)]
+    capsys.readouterr()
+    with KubernetesExecutor(progress=True, **kw) as ex:  # type: ignore[arg-type]
+        assert list(ex.map(square, range(8))) == [x * x for x in range(8)]
+    final = _final_line(capsys.readouterr().err, f"k8s_executor {ex.run_id}")
+    assert "8/8" in final
+    assert "reused=5" in final
