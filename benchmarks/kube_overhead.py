@@ -381,7 +381,7 @@ def _executor_on(who: Contender, work: Workload, kubeconfig: str | None, storage
     max_workers = work.max_workers or who.max_workers
     if max_workers is not None:
         options["max_workers"] = max_workers
-    batching: dict[str, int] = {}
+    batching: dict[str, Any] = {}
     if work.one_call_per_index:
         batching["max_indexes"] = work.n
     if work.max_calls is not None:

@@ -54,6 +54,9 @@ ENV_INDEXES: Final = "K8S_EXECUTOR_INDEXES"
 others went to warm workers): Job completion index ``k`` runs batch index ``list[k]``."""
 ENV_INIT: Final = "K8S_EXECUTOR_INIT"
 """``1``: run as the container's init; ``0``: never; unset: only as PID 1 (``_init``)."""
+ENV_SPECULATE: Final = "K8S_EXECUTOR_SPECULATE"
+"""``1``: the index may run in two copies at once (``Batching.speculate``): the worker
+writes ``out/<index>`` only if no copy has, and stops once one has (``_first_write``)."""
 
 # -- labels and annotations on Jobs, pods and Secrets -----------------------------------------
 

@@ -186,6 +186,7 @@ class Launcher:
             batch_indexes=() if whole else indexes,
             launch_id="" if whole else f"{batch_id}p{next(self._launch_ids)}",
             keep_warm=self._settings.keep_warm,
+            speculate=self._settings.batching.speculate,
         )
 
     def close(self) -> None:

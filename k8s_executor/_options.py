@@ -97,12 +97,49 @@ class Batching(_Options):
     each worker downloads it once. ``None`` turns this off: every call carries its own
     copy, as with ProcessPoolExecutor."""
 
+    speculate: bool = False
+    """Run a duplicate of a straggling index (see docs/durable-runs.md, "Stragglers"):
+    once ``speculate_after`` of a batch's indexes have finished, an index that has run
+    ``speculate_slowdown`` times longer than their median (and at least
+    ``speculate_min`` seconds) gets a second worker on the same inputs. The first
+    outcome written wins, the other copy stops, and each call's future resolves once."""
+
+    speculate_after: float = 0.75
+    """The share of a batch's indexes that must have finished before any index of it is
+    duplicated: above 0, below 1."""
+
+    speculate_slowdown: float = 4.0
+    """How many times the median run time of the batch's finished indexes an index must
+    have run to be duplicated: above 1."""
+
+    speculate_min: float = 10.0
+    """Seconds an index must have run before it may be duplicated (a duplicate costs a
+    worker start: on Kubernetes, a pod)."""
+
     def __post_init__(self) -> None:
         if self.window is not None:
             check_seconds("Batching.window", self.window)
         check_positive_int("Batching.max_calls", self.max_calls)
         check_positive_int("Batching.max_indexes", self.max_indexes, allow_none=True)
         check_positive_int("Batching.share_min_bytes", self.share_min_bytes, allow_none=True)
+        _check_speculation(self)
+
+
+def _check_speculation(b: Batching) -> None:
+    """Raise :class:`ConfigError` for the first bad ``Batching.speculate*`` value."""
+    if not isinstance(b.speculate, bool):
+        raise _fail("Batching.speculate", b.speculate, "expected True or False")
+    share = b.speculate_after
+    if not _real(share) or not 0 < share < 1:
+        raise _fail("Batching.speculate_after", share, "expected a share above 0 and below 1")
+    slowdown = b.speculate_slowdown
+    if not _real(slowdown) or not slowdown > 1:
+        raise _fail("Batching.speculate_slowdown", slowdown, "expected a finite number above 1")
+    check_seconds("Batching.speculate_min", b.speculate_min)
+
+
+def _real(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True, repr=False)

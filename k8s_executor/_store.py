@@ -197,6 +197,62 @@ class RunStore:
                 + self._where_hint()
             ) from exc
 
+    def put_new(self, key: str, data: bytes) -> bool:
+        """Write ``data`` at ``key`` atomically unless ``key`` exists: True if this call
+        wrote it, False if something was there (another copy's outcome, see
+        ``_first_write``).
+
+        First writer wins on a local directory (the data is written aside, then hard
+        linked to the name: ``link`` fails if the name exists) and on S3 (a PUT with
+        ``If-None-Match: *``, which S3 refuses with 412 if the key exists). Elsewhere it
+        is a check, then a write: two writers at once may both write (last one wins).
+        """
+        path = self.path(key)
+        try:
+            wrote: bool = self._call(f"write {key}", lambda: self._put_new(path, data))
+        except FileNotFoundError as exc:
+            raise StorageError(
+                f"cannot write {key} at {self.url}: {type(exc).__name__}: {exc}; "
+                + self._where_hint()
+            ) from exc
+        return wrote
+
+    @property
+    def first_writer_wins(self) -> bool:
+        """Whether ``put_new`` is first-writer-wins on this storage (local, S3)."""
+        return self.is_local or self._is_s3()
+
+    def _is_s3(self) -> bool:
+        protocol = getattr(self.fs, "protocol", ())
+        names = {protocol} if isinstance(protocol, str) else set(protocol)
+        return bool(names & {"s3", "s3a"})
+
+    def _put_new(self, path: str, data: bytes) -> bool:
+        if self.is_local:
+            parent = path.rsplit("/", 1)[0]
+            os.makedirs(parent, exist_ok=True)
+            tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            try:
+                os.link(tmp, path)  # atomic, and refuses an existing name
+            except FileExistsError:
+                return False
+            finally:
+                os.remove(tmp)
+            return True
+        if self._is_s3():
+            try:
+                # s3fs sends If-None-Match: * and turns the 412 into FileExistsError.
+                self.fs.pipe_file(path, data, mode="create")
+            except FileExistsError:
+                return False
+            return True
+        if self.fs.exists(path):
+            return False
+        self.fs.pipe_file(path, data)
+        return True
+
     def get(self, key: str) -> bytes:
         """Read ``key``; raises FileNotFoundError if it does not exist."""
         path = self.path(key)

@@ -52,7 +52,7 @@ from typing import Any, Final, NoReturn
 import cloudpickle
 
 from . import _contract as codes
-from . import _durable, _init
+from . import _durable, _first_write, _init
 from . import _payload as wire
 from . import _warm as warm
 from ._options import StorageRetry
@@ -296,6 +296,7 @@ class _SkipMarker:
 
     def __init__(self, store: RunStore, index: int) -> None:
         self._store = store
+        self.index = index
         self._key = f"skip/{index}"
         self.every = False  # the whole index was cancelled
         self.cancelled: frozenset[int] = frozenset()
@@ -329,7 +330,11 @@ def run_index(store: RunStore, key: bytes, index: int, run: RunStore | None = No
     """Run one index of a batch (``store``: the batch's storage, ``run``: the run's, for
     shared buffers); return the process exit code."""
     out_key = f"out/{index}"
+    # Batching.speculate: another copy may run this index; first outcome written wins.
+    race = _first_write.OutcomeWatch(store, index) if _first_write.speculating() else None
     try:
+        if race is not None and race.written():
+            return EXIT_OK  # the other copy finished before this one started
         skip = _SkipMarker(store, index)
         if skip.every:
             # Every call of this index was cancelled before the worker started.
@@ -344,8 +349,12 @@ def run_index(store: RunStore, key: bytes, index: int, run: RunStore | None = No
             if isinstance(exc, PayloadError)
             else "storage"
         )
+        failure = wire.seal_index_failure(key, wire.IndexFailure(kind, str(exc)))
         try:
-            store.put(out_key, wire.seal_index_failure(key, wire.IndexFailure(kind, str(exc))))
+            if race is None:
+                store.put(out_key, failure)
+            elif not race.put(failure):
+                return EXIT_OK  # the other copy's outcome stands
         except StorageError as put_exc:
             # Nothing written: the client has only the log tail, whose last line of ours
             # becomes its StorageError (exit 88); the first cause goes last.
@@ -354,6 +363,27 @@ def run_index(store: RunStore, key: bytes, index: int, run: RunStore | None = No
             return codes.STORAGE_FAILED
         print(f"k8s_executor.worker: {exc}", file=sys.stderr)
         return EXIT_INDEX_FAILED
+    if race is not None:
+        race.start()
+    try:
+        return _run_tasks(store, key, tasks, table, skip=skip, run=run, race=race)
+    finally:
+        if race is not None:
+            race.stop()
+
+
+def _run_tasks(
+    store: RunStore,
+    key: bytes,
+    tasks: list[wire.TaskInput],
+    table: wire.FunctionTable,
+    *,
+    skip: _SkipMarker,
+    run: RunStore | None,
+    race: _first_write.OutcomeWatch | None,
+) -> int:
+    """Run the calls of an index not cancelled, and write their outcomes."""
+    out_key = f"out/{skip.index}"
     runner = _Runner(table, run, _KEPT_SHARED)
     runner.initialize()
     named = _named_store(run, table.run_name)
@@ -366,7 +396,11 @@ def run_index(store: RunStore, key: bytes, index: int, run: RunStore | None = No
         if named is not None and task.identity and outcome.error is None:
             _store_result(named, key, task.identity, outcome)
     _KEPT_SHARED.keep(runner.shared_used)
-    store.put(out_key, wire.seal_outcomes(key, outcomes))
+    sealed = wire.seal_outcomes(key, outcomes)
+    if race is None:
+        store.put(out_key, sealed)
+    elif not race.put(sealed):
+        return EXIT_OK  # the other copy's outcome stands: the index is done
     return EXIT_OK if all(o.error is None for o in outcomes) else EXIT_TASK_FAILED
 
 

@@ -72,6 +72,10 @@ class LaunchSpec:
     """A name for this launch, unique in the run (a Job's name part); empty: ``batch_id``."""
     keep_warm: float = 0.0
     """Seconds a worker stays warm after its index (``K8S_EXECUTOR_KEEP_WARM``)."""
+    speculate: bool = False
+    """An index may run in two copies at once (``Batching.speculate``): its workers write
+    their outcome first-writer-wins and stop once a copy has (``K8S_EXECUTOR_SPECULATE``).
+    A launch that is such a copy has ``keep_warm`` 0."""
 
     @property
     def name(self) -> str:

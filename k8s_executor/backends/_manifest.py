@@ -92,6 +92,8 @@ class JobParams:
     batch_indexes: tuple[int, ...] = ()
     """The batch indexes the Job's completion indexes stand for, when it runs only some
     of its batch's (``K8S_EXECUTOR_INDEXES``); empty: the same numbers."""
+    speculate: bool = False
+    """Its indexes may run in two copies (``K8S_EXECUTOR_SPECULATE``)."""
 
 
 def secret_manifest(
@@ -166,6 +168,8 @@ def _env(p: JobParams) -> list[dict[str, Any]]:
     ]
     if p.timeouts.keep_warm > 0:
         env.append({"name": c.ENV_KEEP_WARM, "value": f"{p.timeouts.keep_warm:g}"})
+    if p.speculate:
+        env.append({"name": c.ENV_SPECULATE, "value": "1"})
     if p.batch_indexes:
         env.append({"name": c.ENV_INDEXES, "value": ",".join(map(str, p.batch_indexes))})
     if p.storage_options_in_secret:

@@ -225,9 +225,13 @@ class KubernetesBackend:
             resources=self.settings.resources,
             scheduling=self.settings.scheduling,
             pod=self.settings.pod,
-            timeouts=self.settings.timeouts,
+            # A speculative copy never stays warm (see LaunchSpec.speculate).
+            timeouts=self.settings.timeouts
+            if spec.keep_warm or not spec.speculate
+            else dataclasses.replace(self.settings.timeouts, keep_warm=0.0),
             storage_retry=spec.storage_retry,
             batch_indexes=spec.batch_indexes,
+            speculate=spec.speculate,
         )
         job = m.job_manifest(params)
         self._launches.job_named(name, job["metadata"]["name"])

@@ -162,6 +162,7 @@ class LocalBackend:
                 c.ENV_STORAGE_RETRY: spec.storage_retry.to_env(),
                 c.ENV_PARENT_PID: str(os.getpid()),
                 c.ENV_KEEP_WARM: f"{spec.keep_warm:g}",
+                c.ENV_SPECULATE: "1" if spec.speculate else "0",
                 "PYTHONPATH": _python_path(),
             }
         )
