@@ -69,6 +69,8 @@ class Index:
     started: bool = False
     finished: bool = False
     skipped: bool = False
+    started_at: float = 0.0  # time.monotonic() when it started (for _speculate)
+    finished_at: float = 0.0  # when its calls were all settled
 
 
 @dataclass(eq=False)

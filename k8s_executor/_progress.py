@@ -65,6 +65,8 @@ class Progress:
         self.failed = 0
         self.cancelled = 0
         self.reused = 0  # a named run's calls resolved from their stored results
+        self.speculating = 0  # duplicates of straggling indexes running now (_speculate)
+        self.duplicated = 0  # duplicates started in all
         self._sealed = False
         self._note = ""
         self._closed = threading.Event()
@@ -109,6 +111,13 @@ class Progress:
             if self._sealed and self.done >= self.total:
                 self._stop()  # the last call: draw the end now, not at the next tick
 
+    def speculative(self, delta: int) -> None:
+        """A duplicate of a straggling index started (``+1``) or ended (``-1``)."""
+        with self._lock:
+            self.speculating += delta
+            if delta > 0:
+                self.duplicated += delta
+
     def seal(self) -> None:
         """No more calls will be added: close the bar once they are all done."""
         with self._lock:
@@ -144,6 +153,9 @@ class Progress:
                 parts.append(f"cancelled={self.cancelled}")
             if self.reused:
                 parts.append(f"reused={self.reused}")
+            if self.duplicated:
+                # Running now / started in all (Batching.speculate).
+                parts.append(f"speculative={self.speculating}/{self.duplicated}")
             note = self._note
         return " ".join(parts) + (f"; {note}" if note else "")
 

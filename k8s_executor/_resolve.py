@@ -16,7 +16,8 @@ the engine's lock, which is never held while an outcome is read from storage.
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection, Iterator
+import time
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future
 from typing import Any
 
@@ -58,6 +59,10 @@ class Resolver:
         self._backend = backend
         self.store: RunStore | None = None  # set when the run starts
         self.warm: WarmPool | None = None  # set when the run starts, with warm workers
+        # Batching.speculate: other_copy(batch_id, index), lock held, is called once per
+        # report of a finished copy of an index; True while another copy still runs (a
+        # copy that ends without an outcome then leaves the index to it; see _speculate).
+        self.other_copy: Callable[[str, int], bool] | None = None
 
     # -- launched batches (lock held) -------------------------------------------------
 
@@ -103,6 +108,7 @@ class Resolver:
         if entry.finished:
             return
         entry.finished = True
+        entry.finished_at = time.monotonic()
         batch.unfinished -= 1
         if batch.unfinished == 0:
             del self._batches[batch.batch_id]
@@ -181,7 +187,8 @@ class Resolver:
                     return False
                 entry = batch.indexes[index]
                 if not self._skips.unwritten(key):
-                    entry.started = True
+                    if not entry.started:
+                        entry.started, entry.started_at = True, time.monotonic()
                     for t in entry.tasks:
                         if t.settled:
                             continue
@@ -209,12 +216,24 @@ class Resolver:
             entry = batch.indexes[index]
             tasks = [t for t in entry.tasks if not t.settled]
             store = self.store
+            racing = self.other_copy is not None and self.other_copy(batch_id, index)
         assert store is not None
+        out_key = f"{batch_id}/out/{index}"
+        data: bytes | None = None
+        if racing:
+            # Another copy still runs: this one settles the index only with an outcome (a
+            # copy lost, unstarted or failing to read leaves it to the other one).
+            try:
+                data = None if exit.never_started else store.get_or_none(out_key)
+            except Exception:
+                data = None
+            if data is None:
+                return
         try:
             outcomes = resolve_index(
                 tasks,
                 exit,
-                lambda: store.get_or_none(f"{batch_id}/out/{index}"),
+                (lambda: data) if racing else (lambda: store.get_or_none(out_key)),
                 key=self._key,
                 batch_id=batch_id,
                 index=index,

@@ -54,6 +54,7 @@ from ._outcomes import shut_down_error
 from ._progress import Progress
 from ._resolve import Resolver
 from ._skips import SkipMarkers
+from ._speculate import Rule, Speculator
 from ._store import RunStore
 from ._warm_pool import WarmPool
 from .backends._base import IndexExit, RunContext, waits_for_room
@@ -138,6 +139,7 @@ class Run:
         self._store: RunStore | None = None
         self._stored: StoredResults | None = None  # a named run's stored results
         self._warm: WarmPool | None = None  # with Timeouts.keep_warm: who runs what
+        self._speculator: Speculator | None = None  # with Batching.speculate
         self._temp_dir: str | None = None
         self._heartbeat: Heartbeat | None = None
         self._finalizer: threading.Thread | None = None
@@ -262,11 +264,29 @@ class Run:
             self._stored = StoredResults(named, self._key)
         if self._settings.keep_warm > 0:
             self._warm = self._resolver.warm = WarmPool(store, self._max_workers, self)
+        if self._settings.batching.speculate:
+            self._start_speculator()
         interval = self._backend.heartbeat_interval
         if interval is not None:
             self._heartbeat = Heartbeat(store, interval, self.thread_died)
             self._heartbeat.start()
         self._dispatcher.start(self._warm)
+
+    def _start_speculator(self) -> None:
+        launcher = self._launcher
+        speculator = Speculator(
+            self._cond,
+            self._batches,
+            Rule.of(self._settings.batching),
+            max_workers=self._max_workers,
+            spec=lambda batch_id, indexes: launcher.spec(batch_id, indexes, whole=False),
+            backend=self._backend,
+            finished=self._resolver.index_finished,
+            make_room=None if self._warm is None else self._warm.release_idle,
+        )
+        self._speculator = speculator
+        self._resolver.other_copy = speculator.other_copy
+        speculator.start()
 
     # -- listener (called by the backend, from its threads) ------------------------
     # An error escaping the resolver would leave the backend's thread (or the warm
@@ -276,6 +296,9 @@ class Run:
         """Mark the first live call of an index running; False if all were cancelled
         (see ``Resolver.index_started``)."""
         try:
+            origin = None if self._speculator is None else self._speculator.origin(batch_id)
+            if origin is not None:  # a duplicate of a straggler (see _speculate)
+                return self._resolver.index_started(*origin)
             return self._resolver.index_started(batch_id, index)
         except BaseException as exc:
             self.thread_died("backend's delivery", exc)
@@ -285,6 +308,10 @@ class Run:
         """Resolve the futures of a finished index from its outcome in storage; with warm
         workers, the index's worker ended (it may have run other indexes since)."""
         try:
+            if self._speculator is not None and self._speculator.origin(batch_id) is not None:
+                # A duplicate of a straggler: never a warm worker (see _speculate).
+                self._speculator.copy_finished(batch_id, index, exit)
+                return
             self._resolver.index_finished(batch_id, index, exit)
             if self._warm is not None:
                 self._warm.worker_ended(batch_id, index, exit)
@@ -420,6 +447,8 @@ class Run:
             while self._batches and self._broken is None and not self._kill:
                 self._cond.wait()
             kill = self._kill or self._broken is not None
+        if self._speculator is not None:
+            self._speculator.stop()  # no duplicate starts once the work is over
         if self._warm is not None:
             self._warm.stop()  # the backend ends the warm workers, idle ones at once
         self._backend.close(kill=kill)
