@@ -283,6 +283,7 @@ class Run:
             backend=self._backend,
             finished=self._resolver.index_finished,
             make_room=None if self._warm is None else self._warm.release_idle,
+            died=self.thread_died,
         )
         self._speculator = speculator
         self._resolver.other_copy = speculator.other_copy

@@ -100,6 +100,8 @@ class Speculator:
         finished: ``finished(batch_id, index, exit)``: how the engine resolves a report
             (a duplicate that cannot be launched is reported ended, never started).
         make_room: asks idle warm workers to leave (None without warm workers).
+        died: ``died(name, error)`` when the thread ends on an unexpected error (the
+            engine breaks: no error may pass unseen).
     """
 
     def __init__(
@@ -113,6 +115,7 @@ class Speculator:
         backend: Backend,
         finished: Callable[[str, int, IndexExit], None],
         make_room: Callable[[], object] | None = None,
+        died: Callable[[str, BaseException], None] | None = None,
     ) -> None:
         self._cond = cond
         self._batches = batches
@@ -122,6 +125,7 @@ class Speculator:
         self._backend = backend
         self._finished = finished
         self._make_room = make_room
+        self._died = died
         self._copy_bars: dict[str, list[Progress]] = {}  # a duplicate's calls' bars
         self._copies: dict[tuple[str, int], int] = {}  # duplicated index → copies running
         self._origin: dict[str, tuple[str, int]] = {}  # a duplicate's batch id → its index
@@ -175,9 +179,14 @@ class Speculator:
     # -- the thread --------------------------------------------------------------------------
 
     def _run(self) -> None:
-        while not self._stopped.wait(TICK):
-            for batch_id, index in self._due():
-                self._launch(batch_id, index)
+        try:
+            while not self._stopped.wait(TICK):
+                for batch_id, index in self._due():
+                    self._launch(batch_id, index)
+        except BaseException as exc:
+            if self._died is None:
+                raise
+            self._died("speculation", exc)
 
     def _due(self) -> list[tuple[str, int]]:
         """The stragglers to duplicate now, as slots allow (takes the lock)."""

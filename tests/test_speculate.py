@@ -8,6 +8,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -387,3 +388,34 @@ def test_one_copy_failing_does_not_fail_the_call(
         results = list(ex.map(fn, range(8), [str(marks)] * 8))
     assert results[STRAGGLER][0] == expected
     assert (marks / "second").exists()  # both copies ran
+
+
+def racing_forever(i: int, marks: str) -> tuple[str, int]:
+    """Both copies of the straggler run until killed (the second one says it started)."""
+    if i != STRAGGLER:
+        threading.Event().wait(NORMAL)
+        return ("normal", os.getpid())
+    if not _first_run(marks):
+        open(os.path.join(marks, "second"), "w").close()
+    threading.Event().wait(SLOW)
+    return ("slow", os.getpid())
+
+
+def test_killing_shutdown_during_a_race_settles_every_future(tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    batching = Batching(speculate=True, speculate_min=1.0, speculate_slowdown=3.0)
+    ex = KubernetesExecutor(
+        backend="local",
+        storage=str(tmp_path / "storage"),
+        max_workers=8,
+        batching=batching,
+        progress=False,
+    )
+    futures = [ex.submit(racing_forever, i, str(marks)) for i in range(8)]
+    _wait_for((marks / "second").exists)
+    assert (marks / "second").exists(), "no duplicate started"
+    ex.shutdown(wait=True, kill_workers=True)
+    assert all(f.done() for f in futures)
+    assert [f.result()[0] for i, f in enumerate(futures) if i != STRAGGLER] == ["normal"] * 7
+    assert isinstance(futures[STRAGGLER].exception(), BrokenProcessPool)  # WorkerLostError
