@@ -303,15 +303,17 @@ def test_a_straggler_finishes_through_its_duplicate(
     else:
         kw = {"backend": "local", "storage": str(storage), "timeouts": Timeouts()}
     kw["timeouts"] = Timeouts(**{**_fields(kw["timeouts"]), "keep_warm": keep_warm})
+    # Over S3 every worker imports s3fs and botocore: 4 workers, not 8, on a busy machine.
+    n = 4 if backend == "local-s3" else 8
     batching = Batching(speculate=True, speculate_min=1.0, speculate_slowdown=3.0)
-    with KubernetesExecutor(max_workers=8, batching=batching, progress=False, **kw) as ex:
-        results = list(ex.map(straggle, range(8), [str(marks)] * 8))
+    with KubernetesExecutor(max_workers=n, batching=batching, progress=False, **kw) as ex:
+        results = list(ex.map(straggle, range(n), [str(marks)] * n))
         slow_pid = int((marks / "first").read_text())
         # The slow copy notices the outcome and stops by itself, before the shutdown.
         assert _wait_gone(slow_pid, within=30), "the slow copy is still running"
     assert results[STRAGGLER][0] == "again"  # the duplicate's outcome won
     assert results[STRAGGLER][1] != slow_pid
-    assert [r[0] for i, r in enumerate(results) if i != STRAGGLER] == ["normal"] * 7
+    assert [r[0] for i, r in enumerate(results) if i != STRAGGLER] == ["normal"] * (n - 1)
     assert not (marks / "slow-finished").exists()
 
 
