@@ -8,9 +8,10 @@ such a run (``K8S_EXECUTOR_SPECULATE=1``):
 - returns at once, exit 0, if ``out/<index>`` exists when it starts (the other copy won
   before this one got going);
 - watches ``out/<index>`` while its calls run (a stat locally, a HEAD on object stores,
-  every :data:`POLL_LOCAL` or :data:`POLL` seconds) and exits 0 as soon as it appears
-  written by the other copy: a call in progress is not interruptible in any other way,
-  and a stopped copy has nothing to report (the outcome is there);
+  every :data:`POLL_LOCAL` or :data:`POLL` seconds at first, less often as it goes on:
+  :func:`poll_intervals`) and exits 0 as soon as it appears written by the other copy:
+  a call in progress is not interruptible in any other way, and a stopped copy has
+  nothing to report (the outcome is there);
 - writes ``out/<index>`` with ``RunStore.put_new``, first writer wins, and exits 0
   without writing if the other copy was first.
 
@@ -25,17 +26,34 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from collections.abc import Iterator
 from typing import Final
 
 from . import _contract as codes
 from ._store import RunStore
 
-__all__ = ["POLL", "POLL_LOCAL", "OutcomeWatch", "speculating"]
+__all__ = ["POLL", "POLL_LOCAL", "POLL_MAX", "OutcomeWatch", "poll_intervals", "speculating"]
 
 POLL: Final = 2.0
 """Seconds between two looks for the outcome on an object store (one HEAD each)."""
 POLL_LOCAL: Final = 0.5
 """Seconds between two looks on a local directory (one stat each)."""
+POLL_MAX: Final = 10.0
+"""The longest wait between two looks, reached after 200 s of watching."""
+
+
+def poll_intervals(*, local: bool) -> Iterator[float]:
+    """Seconds between looks for the outcome: :data:`POLL` (or :data:`POLL_LOCAL`) at
+    first, then a twentieth of the time watched so far, at most :data:`POLL_MAX`. Every
+    worker of a speculating run watches, and few of them are ever duplicated: a long
+    call costs a few requests a minute, not thirty; a copy that lost runs on for at most
+    ``POLL_MAX`` seconds (its calls' futures are settled already)."""
+    base = POLL_LOCAL if local else POLL
+    watched = 0.0
+    while True:
+        every = min(max(base, watched / 20), max(base, POLL_MAX))
+        watched += every
+        yield every
 
 
 def speculating() -> bool:
@@ -93,8 +111,9 @@ class OutcomeWatch:
         self._done.set()
 
     def _watch(self) -> None:
-        every = POLL_LOCAL if self._store.is_local else POLL
-        while not self._done.wait(every):
+        for every in poll_intervals(local=self._store.is_local):
+            if self._done.wait(every):
+                return
             try:
                 found = self._store.age(self._key) is not None
             except Exception as exc:  # storage trouble: keep running, as if not found

@@ -4,6 +4,7 @@ backend and on kubesim, its slow copy stopped."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -16,7 +17,13 @@ import pytest
 
 from k8s_executor import Batching, ConfigError, KubernetesExecutor, Timeouts
 from k8s_executor._batches import Batch, Index
-from k8s_executor._first_write import OutcomeWatch
+from k8s_executor._first_write import (
+    POLL,
+    POLL_LOCAL,
+    POLL_MAX,
+    OutcomeWatch,
+    poll_intervals,
+)
 from k8s_executor._progress import Progress
 from k8s_executor._speculate import Rule, Speculator, copy_id, stragglers
 from k8s_executor._store import RunStore
@@ -226,6 +233,14 @@ def s3_bucket() -> Iterator[Any]:
 
     with s3_server(buckets=("race",)) as server:
         yield server
+
+
+def test_workers_look_for_the_outcome_less_often_as_they_run_on() -> None:
+    looks = list(itertools.islice(poll_intervals(local=False), 400))
+    assert looks[0] == POLL and min(looks) == POLL
+    assert looks == sorted(looks) and max(looks) == POLL_MAX
+    assert sum(looks[:10]) == 10 * POLL  # a straggler's loser stops within seconds
+    assert list(itertools.islice(poll_intervals(local=True), 1)) == [POLL_LOCAL]
 
 
 def test_a_copy_whose_outcome_is_written_stops_writing(tmp_path: Path) -> None:
