@@ -20,6 +20,9 @@ reads ``URL/fn`` and ``URL/in/3``, runs the tasks of index 3 in order, writes
 ``K8S_EXECUTOR_PARENT_PID``
     optional; the worker exits when this process is no longer its parent (local backend:
     no worker outlives a killed client).
+``K8S_EXECUTOR_SPECULATE``
+    ``1`` when the index may run in two copies (``Batching.speculate``): the outcome is
+    written first-writer-wins, and a copy that finds it written stops (``_first_write``).
 ``K8S_EXECUTOR_INIT``
     ``1`` (set by the Job manifest) or PID 1: the process forks and stays behind as the
     container's init, passing signals on and reaping orphans (``_init``); ``0``: never.
