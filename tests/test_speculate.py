@@ -96,6 +96,29 @@ def test_progress_counts_speculative_runs() -> None:
         bar.close()
 
 
+def test_speculating_jobs_tell_their_workers() -> None:
+    from k8s_executor.backends import _manifest as m
+
+    def env(**changes: Any) -> dict[str, str]:
+        params = m.JobParams(
+            run_id="r0123456789a",
+            batch_id="b00003s2",
+            indexes=1,
+            parallelism=1,
+            image="registry.example/k8sx@sha256:" + "0" * 64,
+            batch_url="s3://bucket/k8sx/r0123456789a/b00003",
+            **changes,
+        )
+        container = m.job_manifest(params)["spec"]["template"]["spec"]["containers"][0]
+        return {e["name"]: e.get("value", "") for e in container["env"]}
+
+    duplicate = env(speculate=True, batch_indexes=(2,), timeouts=Timeouts(keep_warm=0))
+    assert duplicate["K8S_EXECUTOR_SPECULATE"] == "1"
+    assert duplicate["K8S_EXECUTOR_INDEXES"] == "2"
+    assert "K8S_EXECUTOR_KEEP_WARM" not in duplicate
+    assert "K8S_EXECUTOR_SPECULATE" not in env()
+
+
 # -- the Speculator over a batch (no backend) ---------------------------------------------
 
 
