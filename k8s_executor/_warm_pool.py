@@ -104,6 +104,9 @@ class WarmPool:
         self._workers: dict[str, _Worker] = {}
         self._owners: dict[tuple[str, int], str] = {}  # own index → its latest worker
         self._ended: set[str] = set()
+        # Own indexes whose worker ended before a LIST showed it: a marker of theirs listed
+        # later is a dead worker's, never an idle one (see worker_ended).
+        self._gone: set[tuple[str, int]] = set()
         self._unsent: dict[str, warm.Assignment] = {}  # by worker: its write failed
         self._pending: collections.deque[tuple[str, int]] = collections.deque()
         self._live = 0  # indexes launched whose worker has not ended
@@ -135,6 +138,12 @@ class WarmPool:
             if wid is not None:
                 self._ended.add(wid)
                 self._unsent.pop(wid, None)
+            else:
+                # Not seen yet: it left (its idle window over, or killed) before a LIST
+                # showed its done-0. A LIST in flight, or a later one, may still show that
+                # marker; taken for an idle worker, it would be given calls that nobody
+                # runs and no backend report would ever hand on (a hang).
+                self._gone.add((batch_id, index))
             self._cond.notify_all()
         if worker is not None and worker.assignment is not None:
             self._settle_orphan(worker, exit)
@@ -332,7 +341,7 @@ class WarmPool:
                 worker = self._workers.get(wid)
                 if worker is None:
                     own = (marker.batch_id, marker.index)
-                    if own not in self._owners and marker.seq != 0:
+                    if own in self._gone or (own not in self._owners and marker.seq != 0):
                         continue  # not a worker of ours any more
                     worker = self._workers[wid] = _Worker(wid, own)
                     replaced = self._owners.get(own)
