@@ -917,10 +917,27 @@ def _left(ctx: Ctx, env: Env, fault: Fault, kw: Mapping[str, Any]) -> dict[str, 
             lambda: not any(cluster.run_objects(ctx.run_id).values()), 15, "the run's objects"
         )
     left = {k: v for k, v in cluster.run_objects(ctx.run_id).items() if v}
+    if left.get("pods"):
+        # Say what holds each one up (its phase, deletion, containers), for the failure.
+        left["pods"] = [_pod_state(ctx, name) for name in left["pods"]]
     storage = _storage_left(kw["storage"], kw.get("storage_options") or {}, ctx.run_id)
     if storage:
         left["storage"] = storage
     return left
+
+
+def _pod_state(ctx: Ctx, name: str) -> str:
+    """``name`` with its phase, deletion time and container states (kubesim's store)."""
+    try:
+        pod = ctx.sim.store.get("pods", "default", name)
+    except Exception as exc:  # gone meanwhile, or not kubesim's
+        return f"{name} ({type(exc).__name__})"
+    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+    states = [c.get("state") for c in status.get("containerStatuses") or []]
+    return (
+        f"{name} (phase {status.get('phase')}, deletionTimestamp "
+        f"{meta.get('deletionTimestamp')}, containers {states})"
+    )
 
 
 def _storage_left(root: str, options: Mapping[str, Any], run_id: str) -> list[str]:

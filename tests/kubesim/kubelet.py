@@ -253,6 +253,7 @@ class _PodRun:
         self.dir = workdir
         self.cond = threading.Condition()
         self.deleting = False
+        self.terminated = False  # its terminal phase is published (under cond, with deleting)
         self.grace_timer: TimerHandle | None = None
         self.grace_over = False  # the deletion's grace period ended (SIGKILL was sent)
         self.lost = False
@@ -519,9 +520,16 @@ class Kubelet:
             if run.deleting:
                 return
             run.deleting = True
+            terminated = run.terminated
             for c in run.all_containers():
                 self._stop_container(c, signal.SIGTERM)
             run.cond.notify_all()
+        if terminated:
+            # It ended by itself just before the deletion came (its _terminate saw no
+            # deletion): a terminal pod's deletion completes at once, as the real kubelet's
+            # status manager does, not when the grace period ends (nor never).
+            self._spawn(self._finish_delete, (run.namespace, run.name))
+            return
 
         def kill() -> None:
             with run.cond:
@@ -1107,7 +1115,10 @@ class Kubelet:
             c.ready = False
         run.phase = "Failed" if failed or run.phase == "Failed" else "Succeeded"
         self._publish(run)
-        if run.deleting and not self._stopping:
+        with run.cond:  # one of this and _begin_delete sees the other's flag
+            run.terminated = True
+            deleting = run.deleting
+        if deleting and not self._stopping:
             self._finish_delete((run.namespace, run.name))
 
     # --- status ----------------------------------------------------------------------------

@@ -408,3 +408,22 @@ def test_pod_start_delay_models_a_real_nodes_start(
         assert list(status["state"]) == ["waiting"]
         clock.advance(0.2)
         wait_for(lambda: phase(_get(core, "slow")) == "Succeeded", what="the pod to run")
+
+
+def test_graceful_deletion_seen_after_the_pod_ended_by_itself_completes_at_once(
+    kubesim: Kubesim, core: Any
+) -> None:
+    # The race the fault matrix's client-SIGKILL row met: a graceful delete is issued while
+    # the pod runs (deletionTimestamp + 30 s), its process exits by itself at that moment,
+    # and the kubelet sees the deletion only after it published the terminal phase. The real
+    # kubelet then deletes the terminal pod at once; kubesim's left it (its grace timer only
+    # kills). The late order is replayed here: terminal first, then the deletion stamp.
+    core.create_namespaced_pod(NS, _pod("late"))
+    _wait_phase(core, "late", "Succeeded")
+
+    def stamp(pod: dict[str, Any]) -> None:
+        pod["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:30Z"
+        pod["metadata"]["deletionGracePeriodSeconds"] = 30
+
+    kubesim.store.mutate("pods", NS, "late", stamp)
+    wait_for(lambda: not core.list_namespaced_pod(NS).items, 10, "the terminal pod removed")
