@@ -27,18 +27,22 @@ from typing import Any
 
 from ._config import Env
 from ._contract import (
+    ANNOTATION_DEADLINE,
     ANNOTATION_OWNER,
     ANNOTATION_STORAGE,
     CONTAINER,
     LABEL_BATCH,
     LABEL_INDEX,
     LABEL_MANAGED_BY,
+    LABEL_NAMED,
     LABEL_QUEUE,
     LABEL_RUN,
     MANAGED_BY,
 )
 from ._durable import forget_named_run, named_runs_root, stored_count
+from ._named_report import call_states, report
 from ._options import PodOptions, Resources, Scheduling
+from ._sessions import forget_run, named_runs, sweep_expired
 from ._store import RunStore
 from .backends._kubeapi import ONCE, RBAC_RULES, KubeApi
 from .backends._manifest import JobParams, job_manifest, run_selector
@@ -60,18 +64,23 @@ __all__ = [
     "RunIndex",
     "RunStore",
     "RunSummary",
+    "call_states",
     "default_podman_url",
     "find_credentials",
     "forget_named_run",
+    "forget_run",
     "inspect_image",
     "is_local_reference",
+    "named_runs",
     "named_runs_root",
     "parse_quantity",
     "rbac_manifests",
+    "report",
     "run_indexes",
     "split_reference",
     "stored_count",
     "summarize_runs",
+    "sweep_expired",
     "worker_pod",
 ]
 
@@ -109,6 +118,8 @@ class RunSummary:
     """Why pods or Jobs of the run wait, when the cluster says: a pod's start-up problem
     (``CreateContainerConfigError: secret "x" not found``, ``ImagePullBackOff: ...``,
     ``Unschedulable: ...``) or Kueue's (``queued: ...``)."""
+    named: str = ""  # the named run it is a session of, if any
+    deadline: float | None = None  # a detached run's deadline (epoch seconds)
 
     @property
     def finished(self) -> bool:
@@ -154,8 +165,13 @@ def summarize_runs(
             run_id,
             {"owner": "", "created": meta.get("creationTimestamp") or "", "jobs": 0,
              "active": 0, "succeeded": 0, "failed": 0, "finished_jobs": 0, "storage": "",
-             "running": 0, "waiting": 0, "queued": 0, "reason": ""},
+             "running": 0, "waiting": 0, "queued": 0, "reason": "", "named": "",
+             "deadline": None},
         )  # fmt: skip
+        entry["named"] = (meta.get("labels") or {}).get(LABEL_NAMED, entry["named"])
+        text = (meta.get("annotations") or {}).get(ANNOTATION_DEADLINE)
+        with contextlib.suppress(TypeError, ValueError):
+            entry["deadline"] = float(text)  # type: ignore[arg-type]
         entry["created"] = min(entry["created"] or "~", meta.get("creationTimestamp") or "~")
         entry["owner"] = (meta.get("annotations") or {}).get(ANNOTATION_OWNER, entry["owner"])
         return entry

@@ -30,6 +30,7 @@ from ._options import (
     StorageRetry,
     Timeouts,
     check_dns_name,
+    check_seconds,
 )
 from .errors import ConfigError
 
@@ -51,6 +52,8 @@ ENV_PLATFORM = "K8S_EXECUTOR_PLATFORM"
 ENV_PYTHON = "K8S_EXECUTOR_PYTHON"
 ENV_PROGRESS = "K8S_EXECUTOR_PROGRESS"
 ENV_RUN = "K8S_EXECUTOR_RUN"
+ENV_DETACH = "K8S_EXECUTOR_DETACH"
+ENV_DEADLINE = "K8S_EXECUTOR_DEADLINE"
 
 _STORAGE_OPTIONS_EXAMPLE = '{"endpoint_url": "https://s3.example", "key": "...", "secret": "..."}'
 
@@ -239,6 +242,8 @@ class Settings:
     """``Timeouts.keep_warm``: seconds a worker stays for further calls (0: none)."""
     run_name: str | None = None
     """A named run (``run=``): results stored and reused under this name."""
+    deadline: float | None = None
+    """A detached run (``detach=True``): seconds its workers and storage may live."""
 
 
 def resolve(
@@ -265,6 +270,8 @@ def resolve(
     stream_logs: bool = False,
     progress: bool | None = None,
     run: str | None = None,
+    detach: bool | None = None,
+    deadline: float | None = None,
     env: Env | None = None,
 ) -> Settings:
     """Check the options of :class:`~k8s_executor.KubernetesExecutor` (all but
@@ -356,6 +363,14 @@ def resolve(
             "this machine and the pods can reach, e.g. storage='s3://bucket/k8sx' "
             f"(or set {ENV_STORAGE})"
         )
+    detached = _detached(
+        detach=detach,
+        deadline=deadline,
+        run_name=run_name,
+        backend=backend,
+        timeouts=timeouts,
+        env=env,
+    )
     return Settings(
         backend=backend,
         storage=storage,
@@ -363,9 +378,82 @@ def resolve(
         batching=batching or Batching(),
         storage_retry=storage_retry or StorageRetry(),
         show_progress=show_progress,
-        keep_warm=(timeouts or Timeouts()).keep_warm,
+        # A detached run's workers take no assignments from a client that may be gone.
+        keep_warm=0.0 if detached is not None else (timeouts or Timeouts()).keep_warm,
         run_name=run_name,
+        deadline=detached,
     )
+
+
+def _detached(
+    *,
+    detach: bool | None,
+    deadline: float | None,
+    run_name: str | None,
+    backend: Backend,
+    timeouts: Timeouts | None,
+    env: Env,
+) -> float | None:
+    """The deadline (seconds) of a detached run, or None when the run is not detached."""
+    if detach is not None and not isinstance(detach, bool):
+        raise ConfigError(f"detach={detach!r} is not allowed: expected True, False or None")
+    where = "detach=True"
+    if detach is None:
+        detach, where = env.flag(ENV_DETACH) or False, f"{ENV_DETACH}=1"
+    if deadline is None:
+        text = env.text(ENV_DEADLINE)
+        if text:
+            try:
+                deadline = parse_duration(text)
+            except ValueError:
+                raise ConfigError(
+                    f"{ENV_DEADLINE}={text!r} is not allowed: expected a positive duration "
+                    "such as 3600, 90m, 12h or 2d"
+                ) from None
+        elif not detach:
+            return None
+    elif not detach:
+        raise ConfigError(
+            f"deadline={deadline!r} is not allowed without detach=True (or {ENV_DETACH}=1): "
+            "only a detached run outlives its client"
+        )
+    if not detach:
+        return None
+    if deadline is None:
+        deadline = DEFAULT_DEADLINE
+    check_seconds("deadline", deadline, allow_zero=False)
+    if run_name is None:
+        raise ConfigError(
+            f"{where} needs a named run: pass run='name' (or set {ENV_RUN}); a detached "
+            "run is found again by its name"
+        )
+    if not callable(getattr(backend, "detach", None)):
+        raise ConfigError(
+            f"{where} is not allowed with the {backend.name!r} backend: it cannot leave "
+            "its workers running without the client (no detach method)"
+        )
+    keep_warm = (timeouts or Timeouts()).keep_warm
+    if keep_warm not in (0, Timeouts().keep_warm):
+        raise ConfigError(
+            f"Timeouts.keep_warm={keep_warm!r} cannot be honoured by a detached run "
+            f"({where}): warm workers take their calls from a live client. Leave it at "
+            "its default (ignored when detached) or 0"
+        )
+    return float(deadline)
+
+
+DEFAULT_DEADLINE = 24 * 3600.0
+"""Seconds a detached run's workers and storage live by default."""
+
+
+def parse_duration(text: str) -> float:
+    """``3600``, ``90s``, ``90m``, ``12h`` or ``2d`` → seconds (> 0); ValueError else."""
+    text = text.strip().lower()
+    scale = {"s": 1, "m": 60, "h": 3600, "d": 86400}.get(text[-1:], 0)
+    number = float(text[:-1] if scale else text) * (scale or 1)
+    if not number > 0 or number == float("inf"):
+        raise ValueError(text)
+    return number
 
 
 def backend_name(

@@ -48,6 +48,19 @@ CALLS = "calls"
 READERS = 32
 """Stored results read at once when many calls are reused."""
 
+ALIVE_SECONDS = 5.0
+"""How often the worker of a named run rewrites ``<batch>/alive/<index>`` while it runs
+its index: a later client joining its calls (``_join``) sees it is still at work."""
+
+JOIN_GRACE = 6 * ALIVE_SECONDS
+"""Seconds a joined index's marker may stay unchanged (or, not written yet, the join may
+wait for a worker to start) before its copy counts as lost and its calls run again."""
+
+
+def alive_key(index: int) -> str:
+    """The key, below a batch's storage, of the marker its index's worker refreshes."""
+    return f"alive/{index}"
+
 
 def check_name(name: object, where: str = "run=") -> str:
     """``name`` if it is a valid run name, else :class:`ConfigError` saying what is."""
@@ -228,11 +241,27 @@ class StoredResults:
         self.reused += len(results)
         return results
 
+    def load(self, call_identity: str, fn_name: str) -> list[Any] | None:
+        """The stored result of one call if there is one now (not from the listing the
+        first :meth:`find` made), and it verifies; else None."""
+        try:
+            data = self._store.get(call_key(call_identity))
+        except FileNotFoundError:
+            return None
+        return self._open(call_identity, fn_name, data)
+
     def _load(self, call_identity: str, fn_name: str) -> list[Any] | None:
         try:
             data = self._store.get(call_key(call_identity))
+        except (StorageError, FileNotFoundError) as exc:
+            _log.warning("stored result %s not used (it runs again): %s", call_identity, exc)
+            return None
+        return self._open(call_identity, fn_name, data)
+
+    def _open(self, call_identity: str, fn_name: str, data: bytes) -> list[Any] | None:
+        try:
             outcomes = wire.open_outcomes(self._key, data)
-        except (StorageError, FileNotFoundError, PayloadError) as exc:
+        except PayloadError as exc:
             _log.warning("stored result %s not used (it runs again): %s", call_identity, exc)
             return None
         if not isinstance(outcomes, list) or len(outcomes) != 1 or outcomes[0].results is None:

@@ -145,6 +145,17 @@ class KubernetesExecutor(Executor):
             ``<storage>/named/<run>/`` until ``k8s-executor cleanup --named RUN``; see
             "Durable runs" in the docs. Default: ``K8S_EXECUTOR_RUN``, else an unnamed
             run that keeps nothing.
+        detach: (named runs) leaving the ``with`` block, ``shutdown()``, Ctrl-C or the
+            client dying does not stop the run: its workers go on without the client
+            (no heartbeat, no warm workers, every batch started at once) until they
+            finish or the run's ``deadline``; run the script again, or
+            ``k8s-executor results RUN``, to get the outcomes. Default:
+            ``K8S_EXECUTOR_DETACH`` (1/0), else off. See "Durable runs" in the docs.
+        deadline: (detached runs) seconds the run's workers and storage may live, from
+            this client's start: at the deadline its workers stop, and any later client
+            of the same storage (or ``k8s-executor cleanup --expired``) removes what is
+            left. Default: ``K8S_EXECUTOR_DEADLINE`` (``3600``, ``90m``, ``12h``,
+            ``2d``), else 24 hours.
     """
 
     def __init__(
@@ -175,6 +186,8 @@ class KubernetesExecutor(Executor):
         stream_logs: bool = False,
         progress: bool | None = None,
         run: str | None = None,
+        detach: bool | None = None,
+        deadline: float | None = None,
     ) -> None:
         if max_workers is not None:
             if isinstance(max_workers, int) and not isinstance(max_workers, bool):
@@ -218,7 +231,10 @@ class KubernetesExecutor(Executor):
             stream_logs=stream_logs,
             progress=progress,
             run=run,
+            detach=detach,
+            deadline=deadline,
         )
+        self._detached = settings.deadline is not None
         self._backend: Backend = settings.backend
         self._max_workers = max_workers or self._backend.default_max_workers()
         self._keep_warm = settings.keep_warm
@@ -318,11 +334,19 @@ class KubernetesExecutor(Executor):
                 workers (and on Kubernetes its Jobs and Secret) are gone. With False,
                 this happens in the background.
             cancel_futures: cancel every call that has not started yet.
+
+        A detached run (``detach=True``) is not waited for: this client stops following
+        it, its workers go on, and the futures not done yet fail with
+        :class:`~k8s_executor.RunDetachedError` (``kill_workers`` still ends everything).
             kill_workers: also end the workers that are running now (as loky's
                 ``shutdown(kill_workers=True)`` does); their calls fail with
                 :class:`WorkerLostError`. Implies ``cancel_futures``.
         """
-        self._run.shutdown(wait=wait, cancel_futures=cancel_futures, kill_workers=kill_workers)
+        if self._detached and not kill_workers:
+            # A detached run goes on without this client (see ``detach``).
+            self._run.leave(cancel_futures=cancel_futures)
+        else:
+            self._run.shutdown(wait=wait, cancel_futures=cancel_futures, kill_workers=kill_workers)
         if wait and not _live_executors:
             _restore_sigterm_handler()  # the program's own SIGTERM disposition again
 
@@ -349,8 +373,9 @@ class KubernetesExecutor(Executor):
         _live_executors.discard(self)
 
     def _terminate(self) -> None:
-        """Cancel what has not started, kill what has, release everything; wait for it."""
-        self.shutdown(wait=True, kill_workers=True)
+        """Cancel what has not started, kill what has, release everything; wait for it.
+        A detached run is left running instead (Ctrl-C, SIGTERM: the client goes)."""
+        self.shutdown(wait=True, kill_workers=not self._detached)
 
 
 _log = logging.getLogger(__name__)

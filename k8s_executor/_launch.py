@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import collections
 import itertools
+import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -20,6 +22,7 @@ from ._batches import Batch, Index, Task, function_table, index_inputs, pack, pl
 from ._config import Settings
 from ._durable import FunctionBlobs, identity
 from ._progress import Progress
+from ._sessions import LaunchRecord, write_launch
 from ._store import RunStore
 from .backends._base import LaunchSpec
 from .errors import PicklingError, StorageError
@@ -27,6 +30,8 @@ from .errors import PicklingError, StorageError
 __all__ = ["Launcher"]
 
 Settle = Callable[..., None]
+
+_log = logging.getLogger(__name__)
 
 
 class Launcher:
@@ -58,6 +63,9 @@ class Launcher:
         self._key = key
         self._settle = settle
         self.store: RunStore | None = None  # set when the run starts
+        # A named run: where its launch records go, and its deadline when detached.
+        self.named: RunStore | None = None
+        self.deadline_at: float | None = None
         self._batch_ids = itertools.count()
         self._task_ids = itertools.count()
         self._launch_ids = itertools.count(1)
@@ -169,7 +177,25 @@ class Launcher:
             return None
         with self._lock:
             self._shared.update(k for k, v in placement.placed.items() if isinstance(v, str))
+        self._record(batch_id, groups)
         return batch
+
+    def _record(self, batch_id: str, groups: list[list[Task]]) -> None:
+        """A named run's launch record (before the launch): a later client joins these
+        calls while this batch's workers run them (``_join``)."""
+        calls = [
+            (t.identity, i, wire.callable_name(t.fn), t.n_calls, t.single)
+            for i, group in enumerate(groups)
+            for t in group
+            if t.identity
+        ]
+        if self.named is None or not calls:
+            return
+        record = LaunchRecord(self._run_id, batch_id, time.time(), self.deadline_at, calls)
+        try:
+            write_launch(self.named, record)
+        except StorageError as exc:  # the calls run all the same; a later client reruns them
+            _log.warning("cannot record the launch of %s: %s", batch_id, exc)
 
     def spec(self, batch_id: str, indexes: tuple[int, ...], *, whole: bool) -> LaunchSpec:
         """What the backend needs to start workers for ``indexes`` of a batch (``whole``:

@@ -40,6 +40,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import Future
 from typing import Any
@@ -49,16 +50,18 @@ from ._batches import Batch, Task
 from ._config import Settings
 from ._dispatch import Dispatcher, Heartbeat
 from ._durable import StoredResults, run_url
+from ._join import Joiner
 from ._launch import Launcher
 from ._outcomes import shut_down_error
 from ._progress import Progress
 from ._resolve import Resolver
+from ._sessions import Session, sweep_expired, write_session
 from ._skips import SkipMarkers
 from ._speculate import Rule, Speculator
 from ._store import RunStore
 from ._warm_pool import WarmPool
 from .backends._base import IndexExit, RunContext, waits_for_room
-from .errors import ExecutorBrokenError
+from .errors import ExecutorBrokenError, RunDetachedError
 
 __all__ = ["INTERPRETER_EXIT", "Run", "State"]
 
@@ -138,6 +141,8 @@ class Run:
         )
         self._store: RunStore | None = None
         self._stored: StoredResults | None = None  # a named run's stored results
+        self._joiner: Joiner | None = None  # a named run's calls other sessions run
+        self._leaving = False  # a detached run's client stops following it
         self._warm: WarmPool | None = None  # with Timeouts.keep_warm: who runs what
         self._speculator: Speculator | None = None  # with Batching.speculate
         self._temp_dir: str | None = None
@@ -165,18 +170,37 @@ class Run:
             future.add_done_callback(functools.partial(self._resolver.task_done, task))
         return task
 
-    def _reuse(self, tasks: list[Task]) -> None:
+    def _reuse(self, tasks: list[Task]) -> list[Task]:
         """A named run's calls with a stored result resolve from storage, without a pod
-        (the run has started: its storage is open)."""
+        (the run has started: its storage is open); those another session runs now are
+        joined (``_join``). The tasks left to run here."""
         named = [t for t in tasks if t.identity and not t.settled]
         if self._stored is None or not named:
-            return
+            return tasks
         found = self._stored.find([(t.identity, wire.callable_name(t.fn)) for t in named])
         for t in named:
             results = found.get(t.identity)
             if results is not None:
                 t.reused = True  # before settling: the bar counts it as it finishes
                 self._resolver.settle(t, result=results[0] if t.single else results)
+        if self._joiner is None:
+            return tasks
+        joined = set(map(id, named)) - set(map(id, self._joiner.join(named)))
+        return [t for t in tasks if id(t) not in joined]
+
+    def _rerun(self, tasks: list[Task]) -> None:
+        """Joined calls whose copy was lost: run them here (the joiner's thread)."""
+        with self._cond:
+            if self.dispatching():
+                self._dispatcher.put(tasks, flush=True)
+                return
+            error = self._broken_error or shut_down_error()
+        for t in tasks:
+            self._resolver.settle(t, error=error)
+
+    def _joins_changed(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
 
     def bars(self) -> tuple[Progress, ...]:
         """The run's bar (started with the first call) when progress is shown."""
@@ -208,7 +232,7 @@ class Run:
         """Queue tasks for the dispatcher (starting the run on first use); ``flush``
         sends them without waiting for the batching window."""
         self._start_once()
-        self._reuse(tasks)  # before queueing: a reused call never reaches a worker
+        tasks = self._reuse(tasks)  # before queueing: a reused call never reaches a worker
         with self._cond:
             self.check_accepting()
             self._dispatcher.put(tasks, flush=flush)
@@ -245,7 +269,18 @@ class Run:
             root = storage.rstrip("/")
         options = self._settings.storage_options
         store = RunStore(f"{root}/{self._run_id}", options, self._settings.storage_retry)
-        run = RunContext(self._run_id, store.url, self._key, options)
+        name = self._settings.run_name
+        deadline = self._settings.deadline
+        deadline_at = None if deadline is None else time.time() + deadline
+        named = None
+        if name is not None:
+            named = RunStore(run_url(root, name), options, self._settings.storage_retry)
+            # Before anything is launched: what a detached session leaves is found by it.
+            write_session(named, Session(self._run_id, time.time(), deadline_at))
+            threading.Thread(
+                target=sweep_expired, args=(root, options), name="k8sx-sweep", daemon=True
+            ).start()
+        run = RunContext(self._run_id, store.url, self._key, options, name or "", deadline_at)
         try:
             self._backend.start(self, self._max_workers, run)
         except BaseException:
@@ -258,10 +293,18 @@ class Run:
                 self._temp_dir = None
             raise
         self._store = self._skips.store = self._launcher.store = self._resolver.store = store
-        name = self._settings.run_name
-        if name is not None:
-            named = RunStore(run_url(root, name), options, self._settings.storage_retry)
+        if named is not None:
             self._stored = StoredResults(named, self._key)
+            self._joiner = Joiner(
+                root=root,
+                named=named,
+                stored=self._stored,
+                own_run_id=self._run_id,
+                settle=self._resolver.settle,
+                rerun=self._rerun,
+                changed=self._joins_changed,
+            )
+            self._launcher.named, self._launcher.deadline_at = named, deadline_at
         if self._settings.keep_warm > 0:
             self._warm = self._resolver.warm = WarmPool(store, self._max_workers, self)
         if self._settings.batching.speculate:
@@ -387,8 +430,16 @@ class Run:
     # -- the dispatcher's (see _dispatch.Engine) -------------------------------------
 
     def dispatching(self) -> bool:
-        """Whether calls may still be launched (lock held)."""
-        return self._state in (State.STARTING, State.RUNNING)
+        """Whether calls may still be launched (lock held): also while shutting down
+        as long as joined calls may need to run again here."""
+        if self._state in (State.STARTING, State.RUNNING):
+            return True
+        return (
+            self._state is State.SHUTTING_DOWN
+            and not (self._kill or self._leaving)
+            and self._joiner is not None
+            and self._joiner.pending() > 0
+        )
 
     def broken_error(self) -> ExecutorBrokenError | None:
         """What every call fails with once the executor is broken (lock held)."""
@@ -433,6 +484,63 @@ class Run:
         if wait and finalizer is not threading.current_thread():
             finalizer.join()
 
+    def leave(self, *, cancel_futures: bool) -> None:
+        """A detached run's client stops following it: what is queued is launched, the
+        run's workers are left running (the backend's ``detach``), its storage is kept,
+        and the futures not done yet fail with :class:`RunDetachedError`. When nothing
+        is left running, this is an ordinary shutdown. Bounded: one launch of what was
+        queued, and the backend's ``detach``."""
+        with self._cond:
+            while self._state is State.STARTING:
+                self._cond.wait()
+            if self._state is not State.RUNNING or self._finalizer is not None:
+                started = False
+            else:
+                started = True
+                if cancel_futures:
+                    self._cancel_not_started()
+        if cancel_futures and started:
+            self._skips.write()
+        with self._cond:
+            busy = bool(self._batches) or bool(self._dispatcher.queued())
+            busy = busy or (self._joiner is not None and self._joiner.pending() > 0)
+            if not started or not busy:
+                started = False
+            else:
+                self._leaving = True
+                self._state = State.SHUTTING_DOWN
+                self._dispatcher.flush()
+        if not started:
+            self.shutdown(wait=True, cancel_futures=cancel_futures, kill_workers=False)
+            return
+        self._dispatcher.join()  # launches what was queued: nothing stays in this client
+        left: list[Task] = [] if self._joiner is None else self._joiner.stop()
+        detach = getattr(self._backend, "detach", None)
+        assert detach is not None  # checked at construction (_config)
+        detach()
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+        with self._lock:
+            left += self._resolver.drop_all()
+            left += self._dispatcher.drain()
+        name = self._settings.run_name
+        error = RunDetachedError(
+            f"run {name!r} is detached and this client stopped following it: the call goes "
+            "on without it; run the script again with the same run name, or "
+            f"`k8s-executor results {name}`, for its outcome"
+        )
+        for t in left:
+            self._resolver.settle(t, error=error)
+        self._launcher.close()
+        with self._lock:
+            if self._state is not State.BROKEN:
+                self._state = State.SHUT_DOWN
+            bar = self._bar
+            self._cond.notify_all()
+        self._on_end()
+        if bar is not None:
+            bar.close()
+
     def _cancel_not_started(self) -> None:
         # Called with the lock held; the caller writes the skip markers once released.
         # Every call not known to be running, in a started index too: its worker skips
@@ -450,6 +558,10 @@ class Run:
             kill = self._kill or self._broken is not None
         if self._speculator is not None:
             self._speculator.stop()  # no duplicate starts once the work is over
+        if self._joiner is not None:
+            # Not waited for when killed (the joined copies are another session's).
+            for t in self._joiner.stop():
+                self._resolver.settle(t, error=shut_down_error())
         if self._warm is not None:
             self._warm.stop()  # the backend ends the warm workers, idle ones at once
         self._backend.close(kill=kill)

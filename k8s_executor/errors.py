@@ -23,7 +23,8 @@ that existing ``concurrent.futures`` code already catches keep their stdlib base
      │    ├── ClusterError                        the Kubernetes API refused or is unreachable
      │    ├── image.ImageError                    the environment image could not be built
      │    │                                       or pushed (k8s_executor.image)
-     │    └── PodStartError                       a pod never started (image pull, scheduling)
+     │    ├── PodStartError                       a pod never started (image pull, scheduling)
+     │    └── RunDetachedError                    a detached run's client stopped following it
      └── RuntimeError
           └── concurrent.futures.BrokenExecutor
                ├── ExecutorBrokenError (K8sExecutorError)   nothing can run at all
@@ -60,6 +61,7 @@ __all__ = [
     "PodStartError",
     "RemoteError",
     "ResultPicklingError",
+    "RunDetachedError",
     "SerializationError",
     "StorageError",
     "UnpicklingError",
@@ -181,6 +183,12 @@ class PodStartError(K8sExecutorError):
 
 class ExecutorBrokenError(K8sExecutorError, BrokenExecutor):
     """Nothing can run at all: the backend is unreachable or refuses every launch."""
+
+
+class RunDetachedError(K8sExecutorError):
+    """The client of a detached run stopped following it (``shutdown``, the end of its
+    ``with`` block, Ctrl-C) before this call ended: the call goes on in the cluster, and
+    running the script again (or ``k8s-executor results RUN``) gives its outcome."""
 
 
 def __getattr__(name: str) -> Any:

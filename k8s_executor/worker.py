@@ -388,8 +388,29 @@ def _run_tasks(
     """Run the calls of an index not cancelled, and write their outcomes."""
     out_key = f"out/{skip.index}"
     runner = _Runner(table, run, _KEPT_SHARED)
-    runner.initialize()
     named = _named_store(run, table.run_name)
+    alive = _Alive(store, index) if named is not None else None
+    try:
+        return _run_tasks(
+            store=store, key=key, index=index, tasks=tasks, skip=skip, runner=runner, named=named
+        )
+    finally:
+        if alive is not None:
+            alive.stop()
+
+
+def _run_tasks(
+    *,
+    store: RunStore,
+    key: bytes,
+    index: int,
+    tasks: list[wire.TaskInput],
+    skip: _SkipMarker,
+    runner: _Runner,
+    named: RunStore | None,
+) -> int:
+    out_key = f"out/{index}"
+    runner.initialize()
     outcomes = []
     for task in tasks:
         if skip.skips(task.task_id):
@@ -405,6 +426,47 @@ def _run_tasks(
     elif not race.put(sealed):
         return EXIT_OK  # the other copy's outcome stands: the index is done
     return EXIT_OK if all(o.error is None for o in outcomes) else EXIT_TASK_FAILED
+
+
+class _Alive:
+    """Rewrites ``<batch>/alive/<index>`` (a counter) every ``ALIVE_SECONDS`` while a
+    named run's index runs: a client joining its calls sees the copy is at work."""
+
+    def __init__(self, store: RunStore, index: int) -> None:
+        self._store = store
+        self._key = _durable.alive_key(index)
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="k8sx-alive", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        beat = 0
+        while True:
+            beat += 1
+            try:
+                self._store.put(self._key, str(beat).encode())
+            except Exception as exc:  # a joiner then runs the calls again: no harm done
+                print(f"k8s_executor.worker: cannot refresh {self._key}: {exc}", file=sys.stderr)
+            if self._stopped.wait(_durable.ALIVE_SECONDS):
+                return
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=5.0)
+
+
+def _watch_deadline(deadline: float) -> None:
+    """Exit (ABANDONED) at a detached run's deadline, whatever the worker is doing."""
+
+    def wait() -> None:
+        # Wall clock: the deadline is a date, set by the client that launched the run.
+        while (left := deadline - time.time()) > 0:
+            threading.Event().wait(min(left, 60.0))
+        print("k8s_executor.worker: the run's deadline has passed; stopping", file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(EXIT_ABANDONED)
+
+    threading.Thread(target=wait, name="k8sx-deadline", daemon=True).start()
 
 
 def _named_store(run: RunStore | None, name: str | None) -> RunStore | None:
@@ -529,6 +591,12 @@ def main(argv: list[str] | None = None) -> NoReturn:
     grace = os.environ.get(codes.ENV_HEARTBEAT_GRACE)
     if grace:
         _watch_heartbeat(run, float(grace))
+    deadline = os.environ.get(codes.ENV_RUN_DEADLINE)
+    if deadline:
+        try:
+            _watch_deadline(float(deadline))
+        except ValueError:
+            _usage(f"{codes.ENV_RUN_DEADLINE} must be seconds since the epoch, got {deadline!r}")
     batch_url = args[0].rstrip("/")
 
     def batch_store(batch_id: str) -> RunStore:

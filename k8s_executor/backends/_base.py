@@ -48,6 +48,13 @@ class RunContext:
     key: bytes
     """The run's signing key; the backend delivers it to workers without exposing it."""
     storage_options: Mapping[str, Any] = field(default_factory=dict)
+    named: str = ""
+    """The name of a named run, if it is one."""
+    deadline: float | None = None
+    """A detached run's deadline (seconds since the epoch): its workers must not depend
+    on the client (no heartbeat, no parent, no slots held back for later) and stop then.
+    A backend that supports it has a ``detach()`` method: stop following the run, leave
+    its workers (and what they need: the key's Secret) running."""
 
 
 @dataclass(frozen=True)

@@ -13,12 +13,14 @@ from typing import Any, Final
 
 from .. import _contract as c
 from .._contract import (
+    ANNOTATION_DEADLINE,
     ANNOTATION_OWNER,
     ANNOTATION_STORAGE,
     CONTAINER,
     LABEL_BATCH,
     LABEL_INDEX,
     LABEL_MANAGED_BY,
+    LABEL_NAMED,
     LABEL_QUEUE,
     LABEL_RUN,
     MANAGED_BY,
@@ -26,12 +28,14 @@ from .._contract import (
 from .._options import PodOptions, Resources, Scheduling, StorageRetry, Timeouts
 
 __all__ = [  # the contract's names, re-exported for the modules that build on manifests
+    "ANNOTATION_DEADLINE",
     "ANNOTATION_OWNER",
     "ANNOTATION_STORAGE",
     "CONTAINER",
     "LABEL_BATCH",
     "LABEL_INDEX",
     "LABEL_MANAGED_BY",
+    "LABEL_NAMED",
     "LABEL_QUEUE",
     "LABEL_RUN",
     "MANAGED_BY",
@@ -94,6 +98,21 @@ class JobParams:
     of its batch's (``K8S_EXECUTOR_INDEXES``); empty: the same numbers."""
     speculate: bool = False
     """Its indexes may run in two copies (``K8S_EXECUTOR_SPECULATE``)."""
+    named: str = ""
+    """The named run the Job belongs to, if any (a label, for ``cleanup`` and ``ls``)."""
+    deadline: float | None = None
+    """A detached run's deadline (epoch seconds): no heartbeat watched, the Job's
+    ``activeDeadlineSeconds`` ends at it, and the worker stops then too."""
+    now: float = 0.0
+    """When the manifest is made (epoch seconds): the deadline's countdown starts here."""
+
+
+def detached_marks(named: str, deadline: float | None) -> tuple[dict[str, str], dict[str, str]]:
+    """The labels and annotations that say which named run an object belongs to and,
+    detached, until when it may live (``k8s-executor cleanup --expired``)."""
+    labels = {LABEL_NAMED: named} if named else {}
+    annotations = {ANNOTATION_DEADLINE: str(int(deadline))} if deadline is not None else {}
+    return labels, annotations
 
 
 def secret_manifest(
@@ -103,6 +122,8 @@ def secret_manifest(
     *,
     run_url: str = "",
     owner: str = "",
+    named: str = "",
+    deadline: float | None = None,
 ) -> dict[str, Any]:
     """The run's Secret: the signing key and, opted in, the storage options (JSON).
     Annotated with the run's storage prefix and owner for ``k8s-executor cleanup``."""
@@ -111,8 +132,13 @@ def secret_manifest(
     data = {ENTRY_KEY: key.hex()}
     if storage_options is not None:
         data[ENTRY_STORAGE_OPTIONS] = json.dumps(dict(storage_options))
-    metadata: dict[str, Any] = {"name": secret_name(run_id), "labels": run_labels(run_id)}
+    marks, deadline_marks = detached_marks(named, deadline)
+    metadata: dict[str, Any] = {
+        "name": secret_name(run_id),
+        "labels": {**run_labels(run_id), **marks},
+    }
     annotations = {k: v for k, v in ((ANNOTATION_STORAGE, run_url), (ANNOTATION_OWNER, owner)) if v}
+    annotations.update(deadline_marks)
     if annotations:
         metadata["annotations"] = annotations
     return {
@@ -158,7 +184,10 @@ def _env(p: JobParams) -> list[dict[str, Any]]:
             "name": c.ENV_KEY,
             "valueFrom": {"secretKeyRef": {"name": secret, "key": ENTRY_KEY}},
         },
-        {"name": c.ENV_HEARTBEAT_GRACE, "value": str(p.timeouts.heartbeat_grace)},
+        # A detached run's workers do without the client: they stop at its deadline.
+        {"name": c.ENV_HEARTBEAT_GRACE, "value": str(p.timeouts.heartbeat_grace)}
+        if p.deadline is None
+        else {"name": c.ENV_RUN_DEADLINE, "value": repr(p.deadline)},
         {"name": c.ENV_STORAGE_RETRY, "value": p.storage_retry.to_env()},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         # The worker is its container's PID 1: it runs as a small init (signals passed
@@ -283,11 +312,12 @@ def pod_spec(p: JobParams) -> dict[str, Any]:
 
 def job_manifest(p: JobParams) -> dict[str, Any]:
     """The Indexed Job that runs one batch."""
-    labels = {**p.pod.labels, **run_labels(p.run_id), LABEL_BATCH: p.batch_id}
+    marks, deadline_marks = detached_marks(p.named, p.deadline)
+    labels = {**p.pod.labels, **run_labels(p.run_id), **marks, LABEL_BATCH: p.batch_id}
     if p.scheduling.queue:
         # Kueue admits the Job (it is created suspended; Kueue resumes it when quota allows).
         labels[LABEL_QUEUE] = p.scheduling.queue
-    annotations = dict(p.pod.annotations)
+    annotations = {**p.pod.annotations, **deadline_marks}
     if p.owner:
         annotations[ANNOTATION_OWNER] = p.owner
     metadata: dict[str, Any] = {"name": job_name(p.run_id, p.batch_id), "labels": labels}
@@ -335,8 +365,13 @@ def job_manifest(p: JobParams) -> dict[str, Any]:
         "ttlSecondsAfterFinished": p.timeouts.ttl_after_finished,
         "template": {"metadata": template_metadata, "spec": pod_spec(p)},
     }
-    if p.timeouts.job_deadline is not None:
-        spec["activeDeadlineSeconds"] = int(p.timeouts.job_deadline)
+    limit = p.timeouts.job_deadline
+    if p.deadline is not None:
+        # A detached Job is never suspended (it starts at once): its clock runs from now.
+        left = max(1.0, p.deadline - p.now)
+        limit = left if limit is None else min(limit, left)
+    if limit is not None:
+        spec["activeDeadlineSeconds"] = int(limit)
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": metadata, "spec": spec}
 
 

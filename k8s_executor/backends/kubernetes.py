@@ -30,6 +30,7 @@ from ..errors import ClusterError, PodStartError
 from . import _manifest as m
 from ._admission import Admission, start_failure
 from ._base import IndexExit, LaunchSpec, Listener, RunContext, waits_for_room
+from ._expired import sweep as sweep_expired
 from ._kubeapi import KubeApi, Retry
 from ._launches import Launches
 from ._logs import Logs
@@ -160,6 +161,8 @@ class KubernetesBackend:
         self._logs: Logs | None = None
         self._image = settings.image
         self._python = settings.python
+        self._named = ""  # a named run's name; with _deadline, a detached run's
+        self._deadline: float | None = None
 
     # -- Backend protocol ----------------------------------------------------------
 
@@ -171,6 +174,7 @@ class KubernetesBackend:
         """Connect, create the run's Secret (key, opted-in storage options), start watching."""
         self._listener = listener
         self._run_id = run.run_id
+        self._named, self._deadline = run.named, run.deadline
         if self.settings.image == "auto":
             self._image, self._python = _build_image(self.settings)
         s = self.settings
@@ -180,7 +184,13 @@ class KubernetesBackend:
         self._logs = Logs(api, run.run_id)
         options = run.storage_options if s.share_storage_options else None
         secret = m.secret_manifest(
-            run.run_id, run.key, options, run_url=run.run_url, owner=_owner()
+            run.run_id,
+            run.key,
+            options,
+            run_url=run.run_url,
+            owner=_owner(),
+            named=run.named,
+            deadline=run.deadline,
         )
         api.create(
             "Secret",
@@ -190,6 +200,11 @@ class KubernetesBackend:
             stop=self._stop,
         )
         self._secret_created = True
+        if run.named:
+            # What expired detached runs left (their Secrets): nothing else removes it.
+            threading.Thread(
+                target=sweep_expired, args=(api,), name="k8sx-sweep", daemon=True
+            ).start()
         self._delivery = ThreadPoolExecutor(4, thread_name_prefix="k8sx-deliver")
         admission = Admission(api, self._stop, self._launches.update, self._deliver)
         for target, name in (
@@ -207,10 +222,13 @@ class KubernetesBackend:
         """Create the launch's Indexed Job, with as many worker slots as are free now."""
         api = self._connected()
         queued = bool(self.settings.scheduling.queue)
+        # A detached run's Jobs start at once with the parallelism they may use (no slot
+        # plan: nobody may be left to resume a suspended Job), as Kueue's do.
+        unplanned = queued or self._deadline is not None
         # One Job per launch: a whole batch, or the indexes of it no warm worker took
         # (their Job's completion index k runs batch index spec.batch_index(k)).
         name = spec.name
-        parallelism = self._launches.add(spec, queued=queued)
+        parallelism = self._launches.add(spec, queued=unplanned)
         params = m.JobParams(
             run_id=spec.run_id,
             batch_id=name,
@@ -232,6 +250,9 @@ class KubernetesBackend:
             storage_retry=spec.storage_retry,
             batch_indexes=spec.batch_indexes,
             speculate=spec.speculate,
+            named=self._named,
+            deadline=self._deadline,
+            now=time.time(),
         )
         job = m.job_manifest(params)
         self._launches.job_named(name, job["metadata"]["name"])
@@ -246,7 +267,7 @@ class KubernetesBackend:
         except ClusterError:
             self._launches.not_created(name)
             raise
-        self._launches.created(name, parallelism, queued=queued)
+        self._launches.created(name, parallelism, queued=unplanned)
 
     def cancel(self, batch_id: str, indexes: Collection[int]) -> None:
         """Nothing to do: workers honour the skip markers the executor writes."""
@@ -295,6 +316,25 @@ class KubernetesBackend:
             )
         logs.join(min(5.0, max(0.0, deadline - time.monotonic())))
         api.close()
+
+    def detach(self) -> None:
+        """Stop following a detached run: its Jobs and Secret stay (the Jobs end at the
+        run's deadline, ``activeDeadlineSeconds``; what is left after it goes with
+        ``k8s-executor cleanup --expired`` or the next client's sweep). Bounded like
+        ``close``: the watches are stopped and joined for at most 2 s each."""
+        self._stop.set()
+        self._launches.take_jobs()
+        if self._api is not None:
+            self._api.shutdown_streams()
+        if self._logs is not None:
+            self._logs.close()
+        deadline = time.monotonic() + CLOSE_SECONDS
+        for thread in self._threads:
+            thread.join(timeout=max(0.0, min(2.0, deadline - time.monotonic())))
+        if self._delivery is not None:
+            self._delivery.shutdown(wait=True)
+        if self._api is not None:
+            self._api.close()
 
     def _delete_jobs(
         self, api: KubeApi, jobs: list[str], deadline: float, *, kill: bool

@@ -18,6 +18,7 @@ import sys
 import threading
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Any
 
 from .. import _contract as c
 from ..errors import ConfigError
@@ -68,6 +69,8 @@ class LocalBackend:
         self._listener: Listener | None = None
         self._max_workers = 1
         self._dispatcher: threading.Thread | None = None
+        self._deadline: float | None = None  # a detached run (see detach)
+        self._logs = ""
 
     def default_max_workers(self) -> int:
         """One worker per CPU, as ProcessPoolExecutor does."""
@@ -77,6 +80,12 @@ class LocalBackend:
         """Begin serving launches."""
         self._listener = listener
         self._max_workers = max_workers
+        if run.deadline is not None:
+            from .._sessions import log_dir
+
+            self._deadline = run.deadline
+            self._logs = log_dir(run.run_id)
+            os.makedirs(self._logs, exist_ok=True)
         self._dispatcher = threading.Thread(
             target=self._dispatch, name="k8sx-local-dispatch", daemon=True
         )
@@ -122,6 +131,16 @@ class LocalBackend:
         for t in threads:
             t.join()
 
+    def detach(self) -> None:
+        """Stop following a detached run: every launched index has its worker already
+        (nothing waits in this process), and they go on without it (no parent watch,
+        their output in files under the session's log folder) until the run's deadline."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        if self._dispatcher is not None:
+            self._dispatcher.join()
+
     def worker_exit(self, batch_id: str, index: int, exit: IndexExit) -> IndexExit:
         """``exit`` with the last stderr lines of the live worker started for ``index``."""
         with self._cond:
@@ -135,7 +154,11 @@ class LocalBackend:
         assert self._listener is not None
         while True:
             with self._cond:
-                while not self._queue or len(self._running) >= self._max_workers:
+                # A detached run's batches start whole (each has at most max_workers
+                # indexes): nothing may wait in a client that can go at any time.
+                while not self._queue or (
+                    self._deadline is None and len(self._running) >= self._max_workers
+                ):
                     if self._closing and not self._queue:
                         return
                     self._cond.wait()
@@ -166,6 +189,14 @@ class LocalBackend:
                 "PYTHONPATH": _python_path(),
             }
         )
+        output: Any = subprocess.PIPE
+        if self._deadline is not None:
+            # Detached: the worker outlives this process, so it watches no parent, writes
+            # to a file (a pipe would break with us), and stops at the run's deadline.
+            del env[c.ENV_PARENT_PID]
+            env[c.ENV_RUN_DEADLINE] = repr(self._deadline)
+            path = os.path.join(self._logs, f"{spec.name}-{item.index}.log")
+            output = open(path, "ab")  # noqa: SIM115 - closed once the worker has it
         with self._cond:
             killed = self._killed
             if not killed:
@@ -173,11 +204,14 @@ class LocalBackend:
                     [self._python, "-m", "k8s_executor.worker", spec.batch_url],
                     env=env,
                     stdin=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE,
+                    stdout=None if output is subprocess.PIPE else output,
+                    stderr=output,
                     # Its own process group: a Ctrl-C in the terminal reaches only the
                     # client, which then ends the workers itself (and their children).
                     process_group=0,
                 )
+                if output is not subprocess.PIPE:
+                    output.close()  # the worker has its own copy
                 self._running[proc.pid] = proc
                 waiter = threading.Thread(
                     target=self._wait,
@@ -197,18 +231,25 @@ class LocalBackend:
 
     def _wait(self, proc: subprocess.Popen[bytes], item: _Pending) -> None:
         assert self._listener is not None
-        assert proc.stderr is not None
         tail: collections.deque[str] = collections.deque(maxlen=_LOG_TAIL_LINES)
         with self._cond:
             self._tails[(item.spec.batch_id, item.index)] = tail
-        for raw in proc.stderr:
-            line = raw.decode(errors="replace")
-            tail.append(line)
-            if self._forward_stderr:
-                sys.stderr.write(line)
-        proc.stderr.close()
-        code = proc.wait()
-        exit = _describe_exit(code, "".join(tail), log_shown=self._forward_stderr)
+        shown = self._forward_stderr
+        if proc.stderr is not None:
+            for raw in proc.stderr:
+                line = raw.decode(errors="replace")
+                tail.append(line)
+                if self._forward_stderr:
+                    sys.stderr.write(line)
+            proc.stderr.close()
+            code = proc.wait()
+        else:  # detached: its output is in its log file
+            code = proc.wait()
+            path = os.path.join(self._logs, f"{item.spec.name}-{item.index}.log")
+            with contextlib.suppress(OSError), open(path, "rb") as f:
+                tail.extend(f.read().decode(errors="replace").splitlines(keepends=True))
+            shown = False
+        exit = _describe_exit(code, "".join(tail), log_shown=shown)
         if self._killed and exit.signal == signal.SIGKILL:
             exit = IndexExit(None, signal.SIGKILL, "Killed", _KILLED, exit.log_tail)
         try:

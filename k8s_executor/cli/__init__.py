@@ -3,11 +3,14 @@
     k8s-executor doctor                   check what a first run needs, one line per check
     k8s-executor doctor --pod             ... and run one worker pod that uses the storage
     k8s-executor ls                       runs in the namespace: age, owner, pods
+    k8s-executor ls --named               named runs of the storage: calls done, running...
+    k8s-executor results RUN [--json]     a named run's outcomes, in submission order
     k8s-executor logs RUN                 the run's indexes: state, attempts, pod
     k8s-executor logs RUN INDEX [-f]      one index's log (latest attempt); -f follows it
     k8s-executor logs RUN --all           every index's log, lines prefixed [batch/index]
     k8s-executor cleanup RUN...           delete those runs' Jobs, pods, Secrets and storage
     k8s-executor cleanup --older-than 1h  ... of every run older than that
+    k8s-executor cleanup --expired        ... of every detached run past its deadline
     k8s-executor forget NAME [--yes]      delete a named run's stored results
     k8s-executor rbac                     the Role and RoleBinding the executor needs
     k8s-executor build --registry R       snapshot this venv into an image, push it
@@ -32,7 +35,7 @@ from collections.abc import Sequence
 
 from .._admin import Cluster
 from ..errors import K8sExecutorError
-from . import doctor, logs, prepare, runs
+from . import doctor, logs, named, prepare, runs
 from ._parser import build_parser
 
 __all__ = ["main"]
@@ -70,6 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return doctor.run(args)
         if args.command == "forget":
             return runs.forget(args)
+        if args.command == "results":
+            return named.results(args)
+        if args.command == "ls" and args.named:
+            return named.ls(args)
         if args.command == "logs":
             problem = logs.usage_problem(args)
             if problem:

@@ -179,7 +179,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="how long the pod may take to start and answer (default: 300)",
     )
 
-    sub.add_parser("ls", parents=[cluster], help="list runs and their Jobs")
+    ls = sub.add_parser("ls", parents=[cluster], help="list runs and their Jobs")
+    ls.add_argument(
+        "--named",
+        action="store_true",
+        help="list the named runs of --storage instead (calls done, running, failed, lost; "
+        "age; deadline), from the storage alone",
+    )
+    _named_storage_arguments(ls)
+
+    results = sub.add_parser(
+        "results",
+        help="print a named run's outcomes in submission order, from its storage alone",
+    )
+    results.add_argument("run", metavar="RUN", help="the run's name (run= in code)")
+    results.add_argument("--json", action="store_true", help="one JSON object per call")
+    _named_storage_arguments(results)
 
     logs = sub.add_parser(
         "logs",
@@ -223,6 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
     cleanup.add_argument("--all-mine", action="store_true", help="every run started by this user")
     cleanup.add_argument(
         "--finished", action="store_true", help="only runs whose Jobs have all finished"
+    )
+    cleanup.add_argument(
+        "--expired",
+        action="store_true",
+        help="every detached run whose deadline has passed (and the expired named runs "
+        "in their storage)",
     )
     cleanup.add_argument("--yes", action="store_true", help="delete (default: only show)")
     cleanup.add_argument(
@@ -282,6 +303,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--service-account", default="k8s-executor", type=_dns_label("service account")
     )
     return parser
+
+
+def _named_storage_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--storage URL`` of named runs, and ``--storage-options``."""
+    parser.add_argument(
+        "--storage",
+        metavar="URL",
+        help="the storage the run used (default: K8S_EXECUTOR_STORAGE, else the local "
+        "backend's default for named runs)",
+    )
+    _storage_options_argument(parser)
 
 
 def _storage_options_argument(parser: argparse.ArgumentParser) -> None:

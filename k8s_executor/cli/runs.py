@@ -7,7 +7,16 @@ import getpass
 import sys
 from datetime import UTC, datetime, timedelta
 
-from .._admin import Cluster, Env, RunStore, forget_named_run, named_runs_root, stored_count
+from .._admin import (
+    Cluster,
+    Env,
+    RunStore,
+    RunSummary,
+    forget_run,
+    named_runs_root,
+    stored_count,
+    sweep_expired,
+)
 from ..errors import K8sExecutorError
 from ._text import count, print_table
 
@@ -47,14 +56,19 @@ def ls(cluster: Cluster) -> int:
 
 def cleanup(cluster: Cluster, args: argparse.Namespace) -> int:
     """``k8s-executor cleanup``: delete (or, without ``--yes``, list) the chosen runs."""
-    if not (args.runs or args.older_than is not None or args.all_mine):
-        print("k8s-executor cleanup: name runs, or use --older-than or --all-mine", file=sys.stderr)
+    if not (args.runs or args.older_than is not None or args.all_mine or args.expired):
+        print(
+            "k8s-executor cleanup: name runs, or use --older-than, --all-mine or --expired",
+            file=sys.stderr,
+        )
         return 2
     now = datetime.now(UTC)
     me = getpass.getuser()
     chosen = []
     for run in cluster.runs():
-        if args.runs and run.run_id not in args.runs:
+        if args.runs and run.run_id not in args.runs and run.named not in args.runs:
+            continue  # a named run's name chooses every session of it
+        if args.expired and (run.deadline is None or run.deadline >= now.timestamp()):
             continue
         if args.older_than is not None and _age(run.created, now) < args.older_than:
             continue
@@ -67,7 +81,7 @@ def cleanup(cluster: Cluster, args: argparse.Namespace) -> int:
             print(f"{run.run_id}: its client is alive (fresh heartbeat): not touched")
             continue
         chosen.append(run)
-    missing = set(args.runs) - {r.run_id for r in chosen}
+    missing = set(args.runs) - {r.run_id for r in chosen} - {r.named for r in chosen}
     for run_id in sorted(missing):
         print(f"{run_id}: no such run in namespace {cluster.namespace} (or filtered out)")
     failed = bool(missing)  # docs/cli.md: a named run that is not there is an error
@@ -87,6 +101,8 @@ def cleanup(cluster: Cluster, args: argparse.Namespace) -> int:
         )
         if storage:
             failed |= not _delete_storage(run.run_id, storage, args.storage_options)
+    if args.yes and not args.keep_storage:
+        failed |= not _named_storage(chosen, args)
     if chosen and not args.yes:
         print("dry run: add --yes to delete")
     return 1 if failed else 0
@@ -132,9 +148,36 @@ def forget(args: argparse.Namespace) -> int:
     if not args.yes:
         print(f"would delete named run {args.run}: {count(n, 'stored result')} at {where}")
         return 0
-    forget_named_run(root, args.run, options)
+    forget_run(root, args.run, options)
     print(f"deleted named run {args.run}: {count(n, 'stored result')} at {where}")
     return 0
+
+
+def _named_storage(chosen: list[RunSummary], args: argparse.Namespace) -> bool:
+    """The storage of the named runs chosen by name (``cleanup NAME``: all of it), and
+    of the expired ones (``--expired``); False if some could not be deleted."""
+    import json
+
+    try:
+        options = json.loads(args.storage_options) if args.storage_options else {}
+    except ValueError:
+        return False
+    ok = True
+    roots = {r.storage.rstrip("/").rsplit("/", 1)[0] for r in chosen if r.named and r.storage}
+    for name in sorted({r.named for r in chosen if r.named and r.named in args.runs}):
+        for root in sorted({r.storage.rstrip("/").rsplit("/", 1)[0] for r in chosen
+                            if r.named == name and r.storage}):  # fmt: skip
+            try:
+                forget_run(root, name, options)
+                print(f"  deleted named run {name} at {root}")
+            except K8sExecutorError as exc:
+                print(f"  could not delete named run {name} at {root}: {exc}", file=sys.stderr)
+                ok = False
+    if args.expired:
+        for root in sorted(roots):
+            for name in sweep_expired(root, options):
+                print(f"  deleted expired named run {name} at {root}")
+    return ok
 
 
 def _delete_storage(run_id: str, url: str, options_json: str | None) -> bool:
