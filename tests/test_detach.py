@@ -229,3 +229,37 @@ def test_detach_options_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
         KubernetesExecutor(backend="local", run="x", detach=True, timeouts=Timeouts(keep_warm=5))
     with pytest.raises(ConfigError, match=r"detach=\'yes\'"):
         KubernetesExecutor(backend="local", run="x", detach="yes")  # type: ignore[arg-type]
+
+
+def test_cleanup_by_name_stops_a_detached_run(
+    tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`k8s-executor cleanup NAME --yes`: the way to stop a detached run before its
+    deadline: every session's Jobs (their pods) and Secret, and all its storage."""
+    from k8s_executor import cli
+    from k8s_executor._admin import Cluster
+
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    storage = tmp_path / "storage"
+    kw = _kwargs("kubernetes", storage, request)
+    ex = KubernetesExecutor(run="stopme", detach=True, progress=False, **kw)
+    future = ex.submit(block, str(tmp_path / "never"))
+    cluster = Cluster(kw["kubeconfig"], None, None)
+    try:
+        helpers.wait_for(
+            lambda: any(r.named == "stopme" and r.running for r in cluster.runs()),
+            60,
+            "its pod to run",
+        )
+        ex.shutdown()
+        with pytest.raises(RunDetachedError):
+            future.result(timeout=10)
+        assert any(r.named == "stopme" and r.running for r in cluster.runs())  # still runs
+        assert cli.main(["cleanup", "stopme", "--yes", "--kubeconfig", kw["kubeconfig"]]) == 0
+        helpers.wait_for(
+            lambda: not any(r.named == "stopme" for r in cluster.runs()), 60, "its objects to go"
+        )
+    finally:
+        cluster.close()
+    assert sorted(p.name for p in storage.iterdir()) == ["named"]
+    assert list((storage / "named").iterdir()) == []
