@@ -57,6 +57,23 @@ JOIN_GRACE = 6 * ALIVE_SECONDS
 wait for a worker to start) before its copy counts as lost and its calls run again."""
 
 
+START_GRACE = 300.0
+"""Seconds an index of a detached session may go without its marker (its pod pending:
+scheduling, an image pull, a full quota) before a joining client counts its calls lost.
+An index of a session that is not detached has no such grace: its workers cannot
+outlive their client, so one that never wrote its marker will not."""
+
+
+def copy_alive(marker_age: float | None, launched_ago: float, *, detached: bool) -> bool:
+    """Whether a launched index's worker may still be at work, at a joining client's
+    first look: its marker was written at most ``JOIN_GRACE`` seconds ago (``marker_age``,
+    None: never), or, not written yet, a detached session's index is younger than
+    ``START_GRACE`` (``launched_ago``)."""
+    if marker_age is not None:
+        return marker_age <= JOIN_GRACE
+    return detached and launched_ago < START_GRACE
+
+
 def alive_key(index: int) -> str:
     """The key, below a batch's storage, of the marker its index's worker refreshes."""
     return f"alive/{index}"

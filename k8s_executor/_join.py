@@ -11,12 +11,16 @@ whose worker is still at work is *joined*. The :class:`Joiner`'s thread then rea
   ended. The result, stored before the outcome, is then read: the future resolves with
   it, or, stored it is not (the call raised, or its result did not verify), the call
   runs again here (``rerun``).
-- else its marker ``alive/<index>``: unchanged for :data:`~k8s_executor._durable.JOIN_GRACE`
-  (or never written in that time: no worker started), the copy is lost; the call runs
-  again. So is a call whose session's deadline has passed.
+- else its marker ``alive/<index>``: older than :data:`~k8s_executor._durable.JOIN_GRACE`
+  at the first look (by the storage's clock), or unchanged for that long since (by
+  ours), the copy is lost: the call runs again. Never written, the copy is lost at
+  once, unless its session is detached (its pod may be pending) and launched less than
+  :data:`~k8s_executor._durable.START_GRACE` ago. So is a call whose session's deadline
+  has passed.
 
 Bounded: a join ends when its copy's worker ends, at most ``JOIN_GRACE`` after that
-worker stops refreshing its marker, and never later than its session's deadline.
+worker stops refreshing its marker (``START_GRACE`` after its launch if it never
+started), and never later than its session's deadline.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from dataclasses import dataclass, field
 
 from . import _payload as wire
 from ._batches import Task
-from ._durable import JOIN_GRACE, StoredResults, alive_key
+from ._durable import JOIN_GRACE, StoredResults, alive_key, copy_alive
 from ._sessions import LaunchRecord, read_launches
 from ._store import RunStore
 from .errors import StorageError
@@ -48,6 +52,8 @@ class _Joined:
     batch: RunStore  # the batch's storage, in the session that launched it
     index: int
     deadline: float | None
+    started: float  # when its session launched it (epoch seconds)
+    first: bool = True  # not looked at yet
     marker: bytes | None = None
     changed: float = field(default_factory=time.monotonic)
 
@@ -120,7 +126,7 @@ class Joiner:
                 continue
             record, index = found
             batch = RunStore(f"{self._root}/{record.run_id}/{record.batch_id}", self._named.options)
-            joined.append(_Joined(t, batch, index, record.deadline))
+            joined.append(_Joined(t, batch, index, record.deadline, record.started))
         if joined:
             with self._lock:
                 self._joined += joined
@@ -184,14 +190,20 @@ class Joiner:
             if ended:
                 return "lost"
             marker = j.batch.get_or_none(alive_key(j.index))
+            age = j.batch.age(alive_key(j.index)) if j.first and marker is not None else None
         except StorageError as exc:
             _log.warning("cannot follow a joined call (it runs again): %s", exc)
             return "lost"
-        now = time.monotonic()
+        now, first = time.monotonic(), j.first
+        j.first = False
+        if j.deadline is not None and j.deadline < time.time():
+            return "lost"
+        if marker is None or first:
+            detached = j.deadline is not None
+            if not copy_alive(age, time.time() - j.started, detached=detached):
+                return "lost"
         if marker != j.marker:
             j.marker, j.changed = marker, now
-        if now - j.changed > JOIN_GRACE:
-            return "lost"
-        if j.deadline is not None and j.deadline < time.time():
+        if marker is not None and now - j.changed > JOIN_GRACE:
             return "lost"
         return "running"

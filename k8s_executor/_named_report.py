@@ -6,8 +6,8 @@ A call (a submit, or one chunk of a map) is, by its latest launch (``_sessions``
 ``done``      its result is stored (``results`` reads it with this machine's key);
 ``failed``    its worker wrote the index's outcome, and no result: the call raised, or
               its index could not run; running the script again runs it again;
-``running``   neither, and its worker refreshed its marker lately (or has just been
-              launched, its pod maybe still starting);
+``running``   neither, and its worker refreshed its marker lately (or, detached, has
+              been launched lately: its pod may still be starting);
 ``lost``      neither, and its worker is gone (killed, its deadline passed): running the
               script again runs it again.
 """
@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from ._durable import CALLS, JOIN_GRACE, StoredResults, alive_key, key_path, run_url
+from ._durable import CALLS, StoredResults, alive_key, copy_alive, key_path, run_url
 from ._sessions import LaunchRecord, deadline, read_launches, read_sessions
 from ._store import RunStore
 
@@ -105,10 +105,8 @@ class _Looks:
         where = (batch.url, index)
         if where not in self._fresh:
             age = batch.age(alive_key(index))
-            if age is None:  # no worker yet: a pod may be starting
-                self._fresh[where] = now - record.started < JOIN_GRACE
-            else:
-                self._fresh[where] = age < JOIN_GRACE
+            detached = record.deadline is not None
+            self._fresh[where] = copy_alive(age, now - record.started, detached=detached)
         return "running" if self._fresh[where] else "lost"
 
 

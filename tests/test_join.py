@@ -131,3 +131,13 @@ def test_deadline_durations(text: str, seconds: float) -> None:
 def test_bad_deadline_durations(text: str) -> None:
     with pytest.raises(ValueError):
         _config.parse_duration(text)
+
+
+def test_when_a_joined_copy_counts_as_alive() -> None:
+    from k8s_executor._durable import JOIN_GRACE, START_GRACE, copy_alive
+
+    assert copy_alive(1.0, 1000.0, detached=False)  # a fresh marker
+    assert not copy_alive(JOIN_GRACE + 1, 1.0, detached=True)  # its worker stopped
+    assert copy_alive(None, START_GRACE - 1, detached=True)  # its pod may be pending
+    assert not copy_alive(None, START_GRACE + 1, detached=True)
+    assert not copy_alive(None, 0.0, detached=False)  # died with its client, unstarted
