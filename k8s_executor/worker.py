@@ -388,29 +388,11 @@ def _run_tasks(
     """Run the calls of an index not cancelled, and write their outcomes."""
     out_key = f"out/{skip.index}"
     runner = _Runner(table, run, _KEPT_SHARED)
-    named = _named_store(run, table.run_name)
-    alive = _Alive(store, index) if named is not None else None
-    try:
-        return _run_tasks(
-            store=store, key=key, index=index, tasks=tasks, skip=skip, runner=runner, named=named
-        )
-    finally:
-        if alive is not None:
-            alive.stop()
-
-
-def _run_tasks(
-    *,
-    store: RunStore,
-    key: bytes,
-    index: int,
-    tasks: list[wire.TaskInput],
-    skip: _SkipMarker,
-    runner: _Runner,
-    named: RunStore | None,
-) -> int:
-    out_key = f"out/{index}"
     runner.initialize()
+    named = _named_store(run, table.run_name)
+    # A named run's copy tells joining clients it is at work (see _join); on an error the
+    # process ends, and the marker with it.
+    alive = _Alive(store, skip.index) if named is not None else None
     outcomes = []
     for task in tasks:
         if skip.skips(task.task_id):
@@ -421,6 +403,8 @@ def _run_tasks(
             _store_result(named, key, task.identity, outcome)
     _KEPT_SHARED.keep(runner.shared_used)
     sealed = wire.seal_outcomes(key, outcomes)
+    if alive is not None:
+        alive.stop()
     if race is None:
         store.put(out_key, sealed)
     elif not race.put(sealed):
