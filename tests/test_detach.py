@@ -263,3 +263,35 @@ def test_cleanup_by_name_stops_a_detached_run(
         cluster.close()
     assert sorted(p.name for p in storage.iterdir()) == ["named"]
     assert list((storage / "named").iterdir()) == []
+
+
+def pid_then_block(marks: str, gate: str) -> int:
+    with open(os.path.join(marks, str(os.getpid())), "w"):
+        pass
+    helpers.wait_for(lambda: os.path.exists(gate), 120, "the gate")
+    return os.getpid()
+
+
+def test_ctrl_c_leaves_a_detached_run_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    kw: dict[str, Any] = {"backend": "local", "storage": str(tmp_path / "s"), "progress": False}
+    marks, gate = tmp_path / "marks", tmp_path / "gate"
+    marks.mkdir()
+    ex = KubernetesExecutor(run="ctrl-c", detach=True, **kw)
+    future = ex.submit(pid_then_block, str(marks), str(gate))
+    helpers.wait_for(lambda: list(marks.iterdir()), 60, "the worker to start")
+    # Ctrl-C in the with block: the client leaves.
+    ex.__exit__(KeyboardInterrupt, KeyboardInterrupt(), None)
+    with pytest.raises(RunDetachedError):
+        future.result(timeout=10)
+    (worker,) = (int(p.name) for p in marks.iterdir())
+    assert helpers.alive(worker)  # not killed: the run goes on
+    # The same call again, from a new client: joined, it resolves with the first copy's
+    # result (its worker's pid), not started again.
+    with KubernetesExecutor(run="ctrl-c", detach=True, **kw) as again:
+        joined = again.submit(pid_then_block, str(marks), str(gate))
+        gate.touch()
+        assert joined.result(timeout=60) == worker
+    assert len(list(marks.iterdir())) == 1
