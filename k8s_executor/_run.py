@@ -55,7 +55,7 @@ from ._launch import Launcher
 from ._outcomes import shut_down_error
 from ._progress import Progress
 from ._resolve import Resolver
-from ._sessions import Session, sweep_expired, write_session
+from ._sessions import Session, log_dir, sweep_expired, write_session
 from ._skips import SkipMarkers
 from ._speculate import Rule, Speculator
 from ._store import RunStore
@@ -280,7 +280,15 @@ class Run:
             threading.Thread(
                 target=sweep_expired, args=(root, options), name="k8sx-sweep", daemon=True
             ).start()
-        run = RunContext(self._run_id, store.url, self._key, options, name or "", deadline_at)
+        run = RunContext(
+            self._run_id,
+            store.url,
+            self._key,
+            options,
+            named=name or "",
+            deadline=deadline_at,
+            log_dir=log_dir(self._run_id) if deadline_at is not None else "",
+        )
         try:
             self._backend.start(self, self._max_workers, run)
         except BaseException:

@@ -55,6 +55,9 @@ class RunContext:
     on the client (no heartbeat, no parent, no slots held back for later) and stop then.
     A backend that supports it has a ``detach()`` method: stop following the run, leave
     its workers (and what they need: the key's Secret) running."""
+    log_dir: str = ""
+    """A detached run: where workers on this machine (the local backend's) may write
+    their output, which no client may be left to read."""
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -81,10 +82,8 @@ class LocalBackend:
         self._listener = listener
         self._max_workers = max_workers
         if run.deadline is not None:
-            from .._sessions import log_dir
-
             self._deadline = run.deadline
-            self._logs = log_dir(run.run_id)
+            self._logs = run.log_dir or tempfile.mkdtemp(prefix=f"k8sx-{run.run_id}-logs-")
             os.makedirs(self._logs, exist_ok=True)
         self._dispatcher = threading.Thread(
             target=self._dispatch, name="k8sx-local-dispatch", daemon=True
