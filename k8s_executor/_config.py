@@ -369,6 +369,7 @@ def resolve(
         run_name=run_name,
         backend=backend,
         timeouts=timeouts,
+        speculate=(batching or Batching()).speculate,
         env=env,
     )
     return Settings(
@@ -392,6 +393,7 @@ def _detached(
     run_name: str | None,
     backend: Backend,
     timeouts: Timeouts | None,
+    speculate: bool,
     env: Env,
 ) -> float | None:
     """The deadline (seconds) of a detached run, or None when the run is not detached."""
@@ -431,6 +433,12 @@ def _detached(
         raise ConfigError(
             f"{where} is not allowed with the {backend.name!r} backend: it cannot leave "
             "its workers running without the client (no detach method)"
+        )
+    if speculate:
+        raise ConfigError(
+            f"Batching.speculate=True cannot be honoured by a detached run ({where}): the "
+            "client starts the duplicates of slow workers, and a detached run must not "
+            "depend on it. Leave speculate off, or do not detach"
         )
     keep_warm = (timeouts or Timeouts()).keep_warm
     if keep_warm not in (0, Timeouts().keep_warm):

@@ -16,7 +16,14 @@ from typing import Any
 
 import pytest
 
-from k8s_executor import ConfigError, KubernetesExecutor, RunDetachedError, Timeouts, _sessions
+from k8s_executor import (
+    Batching,
+    ConfigError,
+    KubernetesExecutor,
+    RunDetachedError,
+    Timeouts,
+    _sessions,
+)
 from tests import helpers
 from tests.kube_helpers import kubesim_kwargs
 
@@ -227,6 +234,8 @@ def test_detach_options_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     ex.shutdown()
     with pytest.raises(ConfigError, match=r"Timeouts.keep_warm=5 cannot be honoured"):
         KubernetesExecutor(backend="local", run="x", detach=True, timeouts=Timeouts(keep_warm=5))
+    with pytest.raises(ConfigError, match=r"Batching.speculate=True cannot be honoured"):
+        KubernetesExecutor(backend="local", run="x", detach=True, batching=Batching(speculate=True))
     with pytest.raises(ConfigError, match=r"detach=\'yes\'"):
         KubernetesExecutor(backend="local", run="x", detach="yes")  # type: ignore[arg-type]
 
