@@ -55,7 +55,7 @@ from ._launch import Launcher
 from ._outcomes import shut_down_error
 from ._progress import Progress
 from ._resolve import Resolver
-from ._sessions import Session, log_dir, sweep_expired, write_session
+from ._sessions import Session, log_dir, start_sweep, write_session
 from ._skips import SkipMarkers
 from ._speculate import Rule, Speculator
 from ._store import RunStore
@@ -277,9 +277,7 @@ class Run:
             named = RunStore(run_url(root, name), options, self._settings.storage_retry)
             # Before anything is launched: what a detached session leaves is found by it.
             write_session(named, Session(self._run_id, time.time(), deadline_at))
-            threading.Thread(
-                target=sweep_expired, args=(root, options), name="k8sx-sweep", daemon=True
-            ).start()
+            start_sweep(root, options)
         run = RunContext(
             self._run_id,
             store.url,

@@ -28,6 +28,7 @@ import logging
 import os
 import re
 import shutil
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -231,3 +232,10 @@ def sweep_expired(root: str, options: dict[str, Any], now: float | None = None) 
         except StorageError as exc:
             _log.warning("cannot remove the expired named run %s: %s", name, exc)
     return removed
+
+
+def start_sweep(root: str, options: dict[str, Any]) -> None:
+    """:func:`sweep_expired` in a daemon thread: a named run's start does not wait for it."""
+    threading.Thread(
+        target=sweep_expired, args=(root, options), name="k8sx-sweep", daemon=True
+    ).start()

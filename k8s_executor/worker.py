@@ -58,6 +58,7 @@ from . import _contract as codes
 from . import _durable, _first_write, _init
 from . import _payload as wire
 from . import _warm as warm
+from . import _worker_guards as _guards
 from ._options import StorageRetry
 from ._store import RunStore
 from .errors import ConfigError, PayloadError, StorageError, VersionMismatchError
@@ -115,45 +116,6 @@ def _keep_warm() -> float:
     if not seconds >= 0:
         _usage(f"{codes.ENV_KEEP_WARM} must be >= 0, got {text!r}")
     return seconds
-
-
-def _watch_parent(parent: int) -> None:
-    def poll() -> None:
-        # Polling getppid is portable (PR_SET_PDEATHSIG is Linux-only and would need
-        # preexec_fn, which is unsafe in a threaded client).
-        while True:
-            if os.getppid() != parent:
-                os._exit(EXIT_ORPHANED)
-            threading.Event().wait(0.5)
-
-    threading.Thread(target=poll, name="k8sx-parent-watch", daemon=True).start()
-
-
-def _watch_heartbeat(run: RunStore, grace: float) -> None:
-    def poll() -> None:
-        # Compare the client's counter with itself over our own monotonic clock: no
-        # reliance on the client's, the storage's or this node's wall clock.
-        last: bytes | None = None
-        changed = time.monotonic()
-        while True:
-            try:
-                beat = run.get_or_none("heartbeat")
-            except Exception:
-                beat = last  # storage trouble is not proof the client is gone
-            now = time.monotonic()
-            if beat != last:
-                last, changed = beat, now
-            elif now - changed > grace:
-                print(
-                    f"k8s_executor.worker: no heartbeat from the client for {grace:g}s; "
-                    "it is gone, giving up",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                os._exit(EXIT_ABANDONED)
-            threading.Event().wait(min(grace / 10, 30.0))
-
-    threading.Thread(target=poll, name="k8sx-heartbeat-watch", daemon=True).start()
 
 
 # The initializers this process ran (their pickles → the error they raised, if any).
@@ -392,7 +354,7 @@ def _run_tasks(
     named = _named_store(run, table.run_name)
     # A named run's copy tells joining clients it is at work (see _join); on an error the
     # process ends, and the marker with it.
-    alive = _Alive(store, skip.index) if named is not None else None
+    alive = _guards.Alive(store, skip.index) if named is not None else None
     outcomes = []
     for task in tasks:
         if skip.skips(task.task_id):
@@ -410,47 +372,6 @@ def _run_tasks(
     elif not race.put(sealed):
         return EXIT_OK  # the other copy's outcome stands: the index is done
     return EXIT_OK if all(o.error is None for o in outcomes) else EXIT_TASK_FAILED
-
-
-class _Alive:
-    """Rewrites ``<batch>/alive/<index>`` (a counter) every ``ALIVE_SECONDS`` while a
-    named run's index runs: a client joining its calls sees the copy is at work."""
-
-    def __init__(self, store: RunStore, index: int) -> None:
-        self._store = store
-        self._key = _durable.alive_key(index)
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name="k8sx-alive", daemon=True)
-        self._thread.start()
-
-    def _beat(self) -> None:
-        beat = 0
-        while True:
-            beat += 1
-            try:
-                self._store.put(self._key, str(beat).encode())
-            except Exception as exc:  # a joiner then runs the calls again: no harm done
-                print(f"k8s_executor.worker: cannot refresh {self._key}: {exc}", file=sys.stderr)
-            if self._stopped.wait(_durable.ALIVE_SECONDS):
-                return
-
-    def stop(self) -> None:
-        self._stopped.set()
-        self._thread.join(timeout=5.0)
-
-
-def _watch_deadline(deadline: float) -> None:
-    """Exit (ABANDONED) at a detached run's deadline, whatever the worker is doing."""
-
-    def wait() -> None:
-        # Wall clock: the deadline is a date, set by the client that launched the run.
-        while (left := deadline - time.time()) > 0:
-            threading.Event().wait(min(left, 60.0))
-        print("k8s_executor.worker: the run's deadline has passed; stopping", file=sys.stderr)
-        sys.stderr.flush()
-        os._exit(EXIT_ABANDONED)
-
-    threading.Thread(target=wait, name="k8sx-deadline", daemon=True).start()
 
 
 def _named_store(run: RunStore | None, name: str | None) -> RunStore | None:
@@ -564,7 +485,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     alias_nested_backend()
     parent = os.environ.get(codes.ENV_PARENT_PID)
     if parent:
-        _watch_parent(int(parent))
+        _guards.watch_parent(int(parent))
     options = json.loads(os.environ.get(codes.ENV_STORAGE_OPTIONS) or "{}")
     try:
         retry = StorageRetry.from_env(os.environ.get(codes.ENV_STORAGE_RETRY))
@@ -574,11 +495,11 @@ def main(argv: list[str] | None = None) -> NoReturn:
     run = RunStore(args[0].rstrip("/").rsplit("/", 1)[0], options, retry)
     grace = os.environ.get(codes.ENV_HEARTBEAT_GRACE)
     if grace:
-        _watch_heartbeat(run, float(grace))
+        _guards.watch_heartbeat(run, float(grace))
     deadline = os.environ.get(codes.ENV_RUN_DEADLINE)
     if deadline:
         try:
-            _watch_deadline(float(deadline))
+            _guards.watch_deadline(float(deadline))
         except ValueError:
             _usage(f"{codes.ENV_RUN_DEADLINE} must be seconds since the epoch, got {deadline!r}")
     batch_url = args[0].rstrip("/")
