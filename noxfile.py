@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import nox
@@ -25,10 +26,17 @@ def lint(session: nox.Session) -> None:
     session.run("mypy", *PATHS)
 
 
+# Most tests mostly wait (pods starting, retry back-offs, grace periods): the suite runs in
+# pytest-xdist worker processes, tests handed out one by one, the ones that must not share
+# the machine's time with others marked xdist_group (docs/testing.md, "The suite's time").
+# K8SX_TEST_WORKERS=0 runs it in one process; `./run tests -n 0 ...` does too.
+TEST_WORKERS = os.environ.get("K8SX_TEST_WORKERS", "2")
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
     """The whole test suite (kubesim and podman tests included)."""
-    session.run("pytest", *session.posargs)
+    session.run("pytest", "-n", TEST_WORKERS, "--dist", "loadgroup", *session.posargs)
 
 
 @nox.session

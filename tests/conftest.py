@@ -6,6 +6,15 @@ cluster that file describes, checked once per session, and the tests that need k
 itself are deselected, with one summary line saying how many and why. A test is
 kubesim-only when it asks for the ``kubesim`` or ``kubesim_factory`` fixture (its store,
 fault injection, kubelet evictions, lost nodes, clock...) or is marked ``kubesim_only``.
+
+``./run tests`` runs the suite in pytest-xdist worker processes (``noxfile.py``). Each
+worker collects the whole suite and runs its share; the controller collects nothing and
+never loads the conftest files below ``tests/``. So what the session's summary owes
+(the kubesim-only line, the ``-s3`` deselection line of ``tests/behaviour``, their counts
+in the final "N deselected") is noted with :func:`summary_note` where the deselection
+happens, and shipped from the workers to the controller (xdist's ``workeroutput``).
+Session-scoped fixtures run once per worker: each makes its own servers on ephemeral
+ports, under the worker's own ``tmp_path_factory`` directory.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,7 +41,6 @@ from tests.kube_helpers import shared_dir as make_shared_dir
 
 pytest_plugins = ["tests.kubesim.fixture", "tests.containers"]
 
-KUBESIM_ONLY = pytest.StashKey[list[str]]()
 KUBESIM_FIXTURES = frozenset({"kubesim", "kubesim_factory"})
 KUBESIM_OWN_TESTS = "tests/kubesim_tests/"
 
@@ -63,23 +72,76 @@ def is_kubesim_only(item: pytest.Item) -> bool:
     return bool(fixtures & KUBESIM_FIXTURES) or item.get_closest_marker("kubesim_only") is not None
 
 
-@pytest.hookimpl(trylast=True)  # after -k / -m: count only what would have run
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if real_cluster_config(config) is None:
-        return
-    kubesim_only = [item for item in items if is_kubesim_only(item)]
-    config.stash[KUBESIM_ONLY] = [item.nodeid for item in kubesim_only]
-    if kubesim_only:
-        config.hook.pytest_deselected(items=kubesim_only)
-        items[:] = [item for item in items if not is_kubesim_only(item)]
+# -- the session's summary, with or without pytest-xdist ----------------------------------
+
+SUMMARY = pytest.StashKey[dict[str, dict[str, Any]]]()
+WORKER_OUTPUT = "k8sx_summary"  # the key in xdist's workeroutput
+
+
+def summary_note(
+    config: pytest.Config,
+    key: str,
+    line: str,
+    *,
+    deselected: list[str],
+    yellow: bool = False,
+    details: list[str] | None = None,
+) -> None:
+    """Say ``line`` at the end of the session's summary (``details`` too under ``-v``),
+    for the ``deselected`` node ids a collection hook just deselected. In an xdist worker
+    the note also goes into ``workeroutput``: the controller prints it once (every worker
+    collects the same items) and counts ``deselected`` in its final line."""
+    note = {"line": line, "yellow": yellow, "deselected": deselected, "details": details or []}
+    config.stash.setdefault(SUMMARY, {})[key] = note
+    workeroutput: dict[str, Any] | None = getattr(config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput.setdefault(WORKER_OUTPUT, {})[key] = note
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook, called on the controller
+def pytest_testnodedown(node: Any, error: object | None) -> None:
+    notes = (getattr(node, "workeroutput", None) or {}).get(WORKER_OUTPUT, {})
+    config: pytest.Config = node.config
+    mine = config.stash.setdefault(SUMMARY, {})
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    for key, note in notes.items():
+        if key in mine:
+            continue  # another worker's copy of the same note
+        mine[key] = note
+        if reporter is not None:  # what pytest_deselected counts without xdist
+            reporter.stats.setdefault("deselected", []).extend(note["deselected"])
 
 
 def pytest_terminal_summary(
     terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
 ) -> None:
+    for note in config.stash.get(SUMMARY, {}).values():
+        terminalreporter.write_line(note["line"], yellow=note["yellow"])
+        if config.option.verbose > 0:
+            for detail in note["details"]:
+                terminalreporter.write_line(detail)
+
+
+@pytest.hookimpl(trylast=True)  # after -k / -m: count only what would have run
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if real_cluster_config(config) is None:
         return
-    skipped = config.stash.get(KUBESIM_ONLY, [])
+    kubesim_only = [item for item in items if is_kubesim_only(item)]
+    if kubesim_only:
+        config.hook.pytest_deselected(items=kubesim_only)
+        items[:] = [item for item in items if not is_kubesim_only(item)]
+    skipped = [item.nodeid for item in kubesim_only]
+    summary_note(
+        config,
+        "kubesim-only",
+        kubesim_only_line(skipped),
+        deselected=skipped,
+        yellow=bool(skipped),
+        details=[f"  kubesim-only: {nodeid}" for nodeid in skipped],
+    )
+
+
+def kubesim_only_line(skipped: list[str]) -> str:
     own = sum(nodeid.startswith(KUBESIM_OWN_TESTS) for nodeid in skipped)
     internals = len(skipped) - own
     why = []
@@ -91,14 +153,8 @@ def pytest_terminal_summary(
     if own:
         why.append(f"{own} {'tests' if own == 1 else 'test'} kubesim itself")
     noun = "test" if len(skipped) == 1 else "tests"
-    terminalreporter.write_line(
-        f"{ENV_VAR}: {len(skipped)} kubesim-only {noun} not run on the real cluster"
-        + (f": {', '.join(why)}" if why else ""),
-        yellow=bool(skipped),
-    )
-    if config.option.verbose > 0:
-        for nodeid in skipped:
-            terminalreporter.write_line(f"  kubesim-only: {nodeid}")
+    line = f"{ENV_VAR}: {len(skipped)} kubesim-only {noun} not run on the real cluster"
+    return line + (f": {', '.join(why)}" if why else "")
 
 
 @pytest.fixture(scope="session")

@@ -34,6 +34,7 @@ from typing import Any
 import pytest
 
 from k8s_executor import KubernetesExecutor
+from tests.conftest import summary_note
 from tests.helpers import SharedPath
 from tests.kube_helpers import (
     BASE_IMAGE,
@@ -51,7 +52,6 @@ PODMAN = "kubernetes-podman"
 S3 = "-s3"
 BUCKET = "behaviour"
 S3_ALL = "K8SX_TEST_S3_ALL"  # =1: every test on the -s3 backends, marked `storage` or not
-NOT_ON_S3 = pytest.StashKey[list[str]]()
 
 
 def base_backend(name: str) -> str:
@@ -120,19 +120,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     off = [item for item in items if _storage_incidental(item)]
     if off:
-        config.stash[NOT_ON_S3] = [item.nodeid for item in off]
         config.hook.pytest_deselected(items=off)
         items[:] = [item for item in items if not _storage_incidental(item)]
-
-
-def pytest_terminal_summary(
-    terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
-) -> None:
-    off = config.stash.get(NOT_ON_S3, [])
-    if off:
-        terminalreporter.write_line(
+        # The session's summary says it in one line (under pytest-xdist too: see
+        # tests/conftest.py, which prints it; the controller never loads this file).
+        summary_note(
+            config,
+            "behaviour-s3",
             f"behaviour: {len(off)} runs on the -s3 backends deselected: their tests are not "
-            f"marked `storage` (see tests/behaviour/conftest.py); {S3_ALL}=1 runs them"
+            f"marked `storage` (see tests/behaviour/conftest.py); {S3_ALL}=1 runs them",
+            deselected=[item.nodeid for item in off],
         )
 
 
