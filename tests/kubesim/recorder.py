@@ -22,6 +22,7 @@ import copy
 import dataclasses
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -255,6 +256,25 @@ class Recorder:
         pods = self._live_pods(job_name)
         return bool(pods) and all((p.get("status") or {}).get("phase") == "Running" for p in pods)
 
+    def all_started(self, job_name: str) -> bool:
+        """Every live pod of the Job is Running, and each whose command prints a line before
+        it sleeps (the delete-running scenarios print once their SIGTERM handler is in
+        place) has printed it: Running only says the container started, and a loaded
+        machine may take seconds more to get the interpreter that far."""
+        pods = self._live_pods(job_name)
+        if not pods or any((p.get("status") or {}).get("phase") != "Running" for p in pods):
+            return False
+        return all(self._has_printed(p) for p in pods if _prints_first(p))
+
+    def _has_printed(self, pod: Obj) -> bool:
+        try:
+            log = self.core.read_namespaced_pod_log(
+                pod["metadata"]["name"], self.namespace, _request_timeout=10
+            )
+        except ApiException:
+            return False  # not readable yet (the container is still being created)
+        return bool(str(log).strip())
+
     def act(self, action: str, job_name: str) -> None:
         """Do ``action`` to the Job now; a refused call is recorded, not raised."""
         self.emit({"action": action})
@@ -302,6 +322,17 @@ class Recorder:
             self.emit({"setup": kind, "error": f"({exc.status})\nReason: {exc.reason}\n"})
 
 
+_PRINTS_FIRST = re.compile(r"print\(.*time\.sleep\(", re.DOTALL)
+
+
+def _prints_first(pod: Obj) -> bool:
+    """Whether the pod's (first) container runs ``python3 -c`` code that prints before it
+    sleeps."""
+    containers = (pod.get("spec") or {}).get("containers") or [{}]
+    command = [str(c) for c in containers[0].get("command") or []]
+    return len(command) >= 3 and command[1] == "-c" and bool(_PRINTS_FIRST.search(command[2]))
+
+
 def record(
     api: Any,
     scenario: Scenario,
@@ -318,8 +349,9 @@ def record(
     """Run ``scenario`` in a new namespace through the client ``api``; return the trace lines.
 
     ``delete-pods`` and ``evict`` happen at their time but not before the Job's live pods are
-    all Running (at most ``running_timeout`` scenario seconds later): they stand for "while
-    the task runs", which a slow start must not turn into "before it started". The recording
+    all Running, and have printed their first line if their command prints before it sleeps
+    (at most ``running_timeout`` scenario seconds later): they stand for "while the task
+    runs", which a slow start must not turn into "before it started". The recording
     ends at ``scenario.duration``; with ``until``, it goes on for up to ``extra`` more seconds
     until ``until(lines)`` holds (a slower cluster gets the time to catch up, a matching one
     stops at once).
@@ -341,7 +373,7 @@ def record(
             recorder.wait_until(t)
             if action in ("delete-pods", "evict"):
                 recorder.wait_until(
-                    recorder.now() + running_timeout, until=lambda: recorder.all_running(job_name)
+                    recorder.now() + running_timeout, until=lambda: recorder.all_started(job_name)
                 )
             recorder.act(action, job_name)
         recorder.wait_until(scenario.duration)
