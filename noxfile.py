@@ -27,16 +27,20 @@ def lint(session: nox.Session) -> None:
 
 
 # Most tests mostly wait (pods starting, retry back-offs, grace periods): the suite runs in
-# pytest-xdist worker processes, tests handed out one by one, the ones that must not share
-# the machine's time with others marked xdist_group (docs/testing.md, "The suite's time").
-# K8SX_TEST_WORKERS=0 runs it in one process; `./run tests -n 0 ...` does too.
+# pytest-xdist worker processes, tests handed out one by one; tests marked with the same
+# xdist_group run in one worker (to share what a session fixture or cache built there).
+# See docs/testing.md, "The suite's time". K8SX_TEST_WORKERS=0 runs it in one process;
+# `./run tests -n 0 ...` does too. The 30 slowest tests are listed at the end, so every
+# CI log shows where the suite's time went.
 TEST_WORKERS = os.environ.get("K8SX_TEST_WORKERS", "2")
 
 
 @nox.session
 def tests(session: nox.Session) -> None:
     """The whole test suite (kubesim and podman tests included)."""
-    session.run("pytest", "-n", TEST_WORKERS, "--dist", "loadgroup", *session.posargs)
+    session.run(
+        "pytest", "-n", TEST_WORKERS, "--dist", "loadgroup", "--durations=30", *session.posargs
+    )
 
 
 @nox.session
