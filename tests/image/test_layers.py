@@ -101,9 +101,10 @@ def test_same_inputs_give_identical_bytes(tiny_env: TinyEnv) -> None:
             assert first == second
 
 
-def test_reinstalling_identical_files_keeps_the_digest(tiny_env: TinyEnv) -> None:
+def test_reinstalling_identical_files_keeps_the_digest(pip_tiny_env: TinyEnv) -> None:
     # pip gives reinstalled files new mtimes and recompiles their .pyc files: the tars
     # must not change, or an unchanged package would be pushed again.
+    tiny_env = pip_tiny_env
     before = {n: tar_of(p)[0].digest for n, p in plans_of(tiny_env.venv).items()}
     wheel = next(tiny_env.wheels.glob("tinypkg-*.whl"))
     pip_install(tiny_env.venv, "--force-reinstall", str(wheel))
