@@ -3,8 +3,9 @@ parts that do the work.
 
 ``KubernetesExecutor`` (``_executor``) is the user's object: arguments, public API,
 lifecycle. It hands tasks to a :class:`Run`, as CPython's ``ProcessPoolExecutor`` hands
-work items to its ``_ExecutorManagerThread``. The backend reports to the :class:`Run`
-(the private :class:`~k8s_executor.backends._base.Listener`), never to the user's object.
+work items to its ``_ExecutorManagerThread``. The backend reports to the engine's
+:class:`~k8s_executor._reports.Reports` (the private
+:class:`~k8s_executor.backends._base.Listener`), never to the user's object.
 
 The parts, one job each::
 
@@ -14,6 +15,10 @@ The parts, one job each::
     _resolve    Resolver     the launched batches; outcomes and exits → settled futures
     _skips      SkipMarkers  cancelled calls → <batch>/skip/<i>, read by their workers
     _warm_pool  WarmPool     with warm workers: who runs which index
+    _speculate  Speculator   with Batching(speculate=True): duplicates of stragglers
+    _reports    Reports      the backend's and the warm pool's reports → the parts above
+    _named_run  NamedRun     a named run's stored results and joined calls
+    _run_storage             the run's storage, opened as it starts (open_storage)
 
 Threads::
 
@@ -38,30 +43,26 @@ import functools
 import logging
 import shutil
 import sys
-import tempfile
 import threading
-import time
 from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import Future
 from typing import Any
 
-from . import _payload as wire
 from ._batches import Batch, Task
 from ._config import Settings
 from ._dispatch import Dispatcher, Heartbeat
-from ._durable import StoredResults, run_url
-from ._join import Joiner
 from ._launch import Launcher
+from ._named_run import NamedRun, detached_error
 from ._outcomes import shut_down_error
 from ._progress import Progress
+from ._reports import Reports
 from ._resolve import Resolver
-from ._sessions import Session, log_dir, start_sweep, write_session
+from ._run_storage import open_storage
 from ._skips import SkipMarkers
 from ._speculate import Rule, Speculator
 from ._store import RunStore
 from ._warm_pool import WarmPool
-from .backends._base import IndexExit, RunContext, waits_for_room
-from .errors import ExecutorBrokenError, RunDetachedError
+from .errors import ExecutorBrokenError
 
 __all__ = ["INTERPRETER_EXIT", "Run", "State"]
 
@@ -139,9 +140,16 @@ class Run:
             resolver=self._resolver,
             skips=self._skips,
         )
+        self._reports = Reports(
+            self._lock,
+            self._resolver,
+            self._dispatcher,
+            bar=lambda: self._bar,
+            broken=self.backend_broken,
+            died=self.thread_died,
+        )
         self._store: RunStore | None = None
-        self._stored: StoredResults | None = None  # a named run's stored results
-        self._joiner: Joiner | None = None  # a named run's calls other sessions run
+        self._named: NamedRun | None = None  # a named run's stored results and joins
         self._leaving = False  # a detached run's client stops following it
         self._warm: WarmPool | None = None  # with Timeouts.keep_warm: who runs what
         self._speculator: Speculator | None = None  # with Batching.speculate
@@ -169,38 +177,6 @@ class Run:
         if not task.settled:
             future.add_done_callback(functools.partial(self._resolver.task_done, task))
         return task
-
-    def _reuse(self, tasks: list[Task]) -> list[Task]:
-        """A named run's calls with a stored result resolve from storage, without a pod
-        (the run has started: its storage is open); those another session runs now are
-        joined (``_join``). The tasks left to run here."""
-        named = [t for t in tasks if t.identity and not t.settled]
-        if self._stored is None or not named:
-            return tasks
-        found = self._stored.find([(t.identity, wire.callable_name(t.fn)) for t in named])
-        for t in named:
-            results = found.get(t.identity)
-            if results is not None:
-                t.reused = True  # before settling: the bar counts it as it finishes
-                self._resolver.settle(t, result=results[0] if t.single else results)
-        if self._joiner is None:
-            return tasks
-        joined = set(map(id, named)) - set(map(id, self._joiner.join(named)))
-        return [t for t in tasks if id(t) not in joined]
-
-    def _rerun(self, tasks: list[Task]) -> None:
-        """Joined calls whose copy was lost: run them here (the joiner's thread)."""
-        with self._cond:
-            if self.dispatching():
-                self._dispatcher.put(tasks, flush=True)
-                return
-            error = self._broken_error or shut_down_error()
-        for t in tasks:
-            self._resolver.settle(t, error=error)
-
-    def _joins_changed(self) -> None:
-        with self._cond:
-            self._cond.notify_all()
 
     def bars(self) -> tuple[Progress, ...]:
         """The run's bar (started with the first call) when progress is shown."""
@@ -232,7 +208,8 @@ class Run:
         """Queue tasks for the dispatcher (starting the run on first use); ``flush``
         sends them without waiting for the batching window."""
         self._start_once()
-        tasks = self._reuse(tasks)  # before queueing: a reused call never reaches a worker
+        if self._named is not None:  # before queueing: a reused call never reaches a worker
+            tasks = self._named.reuse(tasks)
         with self._cond:
             self.check_accepting()
             self._dispatcher.put(tasks, flush=flush)
@@ -261,34 +238,10 @@ class Run:
         self._on_start()
 
     def _start(self) -> None:
-        storage = self._settings.storage
-        if storage is None:
-            self._temp_dir = tempfile.mkdtemp(prefix="k8sx-")
-            root = self._temp_dir
-        else:
-            root = storage.rstrip("/")
-        options = self._settings.storage_options
-        store = RunStore(f"{root}/{self._run_id}", options, self._settings.storage_retry)
-        name = self._settings.run_name
-        deadline = self._settings.deadline
-        deadline_at = None if deadline is None else time.time() + deadline
-        named = None
-        if name is not None:
-            named = RunStore(run_url(root, name), options, self._settings.storage_retry)
-            # Before anything is launched: what a detached session leaves is found by it.
-            write_session(named, Session(self._run_id, time.time(), deadline_at))
-            start_sweep(root, options)
-        run = RunContext(
-            self._run_id,
-            store.url,
-            self._key,
-            options,
-            named=name or "",
-            deadline=deadline_at,
-            log_dir=log_dir(self._run_id) if deadline_at is not None else "",
-        )
+        opened = open_storage(self._settings, self._run_id, self._key)
+        self._temp_dir, store = opened.temp_dir, opened.store
         try:
-            self._backend.start(self, self._max_workers, run)
+            self._backend.start(self._reports, self._max_workers, opened.context)
         except BaseException:
             # Cluster unreachable, forbidden, misconfigured: the caller of submit sees it,
             # and nothing is left behind.
@@ -299,20 +252,22 @@ class Run:
                 self._temp_dir = None
             raise
         self._store = self._skips.store = self._launcher.store = self._resolver.store = store
-        if named is not None:
-            self._stored = StoredResults(named, self._key)
-            self._joiner = Joiner(
-                root=root,
-                named=named,
-                stored=self._stored,
-                own_run_id=self._run_id,
+        if opened.named is not None:
+            self._named = NamedRun(
+                self._cond,
+                root=opened.root,
+                named=opened.named,
+                key=self._key,
+                run_id=self._run_id,
                 settle=self._resolver.settle,
-                rerun=self._rerun,
-                changed=self._joins_changed,
+                put=functools.partial(self._dispatcher.put, flush=True),
+                dispatching=self.dispatching,
+                broken_error=self.broken_error,
             )
-            self._launcher.named, self._launcher.deadline_at = named, deadline_at
+            self._launcher.named, self._launcher.deadline_at = opened.named, opened.deadline_at
         if self._settings.keep_warm > 0:
-            self._warm = self._resolver.warm = WarmPool(store, self._max_workers, self)
+            self._warm = WarmPool(store, self._max_workers, self._reports)
+            self._resolver.warm = self._reports.warm = self._warm
         if self._settings.batching.speculate:
             self._start_speculator()
         interval = self._backend.heartbeat_interval
@@ -334,52 +289,11 @@ class Run:
             make_room=None if self._warm is None else self._warm.release_idle,
             died=self.thread_died,
         )
-        self._speculator = speculator
+        self._speculator = self._reports.speculator = speculator
         self._resolver.other_copy = speculator.other_copy
         speculator.start()
 
-    # -- listener (called by the backend, from its threads) ------------------------
-    # An error escaping the resolver would leave the backend's thread (or the warm
-    # pool's) without a way to report again: the executor breaks instead.
-
-    def index_started(self, batch_id: str, index: int) -> bool:
-        """Mark the first live call of an index running; False if all were cancelled
-        (see ``Resolver.index_started``)."""
-        try:
-            origin = None if self._speculator is None else self._speculator.origin(batch_id)
-            if origin is not None:  # a duplicate of a straggler (see _speculate)
-                return self._resolver.index_started(*origin)
-            return self._resolver.index_started(batch_id, index)
-        except BaseException as exc:
-            self.thread_died("backend's delivery", exc)
-            return False
-
-    def index_finished(self, batch_id: str, index: int, exit: IndexExit) -> None:
-        """Resolve the futures of a finished index from its outcome in storage; with warm
-        workers, the index's worker ended (it may have run other indexes since)."""
-        try:
-            if self._speculator is not None and self._speculator.origin(batch_id) is not None:
-                # A duplicate of a straggler: never a warm worker (see _speculate).
-                self._speculator.copy_finished(batch_id, index, exit)
-                return
-            self._resolver.index_finished(batch_id, index, exit)
-            if self._warm is not None:
-                self._warm.worker_ended(batch_id, index, exit)
-        except BaseException as exc:
-            self.thread_died("backend's delivery", exc)
-
-    def waiting(self, note: str) -> None:
-        """Show why calls wait (``note``; "" clears it) on the run's bar and its maps'."""
-        with self._lock:
-            bars = {id(self._bar): self._bar} if self._bar is not None else {}
-            bars.update((id(b), b) for b in self._resolver.bars())
-        for bar in bars.values():
-            bar.note(note)
-        if self._warm is not None and waits_for_room(note):
-            # Pods of this run wait for quota or node room that idle warm workers hold
-            # (a Job of more pods than fit at once: its first pods, done and idle, would
-            # keep the rest pending for their whole idle window).
-            self._warm.release_idle()
+    # -- the engine's state (the backend's reports go through _reports) --------------
 
     def backend_broken(
         self, error: BaseException, held: Iterable[Task] = (), *, thread: str = ""
@@ -413,26 +327,6 @@ class Run:
         self._resolver.skipped(batch_id, indexes)
         self._backend.cancel(batch_id, indexes)
 
-    # -- the warm pool's (see _warm_pool.Engine) -------------------------------------
-
-    def warm_finished(
-        self, batch_id: str, index: int, exit: IndexExit, worker: tuple[str, int]
-    ) -> None:
-        """Resolve an index a warm worker reported done (or lost); ``worker``: the index
-        that worker was started for."""
-        try:
-            self._resolver.warm_finished(batch_id, index, exit, worker)
-        except BaseException as exc:
-            self.thread_died("warm-worker", exc)
-
-    def declined(self, batch_id: str, index: int) -> bool:
-        """Whether an index waiting for a worker has no call left to run."""
-        return self._resolver.declined(batch_id, index)
-
-    def launch_part(self, batch_id: str, indexes: tuple[int, ...]) -> bool:
-        """Start new workers for ``indexes`` of a batch; False if that failed."""
-        return self._dispatcher.launch_part(batch_id, indexes)
-
     # -- the dispatcher's (see _dispatch.Engine) -------------------------------------
 
     def dispatching(self) -> bool:
@@ -443,8 +337,8 @@ class Run:
         return (
             self._state is State.SHUTTING_DOWN
             and not (self._kill or self._leaving)
-            and self._joiner is not None
-            and self._joiner.pending() > 0
+            and self._named is not None
+            and self._named.joining()
         )
 
     def broken_error(self) -> ExecutorBrokenError | None:
@@ -499,20 +393,16 @@ class Run:
         with self._cond:
             while self._state is State.STARTING:
                 self._cond.wait()
-            if self._state is not State.RUNNING or self._finalizer is not None:
-                started = False
-            else:
-                started = True
-                if cancel_futures:
-                    self._cancel_not_started()
+            started = self._state is State.RUNNING and self._finalizer is None
+            if started and cancel_futures:
+                self._cancel_not_started()
         if cancel_futures and started:
             self._skips.write()
         with self._cond:
             busy = bool(self._batches) or bool(self._dispatcher.queued())
-            busy = busy or (self._joiner is not None and self._joiner.pending() > 0)
-            if not started or not busy:
-                started = False
-            else:
+            busy = busy or (self._named is not None and self._named.joining())
+            started = started and busy
+            if started:
                 self._leaving = True
                 self._state = State.SHUTTING_DOWN
                 self._dispatcher.flush()
@@ -520,7 +410,7 @@ class Run:
             self.shutdown(wait=True, cancel_futures=cancel_futures, kill_workers=False)
             return
         self._dispatcher.join()  # launches what was queued: nothing stays in this client
-        left: list[Task] = [] if self._joiner is None else self._joiner.stop()
+        left: list[Task] = [] if self._named is None else self._named.stop()
         detach = getattr(self._backend, "detach", None)
         assert detach is not None  # checked at construction (_config)
         detach()
@@ -529,23 +419,11 @@ class Run:
         with self._lock:
             left += self._resolver.drop_all()
             left += self._dispatcher.drain()
-        name = self._settings.run_name
-        error = RunDetachedError(
-            f"run {name!r} is detached and this client stopped following it: the call goes "
-            "on without it; run the script again with the same run name, or "
-            f"`k8s-executor results {name}`, for its outcome"
-        )
+        error = detached_error(self._settings.run_name)
         for t in left:
             self._resolver.settle(t, error=error)
         self._launcher.close()
-        with self._lock:
-            if self._state is not State.BROKEN:
-                self._state = State.SHUT_DOWN
-            bar = self._bar
-            self._cond.notify_all()
-        self._on_end()
-        if bar is not None:
-            bar.close()
+        self._ended()
 
     def _cancel_not_started(self) -> None:
         # Called with the lock held; the caller writes the skip markers once released.
@@ -564,9 +442,9 @@ class Run:
             kill = self._kill or self._broken is not None
         if self._speculator is not None:
             self._speculator.stop()  # no duplicate starts once the work is over
-        if self._joiner is not None:
+        if self._named is not None:
             # Not waited for when killed (the joined copies are another session's).
-            for t in self._joiner.stop():
+            for t in self._named.stop():
                 self._resolver.settle(t, error=shut_down_error())
         if self._warm is not None:
             self._warm.stop()  # the backend ends the warm workers, idle ones at once
@@ -590,10 +468,15 @@ class Run:
         finally:
             if self._temp_dir is not None:
                 shutil.rmtree(self._temp_dir, ignore_errors=True)
-            with self._lock:
-                if self._state is not State.BROKEN:
-                    self._state = State.SHUT_DOWN
-                bar = self._bar
-            self._on_end()
-            if bar is not None:
-                bar.close()
+            self._ended()
+
+    def _ended(self) -> None:
+        # Everything is released: shut down (unless broken); the executor and the bar end.
+        with self._cond:
+            if self._state is not State.BROKEN:
+                self._state = State.SHUT_DOWN
+            bar = self._bar
+            self._cond.notify_all()
+        self._on_end()
+        if bar is not None:
+            bar.close()
