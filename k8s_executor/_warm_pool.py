@@ -47,7 +47,7 @@ _Finished = tuple[str, int, int, tuple[str, int]]
 
 
 class Engine(Protocol):
-    """What the pool asks of the engine (``_run.Run``)."""
+    """What the pool asks of the engine (``_reports.Reports``)."""
 
     def index_started(self, batch_id: str, index: int) -> bool:
         """Mark an index's first live call running; False if all were cancelled."""

@@ -2,8 +2,8 @@
 
 A backend starts the indexes of a batch as workers (``python -m k8s_executor.worker``) and
 reports, through a :class:`Listener`, when each index starts and how it ended. It never
-reads outcomes or touches futures: the executor's engine (``_run.Run``) does that, and it
-is the listener, not the user's ``KubernetesExecutor``.
+reads outcomes or touches futures: the executor's engine (``_run.Run``) does that, and
+the listener is its part (``_reports.Reports``), not the user's ``KubernetesExecutor``.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ class IndexExit:
 
 class Listener(Protocol):
     """What the engine of an executor exposes to its backend (private: implemented by
-    ``_run.Run``). Calls may come from any thread; none waits for the engine's lock
+    ``_reports.Reports``). Calls may come from any thread; none waits for the engine's lock
     behind storage I/O."""
 
     def index_started(self, batch_id: str, index: int) -> bool:
