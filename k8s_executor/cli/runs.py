@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 
 from .._admin import (
@@ -99,13 +100,48 @@ def cleanup(cluster: Cluster, args: argparse.Namespace) -> int:
             f"deleted run {run.run_id}: {count(len(jobs), 'Job')} (and their pods), "
             f"{count(len(secrets), 'Secret')}"
         )
-        if storage:
-            failed |= not _delete_storage(run.run_id, storage, args.storage_options)
     if args.yes and not args.keep_storage:
+        # Storage last, once the workers stopped: a worker still stopping (its grace
+        # period) could otherwise write again what was just deleted (a detached run's
+        # alive marker, an outcome).
+        _wait_for_pods_to_stop(cluster, [r.run_id for r in chosen])
+        for run in chosen:
+            if run.storage:
+                failed |= not _delete_storage(run.run_id, run.storage, args.storage_options)
         failed |= not _named_storage(chosen, args)
     if chosen and not args.yes:
         print("dry run: add --yes to delete")
     return 1 if failed else 0
+
+
+_STOP_WAIT = 45.0
+"""Seconds ``cleanup`` waits for the pods of the runs it deleted to stop before it deletes
+their storage: a pod's default grace period (``Timeouts.termination_grace``, 30 s) and
+slack. Past it, the storage is deleted anyway and the pods still there are named."""
+
+
+def _wait_for_pods_to_stop(cluster: Cluster, run_ids: list[str]) -> None:
+    deadline = time.monotonic() + _STOP_WAIT
+    waiting = list(run_ids)
+    while waiting:
+        try:
+            left = {r: pods for r in waiting if (pods := cluster.run_objects(r)[1])}
+        except K8sExecutorError as exc:
+            print(f"  cannot list the runs' pods ({exc}); deleting storage now", file=sys.stderr)
+            return
+        waiting = list(left)
+        if not waiting:
+            return
+        if time.monotonic() > deadline:
+            for run_id, pods in left.items():
+                print(
+                    f"  {run_id}: {count(len(pods), 'pod')} still stopping after "
+                    f"{_STOP_WAIT:g} s; its storage is deleted now (run cleanup again if a "
+                    "worker writes to it before it stops)",
+                    file=sys.stderr,
+                )
+            return
+        time.sleep(0.5)  # polling the API: no watch is worth it for a one-off command
 
 
 # A client refreshes its heartbeat every Timeouts.heartbeat (30 s by default); its workers
