@@ -17,7 +17,13 @@ from k8s_executor import KubernetesExecutor
 from tests import helpers
 from tests.kube_helpers import KubesimCluster
 
-WITH = """
+# Every thread's stack on SIGUSR1: what a client that does not end was doing (the test
+# asks for it before it kills a client that outlived its bound).
+STACKS = "import faulthandler, signal; faulthandler.register(signal.SIGUSR1, all_threads=True)"
+
+WITH = (
+    STACKS
+    + """
 import sys
 from k8s_executor import KubernetesExecutor
 from tests import helpers
@@ -27,10 +33,13 @@ with KubernetesExecutor(backend="local", max_workers=2) as ex:
     for _ in ex.map(helpers.touch_then_block, [f"{started}/a", f"{started}/b", f"{started}/c"]):
         pass
 """
+)
 
 # No `with`: nothing but map itself sees the KeyboardInterrupt (the interpreter's exit
 # then shuts the executor down, which would wait for the running calls forever).
-WITHOUT = """
+WITHOUT = (
+    STACKS
+    + """
 import sys
 from k8s_executor import KubernetesExecutor
 from tests import helpers
@@ -40,6 +49,7 @@ ex = KubernetesExecutor(backend="local", max_workers=2)
 for _ in ex.map(helpers.touch_then_block, [f"{started}/a", f"{started}/b", f"{started}/c"]):
     pass
 """
+)
 
 
 @pytest.mark.parametrize("script", [WITH, WITHOUT], ids=["with", "without-with"])
@@ -58,11 +68,27 @@ def test_keyboard_interrupt_during_map_kills_workers(script: str, tmp_path: Path
     pids = [int(helpers.wait_for_text(p, 60, f"task {p.name}'s pid")) for p in started.iterdir()]
     assert all(helpers.alive(pid) for pid in pids)
     proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
+    stderr = _communicate_or_dump(proc, 60)
     assert "KeyboardInterrupt" in stderr
     helpers.wait_for(lambda: not any(helpers.alive(pid) for pid in pids), 60, "workers to be gone")
     # The third call (packed behind another in the same worker) never started.
     assert len(list(started.iterdir())) == 2
+
+
+def _communicate_or_dump(proc: subprocess.Popen[str], timeout: float) -> str:
+    """The client's stderr once it ended; if it did not end within ``timeout``, its
+    threads' stacks (SIGUSR1, see STACKS), then it is killed and the test fails with them
+    (nothing is left running for later tests)."""
+    try:
+        return proc.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)
+        try:
+            stderr = proc.communicate(timeout=10)[1]
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            stderr = proc.communicate()[1]
+        pytest.fail(f"the client did not end {timeout:g} s after SIGINT; its stacks:\n{stderr}")
 
 
 # -- SIGTERM -----------------------------------------------------------------------------
