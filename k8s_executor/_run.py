@@ -151,6 +151,8 @@ class Run:
         self._store: RunStore | None = None
         self._named: NamedRun | None = None  # a named run's stored results and joins
         self._leaving = False  # a detached run's client stops following it
+        self._leave_lock = threading.RLock()  # one leave's tail at a time
+        self._left = False  # that tail has run to its end
         self._warm: WarmPool | None = None  # with Timeouts.keep_warm: who runs what
         self._speculator: Speculator | None = None  # with Batching.speculate
         self._temp_dir: str | None = None
@@ -354,10 +356,16 @@ class Run:
     # -- shutdown ------------------------------------------------------------------
 
     def shutdown(self, *, wait: bool, cancel_futures: bool, kill_workers: bool) -> None:
-        """Stop accepting work; see ``KubernetesExecutor.shutdown``."""
+        """Stop accepting work; see ``KubernetesExecutor.shutdown``. A run that began
+        leaving (see :meth:`leave`) finishes leaving instead, unless ``kill_workers``."""
         with self._cond:
             while self._state is State.STARTING:
                 self._cond.wait()
+            leaving = self._leaving and not kill_workers
+        if leaving:
+            self._finish_leaving()
+            return
+        with self._cond:
             if kill_workers:
                 self._kill = True
                 self._cond.notify_all()  # a shutdown already waiting for the work stops
@@ -389,41 +397,71 @@ class Run:
         run's workers are left running (the backend's ``detach``), its storage is kept,
         and the futures not done yet fail with :class:`RunDetachedError`. When nothing
         is left running, this is an ordinary shutdown. Bounded: one launch of what was
-        queued, and the backend's ``detach``."""
+        queued, and the backend's ``detach``.
+
+        Re-entrant: once leaving, a second call (a second Ctrl-C, the SIGTERM handler's
+        exception, another thread's shutdown) finishes the same leave, never waits for
+        the detached work, and never deletes what the run keeps."""
         with self._cond:
             while self._state is State.STARTING:
                 self._cond.wait()
-            started = self._state is State.RUNNING and self._finalizer is None
+            resume = self._leaving
+            started = not resume and self._state is State.RUNNING and self._finalizer is None
             if started and cancel_futures:
                 self._cancel_not_started()
+        if resume:
+            self._finish_leaving()
+            return
         if cancel_futures and started:
             self._skips.write()
         with self._cond:
+            resume = self._leaving  # another thread began leaving meanwhile
             busy = bool(self._batches) or bool(self._dispatcher.queued())
             busy = busy or (self._named is not None and self._named.joining())
-            started = started and busy
+            started = started and busy and not resume and self._finalizer is None
             if started:
                 self._leaving = True
                 self._state = State.SHUTTING_DOWN
                 self._dispatcher.flush()
-        if not started:
+        if started or resume:
+            self._finish_leaving()
+        else:
             self.shutdown(wait=True, cancel_futures=cancel_futures, kill_workers=False)
-            return
-        self._dispatcher.join()  # launches what was queued: nothing stays in this client
-        left: list[Task] = [] if self._named is None else self._named.stop()
-        detach = getattr(self._backend, "detach", None)
-        assert detach is not None  # checked at construction (_config)
-        detach()
-        if self._heartbeat is not None:
-            self._heartbeat.stop()
-        with self._lock:
-            left += self._resolver.drop_all()
-            left += self._dispatcher.drain()
-        error = detached_error(self._settings.run_name)
-        for t in left:
-            self._resolver.settle(t, error=error)
+
+    def _finish_leaving(self) -> None:
+        """Leave's tail (``_leaving`` set). Every step may be repeated: an interrupted
+        leave is finished by the next call, which repeats them; the rest run even if
+        one step is interrupted. One caller at a time (a re-entrant lock: a signal
+        handler's shutdown may land in the middle of it on the same thread)."""
+        with self._leave_lock:
+            if not self._left:
+                self._leave_steps()
+                self._left = True
+        self._ended()  # repeated harmlessly
+
+    def _leave_steps(self) -> None:
+        # Each step runs even if the one before it is interrupted (try/finally); what is
+        # left unsettled by an interruption is settled by the next call's repeat.
+        left: list[Task] = []
+        try:
+            self._dispatcher.join()  # launches what was queued: nothing stays here
+        finally:
+            try:
+                if self._named is not None:
+                    left += self._named.stop()
+                detach = getattr(self._backend, "detach", None)
+                assert detach is not None  # checked at construction (_config)
+                detach()
+                if self._heartbeat is not None:
+                    self._heartbeat.stop()
+            finally:
+                with self._lock:
+                    left += self._resolver.drop_all()
+                    left += self._dispatcher.drain()
+                error = detached_error(self._settings.run_name)
+                for t in left:
+                    self._resolver.settle(t, error=error)
         self._launcher.close()
-        self._ended()
 
     def _cancel_not_started(self) -> None:
         # Called with the lock held; the caller writes the skip markers once released.

@@ -321,7 +321,9 @@ class KubernetesBackend:
         """Stop following a detached run: its Jobs and Secret stay (the Jobs end at the
         run's deadline, ``activeDeadlineSeconds``; what is left after it goes with
         ``k8s-executor cleanup --expired`` or the next client's sweep). Bounded like
-        ``close``: the watches are stopped and joined for at most 2 s each."""
+        ``close``: the watches are stopped and joined for at most 2 s each. Idempotent:
+        a leave interrupted in it calls it again, which repeats each step (none deletes
+        anything)."""
         self._stop.set()
         self._launches.take_jobs()
         if self._api is not None:

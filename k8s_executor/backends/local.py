@@ -133,7 +133,8 @@ class LocalBackend:
     def detach(self) -> None:
         """Stop following a detached run: every launched index has its worker already
         (nothing waits in this process), and they go on without it (no parent watch,
-        their output in files under the session's log folder) until the run's deadline."""
+        their output in files under the session's log folder) until the run's deadline.
+        Idempotent: a leave interrupted in it calls it again."""
         with self._cond:
             self._closing = True
             self._cond.notify_all()
