@@ -69,6 +69,8 @@ class Joiner:
         settle: ``settle(task, result=...)`` resolves a joined call.
         rerun: ``rerun(tasks)`` runs calls whose copy was lost, here.
         changed: called once joined calls are resolved or handed to ``rerun``.
+        died: ``died(name, error, tasks)`` when the thread ends on an unexpected error,
+            with the joined calls not resolved yet (the engine breaks and fails them).
     """
 
     def __init__(
@@ -81,6 +83,7 @@ class Joiner:
         settle: Callable[..., None],
         rerun: Callable[[list[Task]], None],
         changed: Callable[[], None],
+        died: Callable[[str, BaseException, list[Task]], None],
     ) -> None:
         self._root = root.rstrip("/")
         self._named = named
@@ -89,6 +92,7 @@ class Joiner:
         self._settle = settle
         self._rerun = rerun
         self._changed = changed
+        self._died = died
         self._lock = threading.Lock()
         self._joined: list[_Joined] = []
         self._where: dict[str, tuple[LaunchRecord, int]] | None = None
@@ -153,6 +157,23 @@ class Joiner:
             return len(self._joined)
 
     def _follow(self) -> None:
+        try:
+            self._follow_loop()
+        except BaseException as exc:
+            # Never silently: a joined future would wait for ever, and the engine's
+            # shutdown with it (it waits for what is joined).
+            left = self.drop()
+            self._died("join", exc, left)
+            self._changed()
+
+    def drop(self) -> list[Task]:
+        """Follow none of the joined calls any more (the thread goes on, idle); those not
+        resolved yet, to be settled. Any thread, the engine's lock held or not."""
+        with self._lock:
+            left, self._joined = self._joined, []
+        return [j.task for j in left if not j.task.settled]
+
+    def _follow_loop(self) -> None:
         while not self._stop.wait(POLL_SECONDS):
             with self._lock:
                 joined = list(self._joined)

@@ -37,6 +37,8 @@ class NamedRun:
         put: ``put(tasks)`` queues tasks on the dispatcher, flushed (lock held).
         dispatching: whether calls may still be launched (lock held).
         broken_error: what calls fail with once the engine is broken (lock held).
+        died: ``died(name, error, tasks)``, the engine's ``thread_died``: the joiner's
+            thread failed, holding ``tasks``.
     """
 
     def __init__(
@@ -51,6 +53,7 @@ class NamedRun:
         put: Callable[[list[Task]], None],
         dispatching: Callable[[], bool],
         broken_error: Callable[[], BaseException | None],
+        died: Callable[[str, BaseException, list[Task]], None],
     ) -> None:
         self._cond = cond
         self._settle = settle
@@ -66,6 +69,7 @@ class NamedRun:
             settle=settle,
             rerun=self._rerun,
             changed=self._joins_changed,
+            died=died,
         )
 
     def reuse(self, tasks: list[Task]) -> list[Task]:

@@ -265,6 +265,7 @@ class Run:
                 put=functools.partial(self._dispatcher.put, flush=True),
                 dispatching=self.dispatching,
                 broken_error=self.broken_error,
+                died=self.thread_died,
             )
             self._launcher.named, self._launcher.deadline_at = opened.named, opened.deadline_at
         if self._settings.keep_warm > 0:

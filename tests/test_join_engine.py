@@ -1,0 +1,59 @@
+"""Joined calls and the engine's "fail everything" paths (review finding 5): a joiner
+thread that fails breaks the executor, never leaving the joined calls pending."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from k8s_executor import ExecutorBrokenError, KubernetesExecutor, _join
+from tests import helpers
+from tests.test_join import _executions, mark_and_wait
+
+
+@pytest.fixture
+def joined(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[KubernetesExecutor, Future[Any]]]:
+    """A second client ``b`` whose call is joined (client ``a``'s copy waits at a gate
+    that opens once the test is over)."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    kw: dict[str, Any] = {"backend": "local", "storage": str(tmp_path / "s"), "run": "both"}
+    marks, gate = tmp_path / "marks", tmp_path / "gate"
+    marks.mkdir()
+    args = (7, str(marks), str(gate), False)
+    a = KubernetesExecutor(progress=False, **kw)
+    b = KubernetesExecutor(progress=False, **kw)
+    try:
+        first = a.submit(mark_and_wait, *args)
+        helpers.wait_for(lambda: _executions(marks) == 1, 60, "the first copy to start")
+        second = b.submit(mark_and_wait, *args)  # joined, not started
+        assert b._run._named is not None and b._run._named.joining()
+        yield b, second
+    finally:
+        gate.touch()
+        b.shutdown(wait=True)
+        assert first.result(timeout=60) == 70
+        a.shutdown(wait=True)
+    assert _executions(marks) == 1  # the joined call never ran in b
+
+
+def test_a_failing_joiner_breaks_the_executor(
+    joined: tuple[KubernetesExecutor, Future[Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    b, second = joined
+
+    def fail(self: Any, j: Any) -> str:
+        raise RuntimeError("a bug in the joiner")
+
+    monkeypatch.setattr(_join.Joiner, "_look", fail)  # its next pass raises
+    error = second.exception(timeout=30)
+    assert isinstance(error, ExecutorBrokenError)
+    assert "join thread failed" in str(error)
+    assert isinstance(error.__cause__, RuntimeError)
+    with pytest.raises(ExecutorBrokenError):
+        b.submit(pow, 2, 3)
