@@ -151,6 +151,11 @@ class Joiner:
             left, self._joined = self._joined, []
         return [j.task for j in left if not j.task.settled]
 
+    def tasks(self) -> list[Task]:
+        """The joined calls not resolved yet (followed still)."""
+        with self._lock:
+            return [j.task for j in self._joined if not j.task.settled]
+
     def pending(self) -> int:
         """How many joined calls are not resolved yet."""
         with self._lock:

@@ -95,6 +95,15 @@ class NamedRun:
         """Stop following the joined calls; those not resolved yet (to be settled)."""
         return self._joiner.stop()
 
+    def joined(self) -> list[Task]:
+        """The joined calls not resolved yet (to cancel them)."""
+        return self._joiner.tasks()
+
+    def drop(self) -> list[Task]:
+        """Follow none of the joined calls any more (the engine broke); those not resolved
+        yet, to be settled. Never waits (any thread, the joiner's too)."""
+        return self._joiner.drop()
+
     def _rerun(self, tasks: list[Task]) -> None:
         """Joined calls whose copy was lost: run them here (the joiner's thread)."""
         with self._cond:

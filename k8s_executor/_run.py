@@ -321,6 +321,8 @@ class Run:
             tasks += self._dispatcher.drain()
             tasks.extend(t for t in self._resolver.tasks() if not t.settled)
             self._cond.notify_all()
+        if self._named is not None:
+            tasks += self._named.drop()  # the joined calls: none may run again here
         for t in tasks:
             self._resolver.settle(t, error=broken)
 
@@ -470,6 +472,11 @@ class Run:
         # it (see _skips). cancel() leaves running and finished futures alone.
         for t in self._dispatcher.queued():
             t.future.cancel()
+        if self._named is not None:
+            # Joined calls are pending here (another session's copy runs them): the
+            # shutdown would wait for them otherwise. Their copies go on.
+            for t in self._named.joined():
+                t.future.cancel()
         self._resolver.cancel_all()
 
     def _finish(self) -> None:

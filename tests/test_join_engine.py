@@ -1,5 +1,6 @@
-"""Joined calls and the engine's "fail everything" paths (review finding 5): a joiner
-thread that fails breaks the executor, never leaving the joined calls pending."""
+"""Joined calls and the engine's "fail everything" paths (review findings 5 and 6): a
+joiner thread that fails breaks the executor, and a broken backend or a shutdown that
+cancels the futures settles the joined calls too, never leaving them pending."""
 
 from __future__ import annotations
 
@@ -57,3 +58,19 @@ def test_a_failing_joiner_breaks_the_executor(
     assert isinstance(error.__cause__, RuntimeError)
     with pytest.raises(ExecutorBrokenError):
         b.submit(pow, 2, 3)
+
+
+def test_a_broken_backend_fails_the_joined_calls(
+    joined: tuple[KubernetesExecutor, Future[Any]],
+) -> None:
+    b, second = joined
+    b._run.backend_broken(OSError("cannot start workers"))  # as a backend reports it
+    assert isinstance(second.exception(timeout=0), ExecutorBrokenError)
+
+
+def test_shutdown_cancels_the_joined_calls(
+    joined: tuple[KubernetesExecutor, Future[Any]],
+) -> None:
+    b, second = joined
+    b.shutdown(wait=False, cancel_futures=True)
+    assert second.cancelled()
