@@ -211,6 +211,10 @@ class Run:
         sends them without waiting for the batching window."""
         self._start_once()
         if self._named is not None:  # before queueing: a reused call never reaches a worker
+            with self._cond:
+                # Before joining: a call joined once the dispatcher has ended could be
+                # queued on it later (its copy lost), and never launched.
+                self.check_accepting()
             tasks = self._named.reuse(tasks)
         with self._cond:
             self.check_accepting()

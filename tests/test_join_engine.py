@@ -74,3 +74,30 @@ def test_shutdown_cancels_the_joined_calls(
     b, second = joined
     b.shutdown(wait=False, cancel_futures=True)
     assert second.cancelled()
+
+
+def test_a_submit_racing_shutdown_joins_nothing(
+    joined: tuple[KubernetesExecutor, Future[Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finding 9: a shutdown landing between the run's start and the lookup of stored
+    and joined calls: the submit is refused before anything is joined."""
+    b, _ = joined
+    run, named = b._run, b._run._named
+    assert named is not None
+    start = run._start_once
+    looked: list[object] = []
+
+    def start_then_shut_down() -> None:
+        start()
+        run.shutdown(wait=False, cancel_futures=False, kill_workers=False)  # another thread's
+
+    monkeypatch.setattr(run, "_start_once", start_then_shut_down)
+
+    def reuse(tasks: list[Any]) -> list[Any]:
+        looked.append(tasks)
+        return tasks
+
+    monkeypatch.setattr(named, "reuse", reuse)
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        b.submit(pow, 2, 3)
+    assert looked == []
