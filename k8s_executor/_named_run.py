@@ -17,7 +17,6 @@ from . import _payload as wire
 from ._batches import Task
 from ._durable import StoredResults
 from ._join import Joiner
-from ._outcomes import shut_down_error
 from ._store import RunStore
 from .errors import RunDetachedError
 
@@ -36,7 +35,8 @@ class NamedRun:
         settle: ``settle(task, result=..., error=...)``, the engine's.
         put: ``put(tasks)`` queues tasks on the dispatcher, flushed (lock held).
         dispatching: whether calls may still be launched (lock held).
-        broken_error: what calls fail with once the engine is broken (lock held).
+        refused: what a call fails with once none may be launched any more (broken,
+            shut down, or the client leaving a detached run) (lock held).
         died: ``died(name, error, tasks)``, the engine's ``thread_died``: the joiner's
             thread failed, holding ``tasks``.
     """
@@ -52,14 +52,14 @@ class NamedRun:
         settle: Callable[..., None],
         put: Callable[[list[Task]], None],
         dispatching: Callable[[], bool],
-        broken_error: Callable[[], BaseException | None],
+        refused: Callable[[], BaseException],
         died: Callable[[str, BaseException, list[Task]], None],
     ) -> None:
         self._cond = cond
         self._settle = settle
         self._put = put
         self._dispatching = dispatching
-        self._broken_error = broken_error
+        self._refused = refused
         self._stored = StoredResults(named, key)
         self._joiner = Joiner(
             root=root,
@@ -110,7 +110,7 @@ class NamedRun:
             if self._dispatching():
                 self._put(tasks)
                 return
-            error = self._broken_error() or shut_down_error()
+            error = self._refused()
         for t in tasks:
             self._settle(t, error=error)
 

@@ -268,7 +268,7 @@ class Run:
                 settle=self._resolver.settle,
                 put=functools.partial(self._dispatcher.put, flush=True),
                 dispatching=self.dispatching,
-                broken_error=self.broken_error,
+                refused=self._refused_error,
                 died=self.thread_died,
             )
             self._launcher.named, self._launcher.deadline_at = opened.named, opened.deadline_at
@@ -353,6 +353,14 @@ class Run:
     def broken_error(self) -> ExecutorBrokenError | None:
         """What every call fails with once the executor is broken (lock held)."""
         return self._broken_error
+
+    def _refused_error(self) -> BaseException:
+        # What a call that can no longer be launched fails with (lock held).
+        if self._broken_error is not None:
+            return self._broken_error
+        if self._leaving:
+            return detached_error(self._settings.run_name)
+        return shut_down_error()
 
     def thread_died(self, name: str, error: BaseException, tasks: list[Task] | None = None) -> None:
         """An engine thread ends on ``error``: break the executor with it, failing every

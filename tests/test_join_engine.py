@@ -4,6 +4,7 @@ cancels the futures settles the joined calls too, never leaving them pending."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -11,24 +12,24 @@ from typing import Any
 
 import pytest
 
-from k8s_executor import ExecutorBrokenError, KubernetesExecutor, _join
+from k8s_executor import ExecutorBrokenError, KubernetesExecutor, RunDetachedError, _join
 from tests import helpers
 from tests.test_join import _executions, mark_and_wait
 
 
 @pytest.fixture
 def joined(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> Iterator[tuple[KubernetesExecutor, Future[Any]]]:
     """A second client ``b`` whose call is joined (client ``a``'s copy waits at a gate
-    that opens once the test is over)."""
+    that opens once the test is over); ``b`` is detached when the parameter says so."""
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     kw: dict[str, Any] = {"backend": "local", "storage": str(tmp_path / "s"), "run": "both"}
     marks, gate = tmp_path / "marks", tmp_path / "gate"
     marks.mkdir()
     args = (7, str(marks), str(gate), False)
     a = KubernetesExecutor(progress=False, **kw)
-    b = KubernetesExecutor(progress=False, **kw)
+    b = KubernetesExecutor(progress=False, detach=getattr(request, "param", False), **kw)
     try:
         first = a.submit(mark_and_wait, *args)
         helpers.wait_for(lambda: _executions(marks) == 1, 60, "the first copy to start")
@@ -101,3 +102,25 @@ def test_a_submit_racing_shutdown_joins_nothing(
     with pytest.raises(RuntimeError, match="after shutdown"):
         b.submit(pow, 2, 3)
     assert looked == []
+
+
+@pytest.mark.parametrize("joined", [True], indirect=True)
+def test_a_joined_call_lost_while_leaving_is_detached(
+    joined: tuple[KubernetesExecutor, Future[Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finding 11: a joined call whose copy is found lost while a detached run's client
+    leaves fails with RunDetachedError (what every other call of it fails with)."""
+    b, second = joined
+    run = b._run
+    looking = threading.Event()
+
+    def lost_once_leaving(self: Any, j: Any) -> str:
+        looking.set()
+        helpers.wait_for(lambda: run._leaving, 60, "the client to leave")
+        return "lost"
+
+    monkeypatch.setattr(_join.Joiner, "_look", lost_once_leaving)
+    helpers.wait_for(looking.is_set, 60, "a pass of the joiner")
+    b.shutdown()  # leaves: the pass under way finds the copy lost
+    with pytest.raises(RunDetachedError):
+        second.result(timeout=0)
