@@ -314,12 +314,18 @@ def run_index(store: RunStore, key: bytes, index: int, run: RunStore | None = No
             if isinstance(exc, PayloadError)
             else "storage"
         )
+        if race is not None:
+            # Another copy may run this index (Batching.speculate): a failure of this copy
+            # alone (a transient read, another image on its node) must not become the
+            # index's outcome, first writer winning over the other copy's result. Nothing
+            # is written: the client leaves the index to the other copy, or describes a
+            # lone copy from this log tail (exit 88: the last line becomes its
+            # StorageError).
+            print(f"k8s_executor.worker: {exc}", file=sys.stderr, flush=True)
+            return codes.STORAGE_FAILED if kind == "storage" else EXIT_INDEX_FAILED
         failure = wire.seal_index_failure(key, wire.IndexFailure(kind, str(exc)))
         try:
-            if race is None:
-                store.put(out_key, failure)
-            elif not race.put(failure):
-                return EXIT_OK  # the other copy's outcome stands
+            store.put(out_key, failure)
         except StorageError as put_exc:
             # Nothing written: the client has only the log tail, whose last line of ours
             # becomes its StorageError (exit 88); the first cause goes last.

@@ -459,3 +459,67 @@ def test_killing_shutdown_during_a_race_settles_every_future(tmp_path: Path) -> 
     assert all(f.done() for f in futures)
     assert [f.result()[0] for i, f in enumerate(futures) if i != STRAGGLER] == ["normal"] * 7
     assert isinstance(futures[STRAGGLER].exception(), BrokenProcessPool)  # WorkerLostError
+
+
+# The sitecustomize of the workers of the test below: the second read of in/<STRAGGLER>
+# (the duplicate's) fails as a storage outage would; the copy says who it is in marks/second.
+_FAILING_READ = f"""
+import os
+from k8s_executor import _store
+from k8s_executor.errors import StorageError
+
+_get = _store.RunStore.get
+_MARKS = os.environ["K8SX_TEST_MARKS"]
+
+
+def _get_or_fail(self, key):
+    if key == "in/{STRAGGLER}":
+        try:
+            fd = os.open(os.path.join(_MARKS, "read"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            second = os.path.join(_MARKS, "second")
+            with open(second + ".tmp", "w") as f:
+                f.write(str(os.getpid()))
+            os.replace(second + ".tmp", second)
+            raise StorageError("cannot read in/{STRAGGLER}: SlowDown (503), gave up") from None
+        os.close(fd)
+    return _get(self, key)
+
+
+_store.RunStore.get = _get_or_fail
+"""
+
+
+def waits_for_a_failed_duplicate(i: int, marks: str) -> tuple[str, int]:
+    """The straggler's first run returns once its duplicate failed to read its input and
+    ended."""
+    if i != STRAGGLER:
+        threading.Event().wait(NORMAL)
+        return ("normal", os.getpid())
+    second = os.path.join(marks, "second")
+    _wait_for(lambda: os.path.exists(second))
+    _wait_for(lambda: _gone(int(Path(second).read_text())))
+    return ("slow", os.getpid())
+
+
+def test_a_duplicate_failing_to_read_its_input_leaves_the_call_to_the_original(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The duplicate's storage failure is its own: not written first-writer-wins as the
+    index's outcome over the original's result (review finding 2)."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_FAILING_READ)
+    monkeypatch.syspath_prepend(str(site))  # the local backend's workers get sys.path
+    monkeypatch.setenv("K8SX_TEST_MARKS", str(marks))
+    batching = Batching(speculate=True, speculate_min=1.0, speculate_slowdown=3.0)
+    storage = str(tmp_path / "storage")
+    with KubernetesExecutor(
+        backend="local", storage=storage, max_workers=8, batching=batching, progress=False
+    ) as ex:
+        results = list(ex.map(waits_for_a_failed_duplicate, range(8), [str(marks)] * 8))
+    assert (marks / "second").exists()  # the duplicate ran, and its read failed
+    assert results[STRAGGLER][0] == "slow"
+    assert [r[0] for i, r in enumerate(results) if i != STRAGGLER] == ["normal"] * 7
