@@ -192,6 +192,35 @@ def remove_run(root: str, name: str, options: dict[str, Any], sessions: list[Ses
     forget_key(root, name)
 
 
+def _remove_expired(root: str, name: str, options: dict[str, Any], old: list[Session]) -> bool:
+    """Delete the expired sessions ``old`` of a named run, then the run itself (folder,
+    this machine's key) unless a session not in ``old`` started meanwhile: whether the
+    whole run went.
+
+    Deleting the old prefixes takes a while on an object store; a client of the same run
+    name may start in that window. Its session is read again before the folder goes: when
+    one is there, only the old sessions' own records go, and the folder (with the stored
+    results the new session reuses) and the key stay."""
+    root = root.rstrip("/")
+    for s in old:
+        RunStore(f"{root}/{s.run_id}", options).delete_all()
+        shutil.rmtree(_log_dir(s.run_id), ignore_errors=True)
+    named = RunStore(run_url(root, name), options)
+    known = {s.run_id for s in old}
+    if all(s.run_id in known for s in read_sessions(named)):
+        named.delete_all()
+        forget_key(root, name)
+        return True
+    launches = [
+        k
+        for k in named.list_keys(LAUNCHES)
+        if k.removeprefix(f"{LAUNCHES}/").split("-", 1)[0] in known
+    ]
+    named.delete(*launches, *(f"{SESSIONS}/{run_id}.json" for run_id in sorted(known)))
+    _log.info("named run %s: a session started during the sweep, the run stays", name)
+    return False
+
+
 def forget_run(root: str, name: str, options: dict[str, Any]) -> int:
     """Delete a named run (``k8s-executor forget``): what :func:`remove_run` deletes;
     the number of sessions whose prefixes went with it."""
@@ -226,8 +255,7 @@ def sweep_expired(root: str, options: dict[str, Any], now: float | None = None) 
     for name in names:
         try:
             sessions = read_sessions(RunStore(run_url(root, name), options))
-            if expired(sessions, now):
-                remove_run(root, name, options, sessions)
+            if expired(sessions, now) and _remove_expired(root, name, options, sessions):
                 removed.append(name)
         except StorageError as exc:
             _log.warning("cannot remove the expired named run %s: %s", name, exc)

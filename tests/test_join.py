@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from k8s_executor import KubernetesExecutor, _config, _sessions
+from k8s_executor import KubernetesExecutor, _config, _durable, _sessions
 from k8s_executor._store import RunStore
 from k8s_executor.backends import _expired
 from k8s_executor.backends import _manifest as m
@@ -82,6 +82,38 @@ def test_expired_runs_and_records(tmp_path: Path) -> None:
     (tmp_path / "r0123456789b").mkdir()
     assert _sessions.sweep_expired(str(tmp_path), {}, now=301.0) == ["x"]
     assert sorted(os.listdir(tmp_path)) == ["named"]
+
+
+def test_a_session_started_during_the_sweep_keeps_its_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep deletes an expired session's prefix; a client of the same run name starts
+    meanwhile (review finding 3): the old session's records go, the new session's record,
+    the run's stored results and this machine's key stay."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    root = str(tmp_path / "s")
+    named = RunStore(str(tmp_path / "s" / "named" / "grid"))
+    old = _sessions.Session("r0123456789a", 100.0, 200.0)
+    _sessions.write_session(named, old)
+    _sessions.write_launch(named, _sessions.LaunchRecord(old.run_id, "b00000", 100.0, 200.0))
+    RunStore(f"{root}/{old.run_id}").put("b00000/in/0", b"x")
+    key = _durable.load_or_create_key(root, "grid")
+    new = _sessions.Session("r0123456789b", 400.0, None)
+    delete_all = RunStore.delete_all
+
+    def new_client_starts(store: RunStore) -> None:
+        delete_all(store)
+        if store.url.endswith(old.run_id):  # between the sweep's two reads of sessions/
+            _sessions.write_session(named, new)
+            named.put("calls/abc", b"a stored result the new session uses")
+
+    monkeypatch.setattr(RunStore, "delete_all", new_client_starts)
+    assert _sessions.sweep_expired(root, {}, now=301.0) == []
+    assert _sessions.read_sessions(named) == [new]
+    assert _sessions.read_launches(named) == []
+    assert named.get("calls/abc") == b"a stored result the new session uses"
+    assert _durable.load_or_create_key(root, "grid") == key
+    assert sorted(os.listdir(root)) == ["named"]  # the old session's prefix went
 
 
 def test_expired_secrets_are_chosen_by_their_deadline() -> None:
