@@ -31,11 +31,13 @@ from ._contract import (
     ANNOTATION_OWNER,
     ANNOTATION_STORAGE,
     CONTAINER,
+    EXPIRY_MARGIN,
     LABEL_MANAGED_BY,
     LABEL_NAMED,
     LABEL_QUEUE,
     LABEL_RUN,
     MANAGED_BY,
+    past_deadline,
 )
 from ._durable import forget_named_run, named_runs_root, stored_count
 from ._named_report import call_states, report
@@ -54,6 +56,7 @@ from .image._registry import Registry, find_credentials, split_reference
 __all__ = [
     "CONTAINER",
     "DEFAULT_MAX_WORKERS",
+    "EXPIRY_MARGIN",
     "LABEL_RUN",
     "RBAC_RULES",
     "BaseImage",
@@ -73,6 +76,7 @@ __all__ = [
     "named_runs",
     "named_runs_root",
     "parse_quantity",
+    "past_deadline",
     "rbac_manifests",
     "report",
     "run_indexes",

@@ -1,5 +1,6 @@
 """The worker's contract, in one place: what the client, the Job manifest and the worker
-must agree on (exit codes, environment variable names, label and annotation keys).
+must agree on (exit codes, environment variable names, label and annotation keys, and
+when a detached run past its deadline may be swept).
 
 The exit codes sit in a range user code rarely passes to ``os._exit`` (3 or 7 would be
 plausible), because the pod failure policy acts on them: a user's own exit code must not
@@ -79,3 +80,19 @@ LABEL_INDEX: Final = "batch.kubernetes.io/job-completion-index"
 """Set by the Job controller on every pod of an Indexed Job (label and annotation)."""
 CONTAINER: Final = "worker"
 """The name of the worker's container in every pod."""
+
+# -- detached runs past their deadline ---------------------------------------------------------
+
+EXPIRY_MARGIN = 900.0
+"""Seconds past a detached run's deadline (``ANNOTATION_DEADLINE``, its sessions'
+records) before a sweep removes what it left (its storage, named folder, Jobs and
+Secret): the sweep at a named run's start, the Kubernetes backend's, and ``k8s-executor
+cleanup --expired``. The deadline is the launching client's clock, its workers stop by
+their nodes' clocks, and the sweeper's clock may run ahead of both: a skew under this
+margin never deletes a live run. (Not ``Final``: tests that sweep at once set it.)"""
+
+
+def past_deadline(deadline: float | None, now: float) -> bool:
+    """Whether a detached run whose deadline is ``deadline`` (None: not detached) may be
+    swept at ``now`` (the sweeper's clock): ``deadline + EXPIRY_MARGIN < now``."""
+    return deadline is not None and deadline + EXPIRY_MARGIN < now

@@ -34,6 +34,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ._contract import past_deadline
 from ._durable import PREFIX, check_name, forget_key, run_url
 from ._store import RunStore
 from .errors import StorageError
@@ -148,9 +149,9 @@ def _records(named: RunStore, folder: str) -> Iterable[dict[str, Any]]:
 
 def expired(sessions: list[Session], now: float) -> bool:
     """Whether a run's storage may go: it has sessions, every one detached and past its
-    deadline (a run some client used without ``detach`` keeps its results until
-    ``k8s-executor forget``)."""
-    return bool(sessions) and all(s.deadline is not None and s.deadline < now for s in sessions)
+    deadline by ``_contract.EXPIRY_MARGIN`` (a run some client used without ``detach``
+    keeps its results until ``k8s-executor forget``)."""
+    return bool(sessions) and all(past_deadline(s.deadline, now) for s in sessions)
 
 
 def deadline(sessions: list[Session]) -> float | None:

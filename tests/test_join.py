@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from k8s_executor import KubernetesExecutor, _config, _durable, _sessions
+from k8s_executor import KubernetesExecutor, _config, _contract, _durable, _sessions
 from k8s_executor._store import RunStore
 from k8s_executor.backends import _expired
 from k8s_executor.backends import _manifest as m
@@ -64,6 +64,7 @@ def test_second_client_joins_what_the_first_runs(
 
 
 def test_expired_runs_and_records(tmp_path: Path) -> None:
+    late = 300.0 + _contract.EXPIRY_MARGIN  # the sweeper's clock may run ahead
     named = RunStore(str(tmp_path / "named" / "x"))
     s1 = _sessions.Session("r0123456789a", 100.0, 200.0)
     s2 = _sessions.Session("r0123456789b", 150.0, 300.0)
@@ -71,7 +72,9 @@ def test_expired_runs_and_records(tmp_path: Path) -> None:
         _sessions.write_session(named, s)
     assert _sessions.read_sessions(named) == [s1, s2]
     assert not _sessions.expired([s1, s2], 250.0)
-    assert _sessions.expired([s1, s2], 301.0)
+    assert not _sessions.expired([s1, s2], 301.0)  # past, within the clocks' margin
+    assert not _sessions.expired([s1, s2], late)
+    assert _sessions.expired([s1, s2], late + 1)
     assert _sessions.deadline([s1, s2]) == 300.0
     attached = _sessions.Session("r0123456789c", 160.0, None)
     assert not _sessions.expired([s1, attached], 1e12)  # used without detach: kept
@@ -80,7 +83,8 @@ def test_expired_runs_and_records(tmp_path: Path) -> None:
     assert _sessions.read_sessions(named) == [s1, s2]  # not shaped like a run id: ignored
     (tmp_path / "r0123456789a").mkdir()
     (tmp_path / "r0123456789b").mkdir()
-    assert _sessions.sweep_expired(str(tmp_path), {}, now=301.0) == ["x"]
+    assert _sessions.sweep_expired(str(tmp_path), {}, now=late) == []
+    assert _sessions.sweep_expired(str(tmp_path), {}, now=late + 1) == ["x"]
     assert sorted(os.listdir(tmp_path)) == ["named"]
 
 
@@ -108,6 +112,7 @@ def test_a_session_started_during_the_sweep_keeps_its_run(
             named.put("calls/abc", b"a stored result the new session uses")
 
     monkeypatch.setattr(RunStore, "delete_all", new_client_starts)
+    monkeypatch.setattr(_contract, "EXPIRY_MARGIN", 0.0)
     assert _sessions.sweep_expired(root, {}, now=301.0) == []
     assert _sessions.read_sessions(named) == [new]
     assert _sessions.read_launches(named) == []
@@ -122,7 +127,8 @@ def test_expired_secrets_are_chosen_by_their_deadline() -> None:
         return {"metadata": {"labels": {m.LABEL_RUN: run}, "annotations": annotations}}
 
     secrets = [secret("ra", "100"), secret("rb", "300"), secret("rc", None), secret("rd", "x")]
-    assert _expired.expired_runs(secrets, 200.0) == ["ra"]
+    assert _expired.expired_runs(secrets, 200.0) == []  # within the clocks' margin
+    assert _expired.expired_runs(secrets, 200.0 + _contract.EXPIRY_MARGIN) == ["ra"]
 
 
 def test_a_detached_job_needs_no_client() -> None:

@@ -3,7 +3,8 @@
 A detached run's Jobs stop at its deadline (``activeDeadlineSeconds``) and go with their
 TTL; its Secret (the workers' key) has no TTL, and nothing of the run is left in the
 cluster to delete it. So every client of a named run sweeps, once at its start: the
-Secrets (and any Jobs left) of runs whose ``k8s-executor.io/deadline`` has passed.
+Secrets (and any Jobs left) of runs whose ``k8s-executor.io/deadline`` has passed by
+more than ``_contract.EXPIRY_MARGIN``.
 ``k8s-executor cleanup --expired`` does the same on demand.
 """
 
@@ -13,7 +14,14 @@ import logging
 import time
 from typing import Any
 
-from .._contract import ANNOTATION_DEADLINE, LABEL_MANAGED_BY, LABEL_NAMED, LABEL_RUN, MANAGED_BY
+from .._contract import (
+    ANNOTATION_DEADLINE,
+    LABEL_MANAGED_BY,
+    LABEL_NAMED,
+    LABEL_RUN,
+    MANAGED_BY,
+    past_deadline,
+)
 from ._kubeapi import KubeApi
 from ._manifest import run_selector
 
@@ -26,14 +34,15 @@ SWEEP_SECONDS = 20.0
 
 
 def expired_runs(secrets: list[dict[str, Any]], now: float) -> list[str]:
-    """The run ids of detached runs' Secrets whose deadline is before ``now``."""
+    """The run ids of detached runs' Secrets whose deadline is before ``now`` by more than
+    ``_contract.EXPIRY_MARGIN`` (the clocks' skew)."""
     runs = []
     for secret in secrets:
         meta = secret.get("metadata") or {}
         text = (meta.get("annotations") or {}).get(ANNOTATION_DEADLINE)
         run_id = (meta.get("labels") or {}).get(LABEL_RUN)
         try:
-            if run_id and text is not None and float(text) < now:
+            if run_id and text is not None and past_deadline(float(text), now):
                 runs.append(str(run_id))
         except ValueError:
             continue

@@ -10,7 +10,7 @@
     k8s-executor logs RUN --all           every index's log, lines prefixed [batch/index]
     k8s-executor cleanup RUN...           delete those runs' Jobs, pods, Secrets and storage
     k8s-executor cleanup --older-than 1h  ... of every run older than that
-    k8s-executor cleanup --expired        ... of every detached run past its deadline
+    k8s-executor cleanup --expired        ... of every detached run past its deadline (+15 min)
     k8s-executor forget NAME [--yes]      delete a named run's stored results
     k8s-executor rbac                     the Role and RoleBinding the executor needs
     k8s-executor build --registry R       snapshot this venv into an image, push it

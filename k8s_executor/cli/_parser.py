@@ -8,7 +8,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from .. import ConfigError, Resources
-from .._admin import DEFAULT_MAX_WORKERS, Env
+from .._admin import DEFAULT_MAX_WORKERS, EXPIRY_MARGIN, Env
 
 _DURATION = re.compile(r"^(\d+)([smhd])$")
 
@@ -242,8 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     cleanup.add_argument(
         "--expired",
         action="store_true",
-        help="every detached run whose deadline has passed (and the expired named runs "
-        "in their storage)",
+        help=f"every detached run whose deadline passed more than {EXPIRY_MARGIN / 60:g} "
+        "minutes ago (a margin for clocks that disagree; and the expired named runs in "
+        "their storage)",
     )
     cleanup.add_argument("--yes", action="store_true", help="delete (default: only show)")
     cleanup.add_argument(

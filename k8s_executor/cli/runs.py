@@ -15,6 +15,7 @@ from .._admin import (
     RunSummary,
     forget_run,
     named_runs_root,
+    past_deadline,
     stored_count,
     sweep_expired,
 )
@@ -69,8 +70,8 @@ def cleanup(cluster: Cluster, args: argparse.Namespace) -> int:
     for run in cluster.runs():
         if args.runs and run.run_id not in args.runs and run.named not in args.runs:
             continue  # a named run's name chooses every session of it
-        if args.expired and (run.deadline is None or run.deadline >= now.timestamp()):
-            continue
+        if args.expired and not past_deadline(run.deadline, now.timestamp()):
+            continue  # live, or within the clocks' margin of its deadline
         if args.older_than is not None and _age(run.created, now) < args.older_than:
             continue
         if args.all_mine and run.owner.split("@")[0] != me:
