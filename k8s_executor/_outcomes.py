@@ -106,6 +106,7 @@ def resolve_index(
     index: int,
     n_tasks: int,
     fn_names: Sequence[str],
+    read_unstarted: bool = False,
 ) -> list[Outcome]:
     """The outcome of each of ``tasks`` (the unsettled tasks of one finished index).
 
@@ -119,8 +120,10 @@ def resolve_index(
         index: the index, for messages.
         n_tasks: how many tasks the index had in all, for messages.
         fn_names: the batch's function names, by ``Task.fn_index``.
+        read_unstarted: read ``out/<i>`` even when ``exit`` never started (the last copy
+            of a duplicated index: the other copy ran): its outcome, if there, decides.
     """
-    if exit.never_started:
+    if exit.never_started and not read_unstarted:
         error: BaseException = PodStartError(exit.message, reason=exit.reason or "Unknown")
         return [Outcome(t, error=error) for t in tasks]
     try:
@@ -128,6 +131,9 @@ def resolve_index(
         outcomes = None if data is None else wire.open_outcomes(key, data)
     except Exception as exc:  # StorageError, PayloadError: every task of the index
         return [Outcome(t, error=exc) for t in tasks]
+    if outcomes is None and exit.never_started:
+        error = PodStartError(exit.message, reason=exit.reason or "Unknown")
+        return [Outcome(t, error=error) for t in tasks]
     if outcomes is None and exit.exit_code == STORAGE_FAILED:
         why = _storage_failure(exit.log_tail)
         failed = StorageError(

@@ -61,8 +61,9 @@ class Resolver:
         self.warm: WarmPool | None = None  # set when the run starts, with warm workers
         # Batching.speculate: other_copy(batch_id, index), lock held, is called once per
         # report of a finished copy of an index; True while another copy still runs (a
-        # copy that ends without an outcome then leaves the index to it; see _speculate).
-        self.other_copy: Callable[[str, int], bool] | None = None
+        # copy that ends without an outcome then leaves the index to it; see _speculate),
+        # False for the last copy of a duplicated index, None for an index never duplicated.
+        self.other_copy: Callable[[str, int], bool | None] | None = None
 
     # -- launched batches (lock held) -------------------------------------------------
 
@@ -216,7 +217,8 @@ class Resolver:
             entry = batch.indexes[index]
             tasks = [t for t in entry.tasks if not t.settled]
             store = self.store
-            racing = self.other_copy is not None and self.other_copy(batch_id, index)
+            copies = None if self.other_copy is None else self.other_copy(batch_id, index)
+            racing = copies is True
         assert store is not None
         out_key = f"{batch_id}/out/{index}"
         data: bytes | None = None
@@ -239,6 +241,9 @@ class Resolver:
                 index=index,
                 n_tasks=len(entry.tasks),
                 fn_names=batch.fn_names,
+                # The last copy of a duplicated index never started: the other one ran,
+                # and may have written the outcome (its own read of it failed, say).
+                read_unstarted=copies is not None,
             )
             for outcome in outcomes:
                 self.settle(outcome.task, result=outcome.result, error=outcome.error)

@@ -145,12 +145,15 @@ class Speculator:
 
     # -- the resolver's hook (lock held) ----------------------------------------------------
 
-    def other_copy(self, batch_id: str, index: int) -> bool:
-        """A copy of an index reported its end: whether another copy still runs."""
+    def other_copy(self, batch_id: str, index: int) -> bool | None:
+        """A copy of an index reported its end: whether another copy still runs; None
+        when the index was never duplicated (False: this was its last copy)."""
         key = (batch_id, index)
-        running = self._copies.get(key, 0)
+        if key not in self._copies:
+            return None
+        running = self._copies[key]
         if running == 0:
-            return False  # never duplicated
+            return False  # both copies reported already
         self._copies[key] = running - 1
         return running > 1
 

@@ -173,6 +173,33 @@ def test_a_worker_that_never_started() -> None:
     assert reads == []  # nothing to read: no storage call
 
 
+@pytest.mark.parametrize("written", [True, False])
+def test_an_unstarted_last_copy_of_a_duplicated_index_reads_the_other_copys_outcome(
+    written: bool,
+) -> None:
+    """The original ran (its own read of out/<i> failed, say), then the duplicate's launch
+    failed and reported last (review finding 7): the outcome written decides; none
+    written, the duplicate's PodStartError."""
+    data = wire.seal_outcomes(KEY, [wire.TaskOutcome(1, results([9]), None)])
+    exit = IndexExit(None, reason="Unschedulable", message="no node fits", never_started=True)
+    (outcome,) = resolve_index(
+        [task(1)],
+        exit,
+        lambda: data if written else None,
+        key=KEY,
+        batch_id="b",
+        index=0,
+        n_tasks=1,
+        fn_names=["f"],
+        read_unstarted=True,
+    )
+    if written:
+        assert (outcome.result, outcome.error) == (9, None)
+    else:
+        assert isinstance(outcome.error, PodStartError)
+        assert outcome.error.reason == "Unschedulable"
+
+
 @pytest.mark.parametrize(
     ("failure", "expected"),
     [("version", VersionMismatchError), ("storage", StorageError), ("payload", PayloadError)],

@@ -15,7 +15,7 @@ from typing import Any, cast
 import cloudpickle
 import pytest
 
-from k8s_executor import WorkerLostError
+from k8s_executor import StorageError, WorkerLostError
 from k8s_executor import _payload as wire
 from k8s_executor._batches import Batch, Index, Task
 from k8s_executor._resolve import Resolver
@@ -214,3 +214,30 @@ def test_an_index_skipped_before_it_started_is_done_without_its_worker(books: Bo
     batch = books.batches["b00000"]
     assert [entry.finished for entry in batch.indexes] == [True, False]
     assert books.resolver.index_started("b00000", 0) is False  # a late start runs nothing
+
+
+def test_an_unstarted_last_copy_leaves_the_index_to_the_outcome_written(
+    books: Books, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batching.speculate (review finding 7): the original reports first, its outcome
+    written but the read of it failing; the duplicate, never started, reports last: the
+    calls get the original's result, not the duplicate's PodStartError."""
+    copies = iter([True, False])  # the Speculator's answers: another copy runs, then none
+    books.resolver.other_copy = lambda batch_id, index: next(copies)
+    task = books.task(0)
+    future = task.future
+    books.launch("b00000", [task])
+    books.resolver.index_started("b00000", 0)
+    books.write_results("b00000", 0, {0: "the original's"})
+    get_or_none = RunStore.get_or_none
+
+    def failing_once(store: RunStore, key: str) -> bytes | None:
+        monkeypatch.setattr(RunStore, "get_or_none", get_or_none)
+        raise StorageError(f"cannot read {key}: SlowDown (503), gave up")
+
+    monkeypatch.setattr(RunStore, "get_or_none", failing_once)
+    books.resolver.index_finished("b00000", 0, IndexExit(0))
+    assert not future.done()  # left to the other copy
+    unstarted = IndexExit(None, reason="Unschedulable", message="no node", never_started=True)
+    books.resolver.index_finished("b00000", 0, unstarted)
+    assert future.result(timeout=0) == "the original's"
