@@ -780,6 +780,25 @@ def test_cleanup_deletes_only_a_run_shaped_storage_prefix(
     assert run_prefix.exists()
 
 
+def test_cleanup_expired_waits_the_clocks_margin_past_the_deadline(
+    kubesim: Kubesim, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A detached run just past its deadline by this clock may still run by its nodes'
+    (review finding 4): `cleanup --expired` chooses it only past the margin."""
+    from k8s_executor import _contract
+    from k8s_executor.backends import _manifest as m
+
+    now = time.time()
+    for run_id, deadline in (("rrecent00001", now - 60), ("rlongago0001", now - 3600)):
+        secret = m.secret_manifest(run_id, b"k" * 32, named="grid", deadline=deadline)
+        kubesim.store.create("secrets", "default", secret)
+    assert 60 < _contract.EXPIRY_MARGIN < 3600  # what the deadlines above are chosen for
+    assert cli.main(["cleanup", "--expired", *kubeconfig(kubesim)]) == 0
+    out = capsys.readouterr().out
+    assert "would delete run rlongago0001" in out
+    assert "rrecent00001" not in out
+
+
 @pytest.mark.usefixtures("clean_env")
 def test_cleanup_finished_never_touches_a_live_idle_run(
     kubesim: Kubesim, tmp_path: Path, capsys: pytest.CaptureFixture[str]
