@@ -18,7 +18,10 @@ OK: Final = 0
 TASK_FAILED: Final = 83
 """The outcome is written and some task raised: retrying would only repeat it."""
 INDEX_FAILED: Final = 84
-"""The index could not run at all (bad payload, version mismatch); a JSON failure is written."""
+"""The index could not run at all (bad payload, version mismatch); a JSON failure is written,
+except by a copy of a speculating run, which writes instead, last on its stderr, a line
+starting with ``INDEX_FAILURE_LINE`` and the failure's kind: ``version: ...``."""
+INDEX_FAILURE_LINE: Final = "k8s_executor.worker: cannot run the index: "
 USAGE: Final = 85
 """The worker was invoked wrongly (missing index or key)."""
 ORPHANED: Final = 86

@@ -13,7 +13,7 @@ from typing import Any
 
 from . import _payload as wire
 from ._batches import Task
-from ._contract import STORAGE_FAILED
+from ._contract import INDEX_FAILED, INDEX_FAILURE_LINE, STORAGE_FAILED
 from ._pool_errors import WorkerLostError
 from .backends._base import IndexExit
 from .errors import PodStartError, StorageError
@@ -91,6 +91,16 @@ def _storage_failure(log_tail: str) -> str:
     return "see its log (`k8s-executor logs`)"
 
 
+def _index_failure(log_tail: str) -> wire.IndexFailure | None:
+    """The failure a speculating copy that could not open its payload printed instead of
+    writing it (``INDEX_FAILURE_LINE``, then the kind and the message, to the end)."""
+    at = log_tail.rfind(INDEX_FAILURE_LINE)
+    if at < 0:
+        return None
+    kind, _, message = log_tail[at + len(INDEX_FAILURE_LINE) :].partition(": ")
+    return wire.IndexFailure(kind, message.rstrip())
+
+
 def shut_down_error() -> WorkerLostError:
     """The error of a call whose worker a killing shutdown ended before it reported."""
     return WorkerLostError(SHUT_DOWN_MESSAGE, reason="Shutdown")
@@ -140,6 +150,9 @@ def resolve_index(
             f"the worker of batch {batch_id} index {index} could not use the storage: {why}"
         )
         return [Outcome(t, error=failed) for t in tasks]
+    failure = _index_failure(exit.log_tail) if exit.exit_code == INDEX_FAILED else None
+    if outcomes is None and failure is not None:
+        return [Outcome(t, error=failure.to_exception()) for t in tasks]
     if outcomes is None:
         lost = worker_lost(batch_id, index, n_tasks, exit)
         return [Outcome(t, error=lost) for t in tasks]

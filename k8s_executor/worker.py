@@ -319,10 +319,12 @@ def run_index(store: RunStore, key: bytes, index: int, run: RunStore | None = No
             # alone (a transient read, another image on its node) must not become the
             # index's outcome, first writer winning over the other copy's result. Nothing
             # is written: the client leaves the index to the other copy, or describes a
-            # lone copy from this log tail (exit 88: the last line becomes its
-            # StorageError).
-            print(f"k8s_executor.worker: {exc}", file=sys.stderr, flush=True)
-            return codes.STORAGE_FAILED if kind == "storage" else EXIT_INDEX_FAILED
+            # lone copy from this log tail's last line (see _outcomes).
+            if kind == "storage":
+                print(f"k8s_executor.worker: {exc}", file=sys.stderr, flush=True)
+                return codes.STORAGE_FAILED
+            print(f"{codes.INDEX_FAILURE_LINE}{kind}: {exc}", file=sys.stderr, flush=True)
+            return EXIT_INDEX_FAILED
         failure = wire.seal_index_failure(key, wire.IndexFailure(kind, str(exc)))
         try:
             store.put(out_key, failure)

@@ -5,12 +5,18 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
 
+from k8s_executor import StorageError, VersionMismatchError
 from k8s_executor import _payload as wire
+from k8s_executor._batches import Task
+from k8s_executor._contract import STORAGE_FAILED
+from k8s_executor._outcomes import resolve_index
 from k8s_executor._store import RunStore
+from k8s_executor.backends._base import IndexExit
 from k8s_executor.worker import EXIT_INDEX_FAILED, EXIT_OK, EXIT_TASK_FAILED, EXIT_USAGE
 from tests import helpers
 from tests.test_payload import _forge_header
@@ -77,6 +83,39 @@ def test_version_mismatch_reported_to_client(tmp_path: Path) -> None:
     assert isinstance(failure, wire.IndexFailure)
     assert failure.error == "version"
     assert "Python 3.99" in failure.message
+
+
+@pytest.mark.parametrize("broken", ["version", "storage"])
+def test_a_speculating_copy_that_cannot_start_writes_nothing(broken: str, tmp_path: Path) -> None:
+    """Another copy may run the index (review finding 2): this copy's failure is not
+    written as the index's outcome; were it alone, the client reads it from its log."""
+    url = _batch(tmp_path, [((2,), {})])
+    if broken == "version":
+        RunStore(url).put("in/0", _forge_header("3.99", "0.1.0", KEY))
+    else:
+        RunStore(url).delete("in/0")  # the read fails (as a 503 past its retries would)
+    env = {"JOB_COMPLETION_INDEX": "0", "K8S_EXECUTOR_KEY": KEY.hex()}
+    done = _run(url, **env, K8S_EXECUTOR_SPECULATE="1")
+    assert RunStore(url).get_or_none("out/0") is None
+    exit = IndexExit(done.returncode, log_tail=done.stderr)
+    (outcome,) = resolve_index(
+        [Task(Future(), len, b"", 1, True, task_id=7, fn_index=0)],
+        exit,
+        lambda: None,
+        key=KEY,
+        batch_id="b00000",
+        index=0,
+        n_tasks=1,
+        fn_names=["square"],
+    )
+    if broken == "version":
+        assert done.returncode == EXIT_INDEX_FAILED
+        assert isinstance(outcome.error, VersionMismatchError)
+        assert "Python 3.99" in str(outcome.error)
+    else:
+        assert done.returncode == STORAGE_FAILED
+        assert isinstance(outcome.error, StorageError)
+        assert "in/0" in str(outcome.error)
 
 
 @pytest.mark.parametrize(
