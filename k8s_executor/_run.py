@@ -52,6 +52,7 @@ from ._batches import Batch, Task
 from ._config import Settings
 from ._dispatch import Dispatcher, Heartbeat
 from ._launch import Launcher
+from ._leave import Leaver
 from ._named_run import NamedRun, detached_error
 from ._outcomes import shut_down_error
 from ._progress import Progress
@@ -59,7 +60,7 @@ from ._reports import Reports
 from ._resolve import Resolver
 from ._run_storage import open_storage
 from ._skips import SkipMarkers
-from ._speculate import Rule, Speculator
+from ._speculate import Speculator, make_speculator
 from ._store import RunStore
 from ._warm_pool import WarmPool
 from .errors import ExecutorBrokenError
@@ -151,8 +152,14 @@ class Run:
         self._store: RunStore | None = None
         self._named: NamedRun | None = None  # a named run's stored results and joins
         self._leaving = False  # a detached run's client stops following it
-        self._leave_lock = threading.RLock()  # one leave's tail at a time
-        self._left = False  # that tail has run to its end
+        self._leaver = Leaver(
+            self._lock,
+            backend=self._backend,
+            dispatcher=self._dispatcher,
+            resolver=self._resolver,
+            launcher=self._launcher,
+            run_name=settings.run_name,
+        )
         self._warm: WarmPool | None = None  # with Timeouts.keep_warm: who runs what
         self._speculator: Speculator | None = None  # with Batching.speculate
         self._temp_dir: str | None = None
@@ -276,29 +283,24 @@ class Run:
             self._warm = WarmPool(store, self._max_workers, self._reports)
             self._resolver.warm = self._reports.warm = self._warm
         if self._settings.batching.speculate:
-            self._start_speculator()
+            speculator = make_speculator(
+                self._cond,
+                self._batches,
+                self._settings.batching,
+                max_workers=self._max_workers,
+                launcher=self._launcher,
+                backend=self._backend,
+                resolver=self._resolver,
+                warm=self._warm,
+                died=self.thread_died,
+            )
+            self._speculator = self._reports.speculator = speculator
+            speculator.start()
         interval = self._backend.heartbeat_interval
         if interval is not None:
             self._heartbeat = Heartbeat(store, interval, self.thread_died)
             self._heartbeat.start()
         self._dispatcher.start(self._warm)
-
-    def _start_speculator(self) -> None:
-        launcher = self._launcher
-        speculator = Speculator(
-            self._cond,
-            self._batches,
-            Rule.of(self._settings.batching),
-            max_workers=self._max_workers,
-            spec=lambda batch_id, indexes: launcher.spec(batch_id, indexes, whole=False),
-            backend=self._backend,
-            finished=self._resolver.index_finished,
-            make_room=None if self._warm is None else self._warm.release_idle,
-            died=self.thread_died,
-        )
-        self._speculator = self._reports.speculator = speculator
-        self._resolver.other_copy = speculator.other_copy
-        speculator.start()
 
     # -- the engine's state (the backend's reports go through _reports) --------------
 
@@ -444,39 +446,9 @@ class Run:
             self.shutdown(wait=True, cancel_futures=cancel_futures, kill_workers=False)
 
     def _finish_leaving(self) -> None:
-        """Leave's tail (``_leaving`` set). Every step may be repeated: an interrupted
-        leave is finished by the next call, which repeats them; the rest run even if
-        one step is interrupted. One caller at a time (a re-entrant lock: a signal
-        handler's shutdown may land in the middle of it on the same thread)."""
-        with self._leave_lock:
-            if not self._left:
-                self._leave_steps()
-                self._left = True
-        self._ended()  # repeated harmlessly
-
-    def _leave_steps(self) -> None:
-        # Each step runs even if the one before it is interrupted (try/finally); what is
-        # left unsettled by an interruption is settled by the next call's repeat.
-        left: list[Task] = []
-        try:
-            self._dispatcher.join()  # launches what was queued: nothing stays here
-        finally:
-            try:
-                if self._named is not None:
-                    left += self._named.stop()
-                detach = getattr(self._backend, "detach", None)
-                assert detach is not None  # checked at construction (_config)
-                detach()
-                if self._heartbeat is not None:
-                    self._heartbeat.stop()
-            finally:
-                with self._lock:
-                    left += self._resolver.drop_all()
-                    left += self._dispatcher.drain()
-                error = detached_error(self._settings.run_name)
-                for t in left:
-                    self._resolver.settle(t, error=error)
-        self._launcher.close()
+        # Leave's tail (_leaving set), repeated harmlessly by a later call (see _leave).
+        self._leaver.finish(self._named, self._heartbeat)
+        self._ended()
 
     def _cancel_not_started(self) -> None:
         # Called with the lock held; the caller writes the skip markers once released.

@@ -34,13 +34,19 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ._batches import Batch
 from ._options import Batching
 from ._progress import Progress
 from .backends._base import Backend, IndexExit, LaunchSpec
 
-__all__ = ["TICK", "Rule", "Speculator", "copy_id", "stragglers"]
+if TYPE_CHECKING:  # the engine's parts; they do not import this module at run time
+    from ._launch import Launcher
+    from ._resolve import Resolver
+    from ._warm_pool import WarmPool
+
+__all__ = ["TICK", "Rule", "Speculator", "copy_id", "make_speculator", "stragglers"]
 
 _log = logging.getLogger("k8s_executor._executor")
 
@@ -251,3 +257,32 @@ class Speculator:
             return []
         bars = {id(b): b for t in batch.indexes[index].tasks for b in t.bars}
         return list(bars.values())
+
+
+def make_speculator(
+    cond: threading.Condition,
+    batches: Mapping[str, Batch],
+    batching: Batching,
+    *,
+    max_workers: int,
+    launcher: Launcher,
+    backend: Backend,
+    resolver: Resolver,
+    warm: WarmPool | None,
+    died: Callable[[str, BaseException], None],
+) -> Speculator:
+    """A run's speculator (``Batching.speculate``), wired to the engine's parts; the
+    caller starts it once it is known to the reports (a duplicate's reports need it)."""
+    speculator = Speculator(
+        cond,
+        batches,
+        Rule.of(batching),
+        max_workers=max_workers,
+        spec=lambda batch_id, indexes: launcher.spec(batch_id, indexes, whole=False),
+        backend=backend,
+        finished=resolver.index_finished,
+        make_room=None if warm is None else warm.release_idle,
+        died=died,
+    )
+    resolver.other_copy = speculator.other_copy
+    return speculator
