@@ -20,6 +20,8 @@ ports, under the worker's own ``tmp_path_factory`` directory.
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -76,6 +78,7 @@ def is_kubesim_only(item: pytest.Item) -> bool:
 
 SUMMARY = pytest.StashKey[dict[str, dict[str, Any]]]()
 WORKER_OUTPUT = "k8sx_summary"  # the key in xdist's workeroutput
+SIGINT_CHANGED = pytest.StashKey[list[str]]()
 
 
 def summary_note(
@@ -155,6 +158,38 @@ def kubesim_only_line(skipped: list[str]) -> str:
     noun = "test" if len(skipped) == 1 else "tests"
     line = f"{ENV_VAR}: {len(skipped)} kubesim-only {noun} not run on the real cluster"
     return line + (f": {', '.join(why)}" if why else "")
+
+
+def _sigint_state() -> tuple[object, bool]:
+    """SIGINT's handler in this process and whether this thread blocks it."""
+    blocked = signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    return signal.getsignal(signal.SIGINT), blocked
+
+
+@pytest.fixture(autouse=True)
+def _sigint_kept(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test leaves SIGINT as it found it: a child process started later inherits
+    an ignored or blocked SIGINT, and a Ctrl-C test's client then never sees its
+    KeyboardInterrupt (tests/test_interrupt.py, twice under xdist). A test that changed
+    it has it restored and is named at the end of the summary."""
+    before = _sigint_state()
+    yield
+    after = _sigint_state()
+    if after == before or threading.current_thread() is not threading.main_thread():
+        return
+    handler, blocked = before
+    if callable(handler) or handler in (signal.SIG_DFL, signal.SIG_IGN):
+        signal.signal(signal.SIGINT, handler)  # type: ignore[arg-type]
+    signal.pthread_sigmask(signal.SIG_BLOCK if blocked else signal.SIG_UNBLOCK, [signal.SIGINT])
+    changed = request.config.stash.setdefault(SIGINT_CHANGED, [])
+    changed.append(f"{request.node.nodeid}: {before} -> {after}")
+    summary_note(
+        request.config,
+        "sigint" + os.environ.get("PYTEST_XDIST_WORKER", ""),
+        f"{len(changed)} test(s) left SIGINT changed (restored): {'; '.join(changed)}",
+        deselected=[],
+        yellow=True,
+    )
 
 
 @pytest.fixture(scope="session")

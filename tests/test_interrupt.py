@@ -20,9 +20,23 @@ from tests.kube_helpers import KubesimCluster
 # Every thread's stack on SIGUSR1: what a client that does not end was doing (the test
 # asks for it before it kills a client that outlived its bound).
 STACKS = "import faulthandler, signal; faulthandler.register(signal.SIGUSR1, all_threads=True)"
+# A terminal's Ctrl-C reaches a program whose SIGINT is neither ignored nor blocked. A child
+# inherits both from the pytest process, where some test or fixture (not found yet) left
+# SIGINT so under xdist (twice in CI: the client never saw its KeyboardInterrupt, its main
+# thread still in future.result() 60 s later): say so, and start as a terminal would.
+SIGINT_AS_A_TERMINAL = """
+import sys
+blocked = signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+inherited = (signal.getsignal(signal.SIGINT), blocked)
+if inherited != (signal.default_int_handler, False):
+    print(f"inherited SIGINT (handler, blocked): {inherited}", file=sys.stderr, flush=True)
+signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+"""
 
 WITH = (
     STACKS
+    + SIGINT_AS_A_TERMINAL
     + """
 import sys
 from k8s_executor import KubernetesExecutor
@@ -39,6 +53,7 @@ with KubernetesExecutor(backend="local", max_workers=2) as ex:
 # then shuts the executor down, which would wait for the running calls forever).
 WITHOUT = (
     STACKS
+    + SIGINT_AS_A_TERMINAL
     + """
 import sys
 from k8s_executor import KubernetesExecutor
