@@ -107,7 +107,9 @@ class Quantity:
         raise ValueError(_BAD_QUANTITY)
 
     def __add__(self, other: Quantity) -> Quantity:
-        return Quantity(self.value + other.value, self.format)
+        # As Go's Quantity.Add: a zero takes the other's format, so a quota's used "0"
+        # charged 512Mi prints 512Mi (not 536870912) before the controller recomputes it.
+        return Quantity(self.value + other.value, other.format if self.value == 0 else self.format)
 
     def __str__(self) -> str:
         """The canonical form, as ``Quantity.String()`` prints it."""

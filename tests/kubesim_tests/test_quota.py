@@ -71,6 +71,10 @@ def test_quantities_print_in_canonical_form() -> None:
     for text, canonical in cases.items():
         assert str(Quantity.parse(text)) == canonical
     assert str(Quantity.parse("64Mi") + Quantity.parse("64Mi")) == "128Mi"
+    # A zero takes the other's format (Go's Quantity.Add): a quota's used "0" charged 512Mi
+    # is 512Mi at once, as the controller's recompute later prints it (CI saw 536870912).
+    assert str(Quantity.parse("0") + Quantity.parse("512Mi")) == "512Mi"
+    assert str(Quantity.parse("1") + Quantity.parse("1Ki")) == "1025"
     with pytest.raises(ValueError):
         Quantity.parse("lots")
 
